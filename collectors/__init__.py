@@ -1,0 +1,1 @@
+"""Telemetry collectors: every source produces the canonical frame of :mod:`collectors.schema`."""

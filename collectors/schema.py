@@ -1,0 +1,118 @@
+"""The canonical telemetry frame that every source produces, and the per-GPU summary.
+
+Two shapes cross the boundary between ``collectors`` and ``estimator``:
+
+* the *telemetry frame*: one row per sample and GPU (:data:`COLUMNS`);
+* the *GPU summary*: one row per GPU and job with window statistics of each
+  signal (:data:`SUMMARY_COLUMNS`). Sources that aggregate at the server
+  (Prometheus) produce it directly; for the others
+  :func:`estimator.features.summarize_gpus` derives it from the frame.
+
+Signals are floats in base units; a signal a source lacks is NaN, never zero.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+TIMESTAMP = "timestamp"
+HOST = "host"
+GPU = "gpu"
+JOB_ID = "job_id"
+GPU_MODEL = "gpu_model"
+
+#: Identity of a sampled device; ``gpu`` is an index or UUID, with the MIG
+#: instance appended (``"0/1"``) where there is one.
+LABELS: tuple[str, ...] = (HOST, GPU, JOB_ID, GPU_MODEL)
+
+#: Signal columns, each a float in the unit its name ends with.
+SIGNALS: tuple[str, ...] = (
+    "gpu_util_ratio",  # share of time any kernel ran (NVML utilization, DCGM_FI_DEV_GPU_UTIL)
+    "sm_active_ratio",
+    "sm_occupancy_ratio",
+    "tensor_active_ratio",
+    "dram_active_ratio",
+    "mem_used_bytes",
+    "mem_total_bytes",
+    "power_watts",
+    "pcie_tx_bytes_per_second",
+    "pcie_rx_bytes_per_second",
+    "nvlink_bytes_per_second",
+)
+
+COLUMNS: tuple[str, ...] = (TIMESTAMP, *LABELS, *SIGNALS)
+
+#: Window statistics the GPU summary holds for every signal. ``pNN`` is the
+#: NN-th percentile over the window.
+STATISTICS: tuple[str, ...] = ("mean", "p10", "p50", "p90", "min", "max")
+
+#: Share of samples with ``sm_active_ratio`` below :data:`IDLE_SM_ACTIVE_RATIO`.
+IDLE_SHARE = "idle_share_ratio"
+#: Below this SM activity a sample counts as idle ("almost no SM activity").
+IDLE_SM_ACTIVE_RATIO = 0.05
+SAMPLES = "samples"
+WINDOW_START = "window_start"
+WINDOW_END = "window_end"
+
+
+def summary_column(signal: str, statistic: str) -> str:
+    """Name of the GPU-summary column holding ``statistic`` of ``signal``."""
+    return f"{signal}__{statistic}"
+
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    *LABELS,
+    SAMPLES,
+    WINDOW_START,
+    WINDOW_END,
+    IDLE_SHARE,
+    *(summary_column(s, st) for s in SIGNALS for st in STATISTICS),
+)
+
+
+class SchemaError(ValueError):
+    """A frame handed across the collector boundary lacks what the schema demands."""
+
+
+def _conform(frame: pd.DataFrame, columns: tuple[str, ...], required: tuple[str, ...]) -> pd.DataFrame:
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"telemetry frame lacks column(s) {', '.join(missing)}")
+    out = frame.copy()
+    for column in columns:
+        if column not in out.columns:
+            out[column] = pd.NA if column in LABELS else float("nan")
+    for column in LABELS:
+        out[column] = out[column].astype("string")
+    for column in (TIMESTAMP, WINDOW_START, WINDOW_END):
+        if column in columns:
+            out[column] = pd.to_datetime(out[column], utc=True)
+    floats = [c for c in columns if c not in LABELS and c not in (TIMESTAMP, WINDOW_START, WINDOW_END)]
+    for column in floats:
+        try:
+            out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"column {column} is not numeric: {exc}") from None
+    return out[list(columns)]
+
+
+def conform(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` in the canonical telemetry schema.
+
+    Adds absent signal columns as NaN and absent labels as missing, casts
+    dtypes (UTC timestamps, string labels, float64 signals), orders the
+    columns and sorts the rows by time, host and GPU.
+    """
+    out = _conform(frame, COLUMNS, (TIMESTAMP,))
+    return out.sort_values([TIMESTAMP, HOST, GPU], kind="stable", ignore_index=True)
+
+
+def conform_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` in the GPU-summary schema (absent statistics become NaN)."""
+    out = _conform(frame, SUMMARY_COLUMNS, (GPU,))
+    return out.sort_values([HOST, GPU], kind="stable", ignore_index=True)
+
+
+def empty_frame() -> pd.DataFrame:
+    """An empty telemetry frame with the canonical columns and dtypes."""
+    return conform(pd.DataFrame({TIMESTAMP: pd.Series([], dtype="datetime64[ns, UTC]")}))
