@@ -14,7 +14,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class SourceMetric:
-    """A series an exporter publishes: its name, the canonical signal it feeds, and the scale to base units."""
+    """A series an exporter publishes: its name, the canonical signal it feeds, the scale to base units."""
 
     name: str
     signal: str

@@ -1,0 +1,75 @@
+"""The break-even chart of the reference: cumulative speedup against reuse count per algorithm."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from estimator.breakeven import Decision, implementation_hours, total_speedup_hours
+
+
+def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) -> None:
+    """Draw, per algorithm, R · T · Z/100 against R (band: Z low to high), its cost as a dotted line,
+    its break-even point, and the planned R; write a PNG to ``path``."""
+    job = decision.job
+    engineering = implementation_hours(job.gpus, decision.costs)
+    finite = [a.r_break for a in decision.assessments if math.isfinite(a.r_break)]
+    r_max = max([job.reuse, *finite, 1.0]) * 1.25
+    reuse = np.linspace(0.0, r_max, 200)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for index, a in enumerate(decision.assessments):
+        color = f"C{index}"
+        z = a.candidate.z_percent
+        mid = total_speedup_hours(job.duration_hours, z.mid, reuse)
+        label = f"{a.candidate.name} (N={a.candidate.trials}, Z={z.mid:.3g}%)"
+        ax.plot(reuse, mid, color=color, label=label)
+        if z.low != z.high:
+            ax.fill_between(
+                reuse,
+                total_speedup_hours(job.duration_hours, z.low, reuse),
+                total_speedup_hours(job.duration_hours, z.high, reuse),
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+        cost = a.exploration_hours + engineering
+        ax.axhline(cost, color=color, linestyle=":", linewidth=1.2)
+        if math.isfinite(a.r_break):
+            ax.plot([a.r_break], [cost], marker="o", color=color)
+            ax.annotate(
+                f"R_break {a.r_break:.3g}",
+                (a.r_break, cost),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+                color=color,
+            )
+    ax.axvline(job.reuse, color="black", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"planned R = {job.reuse:g}",
+        (job.reuse, 1),
+        xycoords=("data", "axes fraction"),
+        textcoords="offset points",
+        xytext=(4, -12),
+        fontsize=8,
+    )
+    ax.set_xlim(0, r_max)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("reuse count R")
+    ax.set_ylabel("hours per GPU")
+    ax.set_title(title or f"Cumulative speedup vs exploration cost (T = {job.duration_hours:g} h)")
+    cost_label = "exploration + engineering" if engineering else "exploration cost"
+    ax.legend(
+        loc="upper left", fontsize=8, title=f"solid: R·T·Z/100   dotted: {cost_label}", title_fontsize=8
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

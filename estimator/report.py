@@ -1,0 +1,151 @@
+"""Turn a break-even decision into the JSON document and the table ``estimate-z`` prints."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from estimator.breakeven import Assessment, Decision, ZInterval
+
+SCHEMA_VERSION = 1
+
+
+def _number(value: float | None) -> float | None:
+    """JSON has no infinity: an unreachable break-even is null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def _interval(z: ZInterval | None) -> dict[str, float] | None:
+    return None if z is None else {"low": z.low, "mid": z.mid, "high": z.high}
+
+
+def _algorithm(a: Assessment) -> dict[str, Any]:
+    c = a.candidate
+    return {
+        "name": c.name,
+        "trials": c.trials,
+        "trial_hours": c.trial_hours,
+        "z_expected_percent": _interval(c.z_percent),
+        "exploration_gpu_hours": a.exploration_gpu_hours,
+        "exploration_hours_per_gpu": a.exploration_hours,
+        "speedup_hours_per_run": a.speedup_hours_per_run,
+        "r_explore": _number(a.r_explore),
+        "r_impl": _number(a.r_impl),
+        "r_break": _number(a.r_break),
+        "r_break_range": {"low": _number(a.r_break_range[0]), "high": _number(a.r_break_range[1])},
+        "first_paying_reuse": a.first_paying_reuse,
+        "z_break_percent": a.z_break_percent,
+        "net_saving_gpu_hours": a.net_saving_gpu_hours,
+        "net_saving_cost": a.net_saving_cost,
+        "verdict": str(a.verdict),
+    }
+
+
+def to_document(
+    decision: Decision,
+    *,
+    job_id: str | None,
+    trial_minutes: float,
+    z_expected: ZInterval | None,
+    notes: Sequence[str],
+    telemetry: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON document of ``estimate-z --output json`` (schema in the README)."""
+    job, costs = decision.job, decision.costs
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "inputs": {
+            "duration_hours": job.duration_hours,
+            "gpus": job.gpus,
+            "reuse_count": job.reuse,
+            "trial_minutes": trial_minutes,
+            "engineer_hours": costs.engineer_hours,
+            "gpu_hour_cost": costs.gpu_hour_cost,
+            "engineer_hour_cost": costs.engineer_hour_cost,
+        },
+        "z_expected_percent": _interval(z_expected),
+        "algorithms": [_algorithm(a) for a in decision.assessments],
+        "recommendation": decision.recommendation,
+        "telemetry": dict(telemetry) if telemetry is not None else None,
+        "notes": list(notes),
+    }
+
+
+def fmt(value: float | None, *, unreachable: str = "never") -> str:
+    """Three significant digits, one decimal from 100 up; ``unreachable`` for infinity, "-" for None."""
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return unreachable
+    if abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:.3g}"
+
+
+_VERDICT_STYLE = {"proceed": "bold green", "marginal": "yellow", "does-not-pay": "red"}
+
+
+def render_table(document: Mapping[str, Any], console: Console) -> None:
+    """Print the document for a person: inputs, one row per algorithm, recommendation, notes."""
+    inputs = document["inputs"]
+    head = (
+        f"job {document['job_id'] or '-'}: T = {fmt(inputs['duration_hours'])} h on "
+        f"G = {inputs['gpus']} GPU(s), reused R = {fmt(inputs['reuse_count'])} time(s), "
+        f"trial t = {fmt(inputs['trial_minutes'])} min"
+    )
+    z = document["z_expected_percent"]
+    if z is not None:
+        head += f"; Z_e (thorough search) {fmt(z['low'])}-{fmt(z['mid'])}-{fmt(z['high'])} %"
+    console.print(head, highlight=False)
+    has_cost = any(a["net_saving_cost"] is not None for a in document["algorithms"])
+    table = Table(show_edge=False, pad_edge=False)
+    for title in (
+        "algorithm",
+        "N",
+        "Z_e %",
+        "explore GPU-h",
+        "saved h/run",
+        "R_break",
+        "Z_break %",
+        "net GPU-h",
+        *(["net cost"] if has_cost else []),
+        "verdict",
+    ):
+        table.add_column(title, justify="left" if title in ("algorithm", "verdict") else "right")
+    for a in document["algorithms"]:
+        zi = a["z_expected_percent"]
+        z_text = (
+            fmt(zi["mid"])
+            if zi["low"] == zi["high"]
+            else f"{fmt(zi['low'])}-{fmt(zi['mid'])}-{fmt(zi['high'])}"
+        )
+        row = [
+            a["name"],
+            str(a["trials"]),
+            z_text,
+            fmt(a["exploration_gpu_hours"]),
+            fmt(a["speedup_hours_per_run"]),
+            fmt(a["r_break"]),
+            fmt(a["z_break_percent"]),
+            fmt(a["net_saving_gpu_hours"]),
+            *([fmt(a["net_saving_cost"])] if has_cost else []),
+            f"[{_VERDICT_STYLE[a['verdict']]}]{a['verdict']}[/]",
+        ]
+        table.add_row(*row)
+    console.print(table)
+    recommendation = document["recommendation"]
+    console.print(
+        f"recommendation: {recommendation}"
+        if recommendation
+        else "recommendation: none pays off; do not tune",
+        highlight=False,
+    )
+    for note in document["notes"]:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)

@@ -1,0 +1,201 @@
+"""``estimate-z`` as a user runs it: a real process, its stdout, stderr and exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REFERENCE = [
+    "--duration-hours", "150", "--trial-minutes", "25",
+    "--algorithm", "heuristic=30:10", "--algorithm", "black-box=500:25", "--algorithm", "exhaustive=2000:35",
+]  # fmt: skip
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    code = "from estimator.cli import estimate_z_main; estimate_z_main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_plain_calculator_reproduces_the_reference_example() -> None:
+    result = run(*REFERENCE, "--output", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    by_name = {a["name"]: a for a in doc["algorithms"]}
+    assert [f"{by_name[n]['r_break']:.3g}" for n in ("heuristic", "black-box", "exhaustive")] == [
+        "0.833", "5.56", "15.9"]  # fmt: skip
+    assert [by_name[n]["first_paying_reuse"] for n in ("heuristic", "black-box", "exhaustive")] == [1, 6, 16]
+    assert f"{by_name['black-box']['exploration_gpu_hours']:.1f}" == "208.3"
+    assert by_name["exhaustive"]["speedup_hours_per_run"] == pytest.approx(52.5)
+    assert doc["inputs"] == {
+        "duration_hours": 150.0, "gpus": 1, "reuse_count": 1.0, "trial_minutes": 25.0, "engineer_hours": 0.0,
+        "gpu_hour_cost": None, "engineer_hour_cost": None,
+    }  # fmt: skip
+    assert doc["job_id"] is None and doc["z_expected_percent"] is None
+    # At R = 1 only the heuristic pays (Z_break 8.33 % < 10 %).
+    assert [a["verdict"] for a in doc["algorithms"]] == ["proceed", "does-not-pay", "does-not-pay"]
+    assert doc["recommendation"] == "heuristic"
+    assert any("R not given" in n for n in doc["notes"])
+
+
+def test_z_expected_is_split_by_the_reference_shares() -> None:
+    result = run("--duration-hours", "150", "--z-expected", "35", "--reuse", "16", "--output", "json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    mids = [a["z_expected_percent"]["mid"] for a in doc["algorithms"]]
+    assert mids == pytest.approx([10, 25, 35])
+    assert [f"{a['r_break']:.3g}" for a in doc["algorithms"]] == ["0.833", "5.56", "15.9"]
+    assert doc["recommendation"] == "black-box"  # 391.7 GPU-h beats 227.5 and 6.7
+    assert any("10/35" in n and "not yet measured" in n for n in doc["notes"])
+
+
+def test_interval_gives_marginal_and_r_break_range() -> None:
+    result = run(
+        "--duration-hours",
+        "150",
+        "--z-expected",
+        "7:10:14",
+        "--reuse",
+        "1",
+        "--algorithm",
+        "exhaustive=30",
+        "--output",
+        "json",
+    )
+    doc = json.loads(result.stdout)
+    (a,) = doc["algorithms"]
+    assert a["verdict"] == "marginal"  # Z_break 8.33 lies within 7-14
+    assert a["r_break_range"]["low"] < a["r_break"] < a["r_break_range"]["high"]
+    assert doc["recommendation"] is None
+
+
+def test_costs_give_currency() -> None:
+    result = run(
+        *REFERENCE,
+        "--gpus",
+        "8",
+        "--reuse",
+        "20",
+        "--engineer-hours",
+        "40",
+        "--gpu-hour-cost",
+        "2.5",
+        "--engineer-hour-cost",
+        "100",
+        "--output",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    heuristic = json.loads(result.stdout)["algorithms"][0]
+    assert heuristic["net_saving_cost"] == pytest.approx(2.5 * 8 * (20 * 15 - 12.5) - 40 * 100)
+    assert heuristic["r_impl"] == pytest.approx(4000 / (2.5 * 8 * 15))
+
+
+def test_table_output_is_readable() -> None:
+    result = run(*REFERENCE, "--reuse", "16")
+    assert result.returncode == 0, result.stderr
+    for text in (
+        "heuristic",
+        "black-box",
+        "exhaustive",
+        "0.833",
+        "5.56",
+        "15.9",
+        "208.3",
+        "proceed",
+        "recommendation: black-box",
+    ):
+        assert text in result.stdout
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    target = tmp_path / "breakeven.png"
+    result = run(*REFERENCE, "--reuse", "10", "--plot", str(target), "--output", "json")
+    assert result.returncode == 0, result.stderr
+    data = target.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert any(str(target) in n for n in json.loads(result.stdout)["notes"])
+
+
+def test_telemetry_estimate_without_a_source_exits_3() -> None:
+    result = run("--duration-hours", "150", "--job-id", "1234")
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "--z-expected" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--duration-hours", "0", "--z-expected", "10"], "--duration-hours"),
+        (["--duration-hours", "-5", "--z-expected", "10"], "--duration-hours"),
+        (["--duration-hours", "abc", "--z-expected", "10"], "--duration-hours"),
+        (["--z-expected", "10"], "--duration-hours"),
+        (["--duration-hours", "10", "--gpus", "0", "--z-expected", "10"], "--gpus"),
+        (["--duration-hours", "10", "--gpus", "1.5", "--z-expected", "10"], "--gpus"),
+        (["--duration-hours", "10", "--reuse", "0.5", "--z-expected", "10"], "--reuse"),
+        (["--duration-hours", "10", "--trial-minutes", "0", "--z-expected", "10"], "--trial-minutes"),
+        (["--duration-hours", "10", "--z-expected", "100"], "[0, 100)"),
+        (["--duration-hours", "10", "--z-expected", "-1"], "[0, 100)"),
+        (["--duration-hours", "10", "--z-expected", "30:20:40"], "low <= mid <= high"),
+        (["--duration-hours", "10", "--algorithm", "grid=30:10"], "unknown algorithm 'grid'"),
+        (["--duration-hours", "10", "--algorithm", "heuristic"], "NAME=TRIALS"),
+        (["--duration-hours", "10", "--algorithm", "heuristic=0:10"], "TRIALS"),
+        (["--duration-hours", "10", "--algorithm", "heuristic=ten:10"], "TRIALS"),
+        (["--duration-hours", "10", "--algorithm", "heuristic=30:x"], "Z_PERCENT"),
+        (["--duration-hours", "10", "--algorithm", "heuristic=30:100"], "[0, 100)"),
+        (
+            ["--duration-hours", "10", "--algorithm", "heuristic=30:5", "--algorithm", "heuristic=40:6"],
+            "once",
+        ),
+        (["--duration-hours", "10", "--z-expected", "5", "--engineer-hours", "8"], "--gpu-hour-cost"),
+        (["--duration-hours", "10", "--z-expected", "5", "--gpu-hour-cost", "-2"], "--gpu-hour-cost"),
+        (["--duration-hours", "10", "--z-expected", "5", "--output", "xml"], "--output"),
+        (["--duration-hours", "10"], "--job-id"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("estimate-z: error: ") and needle in lines[0]
+
+
+def test_zest_estimate_is_the_same_command() -> None:
+    code = "from estimator.cli import main; main()"
+    alias = subprocess.run(
+        [sys.executable, "-c", code, "estimate", *REFERENCE, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert alias.returncode == 0, alias.stderr
+    assert json.loads(alias.stdout) == json.loads(run(*REFERENCE, "--output", "json").stdout)
+
+
+def test_help_lists_every_option() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for option in (
+        "--job-id",
+        "--source",
+        "--duration-hours",
+        "--gpus",
+        "--reuse",
+        "--trial-minutes",
+        "--engineer-hours",
+        "--gpu-hour-cost",
+        "--engineer-hour-cost",
+        "--algorithm",
+        "--z-expected",
+        "--output",
+        "--plot",
+    ):
+        assert option in result.stdout
