@@ -199,3 +199,39 @@ def test_help_lists_every_option() -> None:
         "--plot",
     ):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "expected"),
+    [
+        # Example 1: N = 100 trials of 25 min on 8 GPUs cost 333.3 GPU-hours.
+        (["--duration-hours", "720", "--gpus", "8", "--algorithm", "heuristic=100:10"],
+         "exploration_gpu_hours", "333.3"),
+        # Example 2: 720 h improved by 10 % saves 72 h a run, worth 172.8 trials of 25 min.
+        (["--duration-hours", "720", "--algorithm", "heuristic=100:10"], "speedup_hours_per_run", "72.0"),
+        # Example 4: 2160 h at 10 % against 100 h of exploration (240 trials of 25 min).
+        (["--duration-hours", "2160", "--algorithm", "heuristic=240:10"], "r_break", "0.463"),
+        # Example 5: 10 h at 10 %, heuristic of 30 trials: R_break 12.5.
+        (["--duration-hours", "10", "--algorithm", "heuristic=30:10"], "r_break", "12.5"),
+    ],
+)  # fmt: skip
+def test_worked_examples_through_the_command(args: list[str], key: str, expected: str) -> None:
+    result = run(*args, "--output", "json")
+    assert result.returncode == 0, result.stderr
+    (a,) = json.loads(result.stdout)["algorithms"]
+    decimals = len(expected.partition(".")[2])
+    assert f"{a[key]:.{decimals}f}" == expected
+    if key == "speedup_hours_per_run":
+        assert f"{a[key] / a['trial_hours']:.1f}" == "172.8"
+
+
+def test_example_5_pays_at_fifty_reuses_not_at_one() -> None:
+    once = json.loads(
+        run("--duration-hours", "10", "--algorithm", "heuristic=30:10", "--output", "json").stdout
+    )
+    fifty = run(
+        "--duration-hours", "10", "--algorithm", "heuristic=30:10", "--reuse", "50", "--output", "json"
+    )
+    (a1,), (a50,) = once["algorithms"], json.loads(fifty.stdout)["algorithms"]
+    assert a1["verdict"] == "does-not-pay" and a1["net_saving_gpu_hours"] < 0
+    assert a50["verdict"] == "proceed" and a50["net_saving_gpu_hours"] == pytest.approx(50 - 12.5)
