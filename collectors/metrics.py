@@ -38,6 +38,14 @@ DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"
 DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
 DCGM_FB_RESERVED = "DCGM_FI_DEV_FB_RESERVED"
 DCGM_NVLINK_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
+# Field 449, TX+RX over all links. dcgm-exporter's counters file types it "counter",
+# but DCGM publishes a throughput: it differences NVML's cumulative KiB counters,
+# divides by the seconds between reads and by 1000, so the value goes down as
+# often as up and rate() on it is meaningless (dcgm-exporter issues #195, #417,
+# PR #658; KempnerPulse #10 cross-checked it against `nvidia-smi nvlink -gt d`).
+# Read it as a gauge in units of 1000 KiB/s. Used when the DCP pair
+# DCGM_NVLINK_BYTES (bytes/s, off by default) is absent.
+DCGM_NVLINK_TOTAL_METRIC = SourceMetric(DCGM_NVLINK_TOTAL, "nvlink_bytes_per_second", 1000 * 1024)
 
 # Princeton jobstats' nvidia_gpu_prometheus_exporter (port 9445). Its GPM
 # ``_percent`` series hold 0-1 fractions despite their names.
@@ -68,3 +76,67 @@ JOBSTATS_GPU_LABELS = ("minor_number", "ordinal")
 JOBSTATS_UUID_LABEL = "uuid"
 JOBSTATS_MODEL_LABEL = "name"
 JOBSTATS_HOST_LABELS = ("hostname", "instance")  # instance is host:port, set by the scrape
+JOBSTATS_MIG_INSTANCE_LABEL = "GPU_I_ID"  # empty on a whole GPU
+
+
+def dcgm_metric_for(signal: str) -> str:
+    """Name of the dcgm-exporter series in :data:`DCGM_METRICS` that feeds ``signal``."""
+    return next(m.name for m in DCGM_METRICS if m.signal == signal)
+
+
+# Further DCGM fields the capture-file parsers read. Total framebuffer (field 250,
+# MiB) is printed by dcgmi dmon; dcgm-exporter's default counters omit it.
+DCGM_FB_TOTAL = "DCGM_FI_DEV_FB_TOTAL"
+# NVLink traffic as two DCP fields (1011 TX, 1012 RX; bytes/s): the canonical
+# nvlink_bytes_per_second is their sum.
+DCGM_NVLINK_BYTES: tuple[str, str] = ("DCGM_FI_PROF_NVLINK_TX_BYTES", "DCGM_FI_PROF_NVLINK_RX_BYTES")
+
+
+@dataclass(frozen=True)
+class DmonField:
+    """A DCGM field as ``dcgmi dmon -e <field_id>`` names it in its ``#Entity`` header."""
+
+    field_id: int
+    short_name: str
+    dcgm_name: str  # the same field's dcgm-exporter series name
+
+
+# Short names as ``dcgmi dmon -l`` lists them (DCGM 3.x).
+DCGM_DMON_FIELDS: tuple[DmonField, ...] = (
+    DmonField(203, "GPUTL", dcgm_metric_for("gpu_util_ratio")),
+    DmonField(1002, "SMACT", dcgm_metric_for("sm_active_ratio")),
+    DmonField(1003, "SMOCC", dcgm_metric_for("sm_occupancy_ratio")),
+    DmonField(1004, "TENSO", dcgm_metric_for("tensor_active_ratio")),
+    DmonField(1005, "DRAMA", dcgm_metric_for("dram_active_ratio")),
+    DmonField(250, "FBTTL", DCGM_FB_TOTAL),
+    DmonField(251, "FBFRE", DCGM_FB_FREE),
+    DmonField(252, "FBUSD", DCGM_FB_USED),
+    DmonField(253, "FBRSV", DCGM_FB_RESERVED),
+    DmonField(155, "POWER", dcgm_metric_for("power_watts")),
+    DmonField(1009, "PCITX", dcgm_metric_for("pcie_tx_bytes_per_second")),
+    DmonField(1010, "PCIRX", dcgm_metric_for("pcie_rx_bytes_per_second")),
+    DmonField(1011, "NVLTX", DCGM_NVLINK_BYTES[0]),
+    DmonField(1012, "NVLRX", DCGM_NVLINK_BYTES[1]),
+)
+
+
+@dataclass(frozen=True)
+class NvidiaSmiField:
+    """A ``nvidia-smi --query-gpu`` property: its name, the unit its CSV header shows, the signal it feeds."""
+
+    name: str
+    unit: str
+    signal: str
+    scale: float = 1.0
+
+
+NVIDIA_SMI_METRICS: tuple[NvidiaSmiField, ...] = (
+    NvidiaSmiField("utilization.gpu", "%", "gpu_util_ratio", 0.01),
+    NvidiaSmiField("memory.used", "MiB", "mem_used_bytes", MIB),
+    NvidiaSmiField("memory.total", "MiB", "mem_total_bytes", MIB),
+    NvidiaSmiField("power.draw", "W", "power_watts"),
+)
+NVIDIA_SMI_TIMESTAMP = "timestamp"  # local time of the node, no zone: "2026/11/24 08:00:01.123"
+NVIDIA_SMI_TIMESTAMP_FORMATS = ("%Y/%m/%d %H:%M:%S.%f", "%Y/%m/%d %H:%M:%S")
+NVIDIA_SMI_GPU_FIELDS = ("index", "uuid")  # first present names the GPU
+NVIDIA_SMI_MODEL = "name"

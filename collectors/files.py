@@ -1,0 +1,601 @@
+"""Capture files: GPU telemetry recorded to disk by the tools clusters already run.
+
+:func:`read_capture` detects the format by content, not by name (a gzip file is
+decompressed first, whatever it is called) and reads:
+
+* ``nvidia-smi --query-gpu=timestamp,index,...  --format=csv`` logs, with or
+  without ``nounits``; the header line is required (``noheader`` is refused).
+  nvidia-smi prints the node's local time without a zone: **its timestamps are
+  read as UTC**.
+* ``dcgmi dmon -e 203,1002,...`` text output. dmon prints no time: its samples
+  are spaced ``interval_seconds`` apart (default 1 s, dmon's default ``-d``).
+* Prometheus text exposition scraped from dcgm-exporter or the jobstats
+  exporter, one scrape or several concatenated. Without sample timestamps the
+  scrapes are spaced ``interval_seconds`` apart (default 30 s, dcgm-exporter's
+  collection interval).
+* zest's own Parquet capture, written by :func:`write_capture`.
+
+Where a file carries no time, the samples start at ``start_time`` or, by
+default, end at the file's modification time: the moment its last sample was
+written. Every such assumption is returned in :attr:`Capture.notes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from collectors import metrics
+from collectors.errors import CaptureWriteError, JobNotFound, MalformedCapture, SourceUnavailable
+from collectors.schema import COLUMNS, GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, TIMESTAMP, SchemaError, conform
+
+#: Version of the Parquet capture layout that :func:`write_capture` writes and :func:`read_capture` reads.
+FORMAT_VERSION = 1
+#: Parquet file-metadata key holding the capture's JSON header.
+METADATA_KEY = b"zest.capture"
+ACCEPTED_FORMATS = (
+    "nvidia-smi --query-gpu CSV with its header line, dcgmi dmon text, Prometheus text from "
+    "dcgm-exporter or the jobstats exporter, zest Parquet; each may be gzip-compressed"
+)
+DMON_INTERVAL_SECONDS = 1.0  # dcgmi dmon's default -d 1000 (ms)
+SCRAPE_INTERVAL_SECONDS = 30.0  # dcgm-exporter's default collection interval
+
+NVIDIA_SMI = "nvidia-smi csv"
+DCGMI_DMON = "dcgmi dmon"
+PROMETHEUS = "prometheus text"
+ZEST_PARQUET = "zest parquet"
+
+_JOBS_NAMED = 5  # job ids a JobNotFound message lists
+
+
+def _signal(name: str) -> str:
+    if name not in SIGNALS:
+        raise AssertionError(f"{name} is not a canonical signal")
+    return name
+
+
+_MEM_TOTAL_BYTES = _signal("mem_total_bytes")
+_NVLINK_BYTES_PER_SECOND = _signal("nvlink_bytes_per_second")
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Telemetry read from a capture file, with the assumptions made reading it."""
+
+    frame: pd.DataFrame  # the canonical telemetry frame (collectors.schema.COLUMNS)
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. "timestamps assumed UTC"
+    source_format: str = ""  # which format the file held: NVIDIA_SMI, DCGMI_DMON, PROMETHEUS, ZEST_PARQUET
+
+
+@dataclass
+class _Parsed:
+    rows: list[Row]
+    notes: list[str]
+    source_format: str
+
+
+def read_capture(
+    path: Path,
+    job_id: str | None = None,
+    *,
+    host: str | None = None,
+    interval_seconds: float | None = None,
+    start_time: datetime | None = None,
+) -> Capture:
+    """Read a capture file into the canonical telemetry frame.
+
+    ``job_id``: a file without job labels belongs wholly to this job (its rows
+    get this id); a file with job labels is filtered to it. ``host`` names the
+    node for rows the file gives none (nvidia-smi, dmon); otherwise the host
+    stays missing. ``interval_seconds`` and ``start_time`` (UTC where naive)
+    place the samples of files without timestamps (dmon, Prometheus scrapes
+    without sample timestamps); by default the last sample sits at the
+    file's modification time.
+
+    Raises :class:`SourceUnavailable` if the file cannot be opened,
+    :class:`MalformedCapture` (``path:line: what broke``) if it cannot be
+    parsed or its format is unknown, :class:`JobNotFound` if its job labels
+    do not include ``job_id``.
+    """
+    if interval_seconds is not None and not interval_seconds > 0:
+        raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
+    try:
+        data = path.read_bytes()
+        modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"{path}: cannot read capture file ({exc.strerror}): check the path"
+        ) from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise MalformedCapture(f"{path}:1: corrupt or truncated gzip data ({exc})") from None
+    if data[:4] == b"PAR1":
+        frame, notes = _read_parquet(path, data)
+        return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MalformedCapture(
+            f"{path}:{line}: not UTF-8 text; accepted formats: {ACCEPTED_FORMATS}"
+        ) from None
+    lines = text.splitlines()
+    source_format = _detect(path, lines)
+    clock = _Clock(interval_seconds, start_time, modified)
+    if source_format == NVIDIA_SMI:
+        parsed = _parse_nvidia_smi(path, lines)
+    elif source_format == DCGMI_DMON:
+        parsed = _parse_dmon(path, lines, clock)
+    else:
+        parsed = _parse_prometheus(path, lines, clock)
+    frame = conform(pd.DataFrame.from_records(parsed.rows, columns=list(COLUMNS)))
+    return _finish(path, frame, job_id, host, parsed)
+
+
+def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ()) -> None:
+    """Write ``frame`` (put in the canonical schema first) as a zest Parquet capture, zstd-compressed.
+
+    ``notes`` are kept in the file and returned again by :func:`read_capture`.
+    Raises :class:`collectors.schema.SchemaError` if ``frame`` lacks a
+    timestamp column, :class:`CaptureWriteError` if the file cannot be written.
+    """
+    table = pa.Table.from_pandas(conform(frame), preserve_index=False)
+    header = {"format_version": FORMAT_VERSION, "columns": list(COLUMNS), "notes": list(notes)}
+    schema_metadata = dict(table.schema.metadata or {})
+    schema_metadata[METADATA_KEY] = json.dumps(header).encode()
+    try:
+        pq.write_table(table.replace_schema_metadata(schema_metadata), path, compression="zstd")
+    except OSError as exc:
+        raise CaptureWriteError(
+            f"{path}: cannot write capture ({exc}): check the directory and space"
+        ) from None
+
+
+# --- shared steps --------------------------------------------------------------
+
+
+def _finish(
+    path: Path, frame: pd.DataFrame, job_id: str | None, host: str | None, parsed: _Parsed
+) -> Capture:
+    notes = list(parsed.notes)
+    if host is not None and frame[HOST].isna().any():
+        frame[HOST] = frame[HOST].fillna(host)
+        notes.append(f"host {host} given by the caller for samples the file names no host for")
+    elif frame[HOST].isna().all():
+        notes.append("the file names no host: host left unset")
+    jobs = frame[JOB_ID]
+    if jobs.isna().all():
+        if job_id is not None:
+            frame[JOB_ID] = pd.Series(job_id, index=frame.index, dtype=frame[JOB_ID].dtype)
+            notes.append(f"the file has no job labels: all of it attributed to job {job_id}")
+        return Capture(frame, notes, parsed.source_format)
+    if job_id is None:
+        return Capture(frame, notes, parsed.source_format)
+    selected = jobs.eq(job_id).fillna(False).astype(bool)
+    if not selected.any():
+        held = sorted(jobs.dropna().unique())
+        named = ", ".join(held[:_JOBS_NAMED]) + (
+            f" and {len(held) - _JOBS_NAMED} more" if len(held) > _JOBS_NAMED else ""
+        )
+        raise JobNotFound(f"{path}: no telemetry for job {job_id}; the file holds job(s) {named}: pass one")
+    return Capture(frame[selected].reset_index(drop=True), notes, parsed.source_format)
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """Places the samples of a file without timestamps."""
+
+    interval_seconds: float | None
+    start_time: datetime | None
+    modified: datetime
+
+    def times(self, count: int, default_interval_seconds: float, what: str) -> tuple[list[datetime], str]:
+        """``count`` sample times, and a note saying how they were placed."""
+        interval = self.interval_seconds or default_interval_seconds
+        step = timedelta(seconds=interval)
+        if self.start_time is None:
+            first = self.modified - step * max(count - 1, 0)
+            anchor = f"the last at the file's modification time {self.modified.isoformat()}"
+        else:
+            first = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
+            anchor = f"starting at {first.isoformat()}"
+        return [first + step * i for i in range(count)], f"{what} spaced {interval:g} s, {anchor}"
+
+
+def _detect(path: Path, lines: Sequence[str]) -> str:
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith(("#Entity", "# Entity")):
+            return DCGMI_DMON
+        if stripped.startswith(("# HELP ", "# TYPE ")) or _PROMETHEUS_SAMPLE.fullmatch(stripped):
+            return PROMETHEUS
+        if stripped.startswith("#"):
+            continue
+        if _nvidia_smi_header(_csv_cells(stripped)) is not None:
+            return NVIDIA_SMI
+        if _NVIDIA_SMI_TIMESTAMP_START.match(stripped):
+            raise MalformedCapture(
+                f"{path}:{number}: nvidia-smi CSV without its header line: record with --format=csv "
+                "or --format=csv,nounits, not noheader"
+            )
+        raise MalformedCapture(
+            f"{path}:{number}: unknown capture format; accepted formats: {ACCEPTED_FORMATS}"
+        )
+    raise MalformedCapture(f"{path}:1: the file is empty; accepted formats: {ACCEPTED_FORMATS}")
+
+
+def _dcgm_signals(raw: Mapping[str, float]) -> dict[str, float]:
+    """Canonical signals from DCGM field values keyed by their dcgm-exporter names."""
+    out = {m.signal: raw[m.name] * m.scale for m in metrics.DCGM_METRICS if m.name in raw}
+    total_mib = raw.get(metrics.DCGM_FB_TOTAL, math.nan)
+    if math.isnan(total_mib) and metrics.DCGM_FB_USED in raw and metrics.DCGM_FB_FREE in raw:
+        # Reserved memory is absent from older exporters and default dmon field lists.
+        reserved_mib = raw.get(metrics.DCGM_FB_RESERVED, 0.0)
+        total_mib = raw[metrics.DCGM_FB_USED] + raw[metrics.DCGM_FB_FREE] + reserved_mib
+    if not math.isnan(total_mib):
+        out[_MEM_TOTAL_BYTES] = total_mib * metrics.MIB
+    if all(name in raw for name in metrics.DCGM_NVLINK_BYTES):
+        out[_NVLINK_BYTES_PER_SECOND] = sum(raw[name] for name in metrics.DCGM_NVLINK_BYTES)
+    return out
+
+
+def _jobstats_signals(raw: Mapping[str, float]) -> dict[str, float]:
+    return {m.signal: raw[m.name] * m.scale for m in metrics.JOBSTATS_METRICS if m.name in raw}
+
+
+# --- nvidia-smi --query-gpu --format=csv ---------------------------------------
+
+_NVIDIA_SMI_HEADER_CELL = re.compile(r"([a-z][a-z0-9_.]*)(?: \[([^\]]+)\])?")
+_NVIDIA_SMI_TIMESTAMP_START = re.compile(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}")
+_NVIDIA_SMI_BY_NAME = {f.name: f for f in metrics.NVIDIA_SMI_METRICS}
+
+Header = list[tuple[str, str | None]]
+
+
+def _csv_cells(line: str) -> list[str]:
+    return next(csv.reader([line], skipinitialspace=True))
+
+
+def _nvidia_smi_header(cells: list[str]) -> Header | None:
+    """``[(property, unit or None), ...]`` if ``cells`` are a nvidia-smi CSV header with a timestamp."""
+    matches = [_NVIDIA_SMI_HEADER_CELL.fullmatch(cell.strip()) for cell in cells]
+    if not all(matches):
+        return None
+    header = [(m.group(1), m.group(2)) for m in matches if m is not None]
+    if metrics.NVIDIA_SMI_TIMESTAMP not in (name for name, _ in header):
+        return None
+    return header
+
+
+def _check_nvidia_smi_header(path: Path, number: int, header: Header) -> None:
+    names = [name for name, _ in header]
+    if not any(name in names for name in metrics.NVIDIA_SMI_GPU_FIELDS):
+        fields = " or ".join(metrics.NVIDIA_SMI_GPU_FIELDS)
+        raise MalformedCapture(f"{path}:{number}: the header names no GPU: add {fields} to --query-gpu")
+    for name, unit in header:
+        known = _NVIDIA_SMI_BY_NAME.get(name)
+        if known is not None and unit is not None and unit != known.unit:
+            raise MalformedCapture(f"{path}:{number}: {name} is in [{unit}], expected [{known.unit}]")
+
+
+def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime:
+    for layout in metrics.NVIDIA_SMI_TIMESTAMP_FORMATS:
+        try:
+            return datetime.strptime(cell, layout).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise MalformedCapture(f"{path}:{number}: timestamp {cell!r} is not YYYY/MM/DD HH:MM:SS.mmm")
+
+
+def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
+    header: Header | None = None
+    gpu_field = ""
+    repeated_headers = 0
+    missing_cells = 0
+    rows: list[Row] = []
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        cells = [cell.strip() for cell in _csv_cells(stripped)]
+        new_header = _nvidia_smi_header(cells)
+        if new_header is not None:
+            # Logs appended by several runs repeat the header; a later run may query other fields.
+            repeated_headers += header is not None
+            _check_nvidia_smi_header(path, number, new_header)
+            header = new_header
+            names = [name for name, _ in header]
+            gpu_field = next(f for f in metrics.NVIDIA_SMI_GPU_FIELDS if f in names)
+            continue
+        if header is None:
+            raise MalformedCapture(f"{path}:{number}: a record before the nvidia-smi CSV header")
+        if len(cells) != len(header):
+            raise MalformedCapture(
+                f"{path}:{number}: {len(cells)} cells for the {len(header)} columns of the header"
+            )
+        row: Row = {}
+        for (name, unit), cell in zip(header, cells, strict=True):
+            if name == metrics.NVIDIA_SMI_TIMESTAMP:
+                row[TIMESTAMP] = _nvidia_smi_time(path, number, cell)
+            elif name == gpu_field:
+                row[GPU] = cell
+            elif name == metrics.NVIDIA_SMI_MODEL:
+                row[GPU_MODEL] = cell
+            elif name in _NVIDIA_SMI_BY_NAME:
+                known = _NVIDIA_SMI_BY_NAME[name]
+                value = _nvidia_smi_value(path, number, name, unit, cell)
+                missing_cells += math.isnan(value)
+                row[known.signal] = value * known.scale
+        rows.append(row)
+    if not rows:
+        raise MalformedCapture(f"{path}:{len(lines)}: nvidia-smi CSV with a header but no records")
+    notes = ["nvidia-smi prints local time without a zone: timestamps assumed UTC"]
+    if missing_cells:
+        notes.append(f"{missing_cells} cell(s) reading [N/A] or [Not Supported] taken as missing")
+    if repeated_headers:
+        notes.append(f"{repeated_headers} repeated header line(s) skipped (log appended by several runs)")
+    return _Parsed(rows, notes, NVIDIA_SMI)
+
+
+def _nvidia_smi_value(path: Path, number: int, name: str, unit: str | None, cell: str) -> float:
+    if cell == "N/A" or (cell.startswith("[") and cell.endswith("]")):
+        return math.nan  # [N/A], [Not Supported], [Unknown Error], [GPU is lost]
+    text = cell[: -len(unit)].rstrip() if unit and cell.endswith(unit) else cell
+    try:
+        return float(text)
+    except ValueError:
+        unit_text = f" in {unit}" if unit else ""
+        raise MalformedCapture(f"{path}:{number}: {name} value {cell!r} is not a number{unit_text}") from None
+
+
+# --- dcgmi dmon ----------------------------------------------------------------
+
+_DMON_BY_SHORT_NAME = {f.short_name: f for f in metrics.DCGM_DMON_FIELDS}
+_DMON_MISSING = re.compile(r"N/[A-Z]")  # N/A blank, N/W not watched, N/S not supported
+_DMON_ENTITY_KIND = re.compile(r"[A-Za-z][A-Za-z-]*")
+# GPU rows name the GPU by index; MIG instances use dcgmi's own i:/ci: entity syntax.
+_DMON_GPU_ENTITIES = {"GPU": "{}", "GPU-I": "i:{}", "GPU-CI": "ci:{}"}
+
+
+def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+    fields: list[str] | None = None
+    unknown_fields: set[str] = set()
+    other_entities: set[str] = set()
+    missing_cells = 0
+    sample = 0
+    in_sample: set[str] = set()
+    samples: list[tuple[int, str, dict[str, float]]] = []
+    for number, line in enumerate(lines, 1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if line.lstrip().startswith(("#Entity", "# Entity")):
+            fields = line.split("Entity", 1)[1].split()
+            unknown_fields.update(f for f in fields if f not in _DMON_BY_SHORT_NAME)
+            continue
+        if tokens[0] == "ID" or tokens[0].startswith("#"):
+            continue  # the units line under the header, comments
+        if fields is None:
+            raise MalformedCapture(f"{path}:{number}: a dmon row before the #Entity header")
+        kind, entity, values = tokens[0], tokens[1] if len(tokens) > 1 else "", tokens[2:]
+        if not (_DMON_ENTITY_KIND.fullmatch(kind) and entity.isdigit()) or len(values) != len(fields):
+            raise MalformedCapture(
+                f"{path}:{number}: expected '<entity> <id>' and {len(fields)} values for the #Entity header, "
+                f"got {line.strip()!r}"
+            )
+        if kind not in _DMON_GPU_ENTITIES:
+            other_entities.add(kind)
+            continue
+        gpu = _DMON_GPU_ENTITIES[kind].format(entity)
+        if gpu in in_sample:  # the entity comes round again: a new sample
+            sample += 1
+            in_sample.clear()
+        in_sample.add(gpu)
+        raw: dict[str, float] = {}
+        for name, cell in zip(fields, values, strict=True):
+            known = _DMON_BY_SHORT_NAME.get(name)
+            if known is None:
+                continue
+            if _DMON_MISSING.fullmatch(cell):
+                missing_cells += 1
+                raw[known.dcgm_name] = math.nan
+                continue
+            try:
+                raw[known.dcgm_name] = float(cell)
+            except ValueError:
+                raise MalformedCapture(f"{path}:{number}: {name} value {cell!r} is not a number") from None
+        samples.append((sample, gpu, raw))
+    if not samples:
+        raise MalformedCapture(f"{path}:{len(lines)}: dcgmi dmon output without GPU rows")
+    times, placed = clock.times(sample + 1, DMON_INTERVAL_SECONDS, f"{sample + 1} dmon sample(s)")
+    rows: list[Row] = [{TIMESTAMP: times[k], GPU: gpu, **_dcgm_signals(raw)} for k, gpu, raw in samples]
+    notes = [f"dcgmi dmon prints no timestamps: {placed}"]
+    if missing_cells:
+        notes.append(f"{missing_cells} cell(s) reading N/A or N/W (not watched) taken as missing")
+    if unknown_fields:
+        notes.append(f"dmon fields zest does not use ignored: {', '.join(sorted(unknown_fields))}")
+    if other_entities:
+        notes.append(f"rows of non-GPU entities ignored: {', '.join(sorted(other_entities))}")
+    return _Parsed(rows, notes, DCGMI_DMON)
+
+
+# --- Prometheus text exposition ------------------------------------------------
+
+_PROMETHEUS_SAMPLE = re.compile(
+    r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+[-+]?([0-9.]+([eE][-+]?[0-9]+)?|NaN|Inf)(\s+-?[0-9]+)?"
+)
+_SERIES_KEY = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?")
+_DCGM_NAMES = frozenset(
+    {m.name for m in metrics.DCGM_METRICS}
+    | {metrics.DCGM_FB_FREE, metrics.DCGM_FB_RESERVED, metrics.DCGM_FB_TOTAL, *metrics.DCGM_NVLINK_BYTES}
+)
+_JOBSTATS_NAMES = frozenset(m.name for m in metrics.JOBSTATS_METRICS)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PORT = re.compile(r"\[?(.*?)\]?:\d+")
+
+# (scrape index, sample timestamp in ms or None, host, gpu, job id, gpu model)
+_SeriesKey = tuple[int, int | None, str | None, str | None, str | None, str | None]
+
+
+def _line_key(line: str) -> str | None:
+    """What marks a scrape's first line: a family's HELP or TYPE header, or a series."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if stripped.startswith("#"):
+        parts = stripped.split(None, 3)
+        return " ".join(parts[:3]) if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") else None
+    match = _SERIES_KEY.match(stripped)
+    return match.group(0) if match else None
+
+
+def _split_scrapes(lines: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """``[(first line number, lines), ...]``, one per scrape; a scrape begins where the first line recurs."""
+    scrapes: list[tuple[int, list[str]]] = []
+    first: str | None = None
+    for number, line in enumerate(lines, 1):
+        key = _line_key(line)
+        if first is None and key is not None:
+            first = key
+        if (key is not None and key == first) or not scrapes:
+            scrapes.append((number, []))
+        scrapes[-1][1].append(line)
+    return scrapes
+
+
+def _families(path: Path, first_number: int, chunk: list[str]) -> list[Metric]:
+    try:
+        return list(text_string_to_metric_families("\n".join(chunk) + "\n"))
+    except ValueError as chunk_error:
+        number, error = first_number, str(chunk_error)
+        for offset, line in enumerate(chunk):
+            if line.strip() and not line.lstrip().startswith("#"):
+                try:
+                    list(text_string_to_metric_families(line + "\n"))
+                except ValueError as line_error:
+                    number, error = first_number + offset, str(line_error)
+                    break
+        raise MalformedCapture(f"{path}:{number}: not Prometheus text exposition ({error})") from None
+
+
+def _label(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
+    for name in names:
+        if labels.get(name):
+            return labels[name]
+    return None
+
+
+def _host(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
+    host = _label(labels, names)
+    match = _PORT.fullmatch(host) if host else None
+    return match.group(1) if match else host  # jobstats' instance label is host:port
+
+
+def _with_mig(gpu: str | None, instance: str | None) -> str | None:
+    return f"{gpu}/{instance}" if gpu and instance else gpu
+
+
+def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
+    gpu = _label(labels, (metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL))
+    gpu = _with_mig(gpu, labels.get(metrics.DCGM_MIG_INSTANCE_LABEL))
+    job = labels.get(metrics.DCGM_HPC_JOB_LABEL) or None
+    pod = _label(labels, metrics.DCGM_POD_LABELS)
+    if job is None and pod is not None:
+        namespace = _label(labels, metrics.DCGM_NAMESPACE_LABELS)
+        job = f"{namespace}/{pod}" if namespace else pod
+    model = labels.get(metrics.DCGM_MODEL_LABEL) or None
+    return _host(labels, metrics.DCGM_HOST_LABELS), gpu, job, model
+
+
+def _jobstats_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
+    gpu = _label(labels, (*metrics.JOBSTATS_GPU_LABELS, metrics.JOBSTATS_UUID_LABEL))
+    gpu = _with_mig(gpu, labels.get(metrics.JOBSTATS_MIG_INSTANCE_LABEL))
+    job = labels.get(metrics.JOBSTATS_JOB_LABEL) or None
+    model = labels.get(metrics.JOBSTATS_MODEL_LABEL) or None
+    return _host(labels, metrics.JOBSTATS_HOST_LABELS), gpu, job, model
+
+
+def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+    scrapes = _split_scrapes(lines)
+    series: dict[_SeriesKey, dict[str, float]] = {}
+    untimed = 0
+    for index, (first_number, chunk) in enumerate(scrapes):
+        for family in _families(path, first_number, chunk):
+            for sample in family.samples:
+                if sample.name in _DCGM_NAMES:
+                    identity = _dcgm_identity(sample.labels)
+                elif sample.name in _JOBSTATS_NAMES:
+                    identity = _jobstats_identity(sample.labels)
+                else:
+                    continue
+                timestamp_ms = None if sample.timestamp is None else round(float(sample.timestamp) * 1000)
+                untimed += timestamp_ms is None
+                key = (index, timestamp_ms, *identity)
+                series.setdefault(key, {})[sample.name] = float(sample.value)
+    if not series:
+        raise MalformedCapture(
+            f"{path}:1: Prometheus text without dcgm-exporter or jobstats GPU series "
+            f"(e.g. {metrics.DCGM_METRICS[0].name}, {metrics.JOBSTATS_METRICS[0].name})"
+        )
+    notes = [f"{len(scrapes)} scrape(s) read"]
+    scrape_times: list[datetime] = []
+    if untimed:
+        scrape_times, placed = clock.times(len(scrapes), SCRAPE_INTERVAL_SECONDS, f"{len(scrapes)} scrape(s)")
+        notes.append(f"{untimed} sample(s) without timestamps: {placed}")
+    rows: list[Row] = []
+    for (index, timestamp_ms, host, gpu, job, model), raw in series.items():
+        when = scrape_times[index] if timestamp_ms is None else _EPOCH + timedelta(milliseconds=timestamp_ms)
+        signals = _dcgm_signals(raw) | _jobstats_signals(raw)
+        rows.append({TIMESTAMP: when, HOST: host, GPU: gpu, JOB_ID: job, GPU_MODEL: model, **signals})
+    return _Parsed(rows, notes, PROMETHEUS)
+
+
+# --- zest Parquet --------------------------------------------------------------
+
+
+def _read_parquet(path: Path, data: bytes) -> tuple[pd.DataFrame, list[str]]:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except pa.ArrowException as exc:
+        raise MalformedCapture(f"{path}: unreadable Parquet ({exc})") from None
+    raw_header = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw_header is None:
+        raise MalformedCapture(
+            f"{path}: Parquet without {METADATA_KEY.decode()} metadata is not a zest capture; "
+            f"accepted formats: {ACCEPTED_FORMATS}"
+        )
+    try:
+        header = json.loads(raw_header)
+        version = header["format_version"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MalformedCapture(f"{path}: bad {METADATA_KEY.decode()} metadata ({exc})") from None
+    if version != FORMAT_VERSION:
+        raise MalformedCapture(
+            f"{path}: zest capture format {version}; this zest reads format {FORMAT_VERSION}: "
+            "read it with a matching zest"
+        )
+    try:
+        frame = conform(table.to_pandas())
+    except SchemaError as exc:
+        raise MalformedCapture(f"{path}: zest capture does not hold the telemetry frame ({exc})") from None
+    return frame, [str(note) for note in header.get("notes", [])]

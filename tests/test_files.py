@@ -1,0 +1,421 @@
+"""Capture files: nvidia-smi CSV, dcgmi dmon, Prometheus scrapes and zest Parquet read into one frame."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pandas.testing import assert_frame_equal
+
+from collectors.errors import CaptureWriteError, JobNotFound, MalformedCapture, SourceUnavailable
+from collectors.files import (
+    DCGMI_DMON,
+    METADATA_KEY,
+    NVIDIA_SMI,
+    PROMETHEUS,
+    ZEST_PARQUET,
+    read_capture,
+    write_capture,
+)
+from collectors.metrics import MIB
+from collectors.schema import COLUMNS, GPU, GPU_MODEL, HOST, JOB_ID, LABELS, TIMESTAMP, conform
+
+CAPTURES = Path(__file__).parent / "data" / "captures"
+SMI = CAPTURES / "a100x2_job4242_smi.csv"
+DCGM_FEDERATE = CAPTURES / "a100x2_job4242_dcgm_federate.prom.gz"
+ZEST = CAPTURES / "a100x2_job4242.zest.parquet"
+SMI_NOUNITS = CAPTURES / "h100x4_smi_nounits_appended.csv"
+DMON = CAPTURES / "a100x2_dmon_na_nw.txt"
+DCGM_K8S_MIG = CAPTURES / "a100x2_dcgm_k8s_mig.prom"
+DCGM_SHARED = CAPTURES / "a100_dcgm_shared_gpu.prom"
+JOBSTATS = CAPTURES / "h100x4_jobstats_federate.prom"
+
+START = datetime(2026, 11, 24, 8, 0, 1, 123000, tzinfo=UTC)  # first sample of job 4242
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def utc(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- the same telemetry in three formats ---------------------------------------
+
+
+def test_nvidia_smi_dcgm_scrape_and_zest_parquet_give_the_same_frame() -> None:
+    smi = read_capture(SMI, "4242", host="gpu-node-07").frame
+    dcgm = read_capture(DCGM_FEDERATE, "4242").frame
+    zest = read_capture(ZEST, "4242").frame
+
+    assert len(smi) == len(dcgm) == len(zest) == 24
+    assert_frame_equal(dcgm, zest)  # the exporter carries every signal zest has
+    nvidia_smi_columns = [TIMESTAMP, *LABELS, "gpu_util_ratio", "mem_used_bytes", "mem_total_bytes"]
+    assert_frame_equal(smi[nvidia_smi_columns], dcgm[nvidia_smi_columns])
+    # nvidia-smi prints power with two decimals, DCGM with three.
+    assert_frame_equal(smi[["power_watts"]], dcgm[["power_watts"]], check_exact=False, atol=0.005, rtol=0)
+    assert smi["sm_active_ratio"].isna().all()  # a signal nvidia-smi lacks is NaN, never zero
+
+
+def test_dcgm_total_memory_is_used_plus_free_plus_reserved() -> None:
+    frame = read_capture(DCGM_FEDERATE).frame
+    assert (frame["mem_total_bytes"] == 81920 * MIB).all()
+
+
+# --- nvidia-smi ----------------------------------------------------------------
+
+
+def test_nvidia_smi_with_units_reads_values_timestamps_and_identity() -> None:
+    capture = read_capture(SMI)
+    first = capture.frame.iloc[0]
+    assert capture.source_format == NVIDIA_SMI
+    assert first[TIMESTAMP] == utc("2026-11-24 08:00:01.123")
+    assert (first[GPU], first[GPU_MODEL]) == ("0", A100)
+    assert first["gpu_util_ratio"] == pytest.approx(0.97)
+    assert first["mem_used_bytes"] == 30412 * MIB
+    assert first["power_watts"] == pytest.approx(402.00)
+    assert pd.isna(first[HOST]) and pd.isna(first[JOB_ID])
+    assert any("assumed UTC" in note for note in capture.notes)
+    assert list(capture.frame.columns) == list(COLUMNS)
+
+
+def test_nvidia_smi_nounits_log_appended_twice_skips_the_repeated_header_and_reads_na_as_missing() -> None:
+    capture = read_capture(SMI_NOUNITS, host="della-h13n2")
+    frame = capture.frame
+    assert len(frame) == 2 * 3 * 4  # two runs of three samples of four GPUs
+    gpu3 = frame[frame[GPU] == "3"]
+    first_run = gpu3[TIMESTAMP] < utc("2026-11-23 23:00")
+    assert gpu3.loc[first_run, "power_watts"].isna().all()  # [N/A]
+    assert gpu3.loc[first_run, "mem_total_bytes"].isna().all()  # [Not Supported]
+    assert gpu3.loc[~first_run, "power_watts"].tolist() == pytest.approx([69.81, 72.31, 74.81])
+    assert frame.loc[frame[GPU] == "0", "gpu_util_ratio"].iloc[0] == pytest.approx(0.88)
+    assert (frame[HOST] == "della-h13n2").all()
+    assert any("repeated header" in note for note in capture.notes)
+    assert any("[N/A]" in note for note in capture.notes)
+
+
+def test_nvidia_smi_uuid_names_the_gpu_when_index_is_not_queried(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "smi.csv",
+        "timestamp, uuid, utilization.gpu [%]\n2026/11/24 08:00:01.123, GPU-5c3a9f02, 45 %\n",
+    )
+    assert read_capture(path).frame[GPU].tolist() == ["GPU-5c3a9f02"]
+
+
+def test_nvidia_smi_without_header_is_refused_with_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, "smi.csv", "2026/11/24 08:00:01.123, 0, 45 %, 1234 MiB\n")
+    with pytest.raises(MalformedCapture, match=r"smi\.csv:1: .*not noheader"):
+        read_capture(path)
+
+
+@pytest.mark.parametrize(
+    ("record", "what"),
+    [
+        ("2026/11/24 08:00:02.123, 0, 45 %", r":3: 3 cells for the 4 columns"),
+        (
+            "2026/11/24 08:00:02.123, 0, 45 %, 1234 MHz",
+            r":3: memory\.used value '1234 MHz' is not a number in MiB",
+        ),
+        ("24.11.2026 08:00, 0, 45 %, 1234 MiB", r":3: timestamp '24\.11\.2026 08:00' is not"),
+    ],
+)
+def test_nvidia_smi_bad_record_names_file_and_line(tmp_path: Path, record: str, what: str) -> None:
+    header = "timestamp, index, utilization.gpu [%], memory.used [MiB]"
+    good = "2026/11/24 08:00:01.123, 0, 44 %, 1200 MiB"
+    path = write(tmp_path, "smi.csv", f"{header}\n{good}\n{record}\n")
+    with pytest.raises(MalformedCapture, match=rf"smi\.csv{what}"):
+        read_capture(path)
+
+
+def test_nvidia_smi_header_without_a_gpu_field_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "smi.csv", "timestamp, utilization.gpu [%]\n2026/11/24 08:00:01.123, 45 %\n")
+    with pytest.raises(MalformedCapture, match=r"smi\.csv:1: .*add index or uuid"):
+        read_capture(path)
+
+
+# --- dcgmi dmon ----------------------------------------------------------------
+
+
+def test_dmon_places_samples_from_start_time_and_interval_and_reads_na_nw_as_missing() -> None:
+    start = datetime(2026, 11, 24, 8, 0, 1, tzinfo=UTC)
+    capture = read_capture(DMON, start_time=start, interval_seconds=2.0)
+    frame = capture.frame
+    assert capture.source_format == DCGMI_DMON
+    assert len(frame) == 10
+    expected_times = [pd.Timestamp(start + timedelta(seconds=2 * k)) for k in range(5) for _ in range(2)]
+    assert frame[TIMESTAMP].tolist() == expected_times
+    assert frame[GPU].tolist() == ["0", "1"] * 5
+    first_sample = frame.iloc[:2]
+    assert first_sample["sm_active_ratio"].isna().all()  # N/A
+    assert first_sample["pcie_tx_bytes_per_second"].isna().all()
+    assert frame.loc[frame[GPU] == "1", "tensor_active_ratio"].isna().all()  # N/W
+    assert frame.loc[frame[GPU] == "0", "tensor_active_ratio"].iloc[1] == pytest.approx(0.290)
+    assert frame["gpu_util_ratio"].iloc[0] == pytest.approx(0.97)
+    assert (frame["mem_total_bytes"] == 81920 * MIB).all()  # FBTTL
+    assert frame["power_watts"].iloc[1] == pytest.approx(413.017)
+    assert frame["pcie_rx_bytes_per_second"].iloc[2] == 54_000_000
+    assert any("spaced 2 s" in note for note in capture.notes)
+    assert any("N/W" in note for note in capture.notes)
+
+
+def test_dmon_without_start_time_ends_at_the_file_modification_time(tmp_path: Path) -> None:
+    path = tmp_path / "dmon.txt"
+    shutil.copy(DMON, path)
+    written = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)
+    os.utime(path, (written.timestamp(), written.timestamp()))
+    capture = read_capture(path, "4242")
+    assert capture.frame[TIMESTAMP].max() == pd.Timestamp(written)
+    assert capture.frame[TIMESTAMP].min() == pd.Timestamp(written - timedelta(seconds=4))  # default 1 s
+    assert (capture.frame[JOB_ID] == "4242").all()
+    assert any("modification time" in note for note in capture.notes)
+
+
+def test_dmon_derives_total_memory_and_names_mig_instances_and_skips_other_entities(tmp_path: Path) -> None:
+    text = """\
+#Entity   FBUSD       FBFRE       FBRSV       NVLTX       NVLRX
+ID
+GPU 0     1000        900         100         300         200
+GPU-I 3   500         400         N/A         N/A         N/A
+Switch 0  N/A         N/A         N/A         N/A         N/A
+GPU 0     1010        890         100         310         210
+GPU-I 3   505         395         N/A         N/A         N/A
+"""
+    frame = read_capture(write(tmp_path, "dmon.txt", text), start_time=START).frame
+    assert frame[GPU].tolist() == ["0", "i:3", "0", "i:3"]
+    assert frame["mem_total_bytes"].iloc[0] == 2000 * MIB  # used + free + reserved
+    assert pd.isna(frame["mem_total_bytes"].iloc[1])  # reserved reads N/A: total unknown
+    assert frame["nvlink_bytes_per_second"].iloc[0] == 500  # TX + RX
+    assert frame[TIMESTAMP].iloc[2] == pd.Timestamp(START + timedelta(seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (
+            "#Entity SMACT\nID\nError setting watches. Result: The profiling module returned an error\n",
+            r":3: expected '<entity> <id>' and 1 values",
+        ),
+        (
+            "#Entity GPUTL SMACT\nID\nGPU 0  45  0.5\nGPU 1  45\n",
+            r":4: expected '<entity> <id>' and 2 values",
+        ),
+        ("#Entity GPUTL SMACT\nGPU 0  45  half\n", r":2: SMACT value 'half' is not a number"),
+        ("#Entity GPUTL\nID\n", r":2: dcgmi dmon output without GPU rows"),
+    ],
+)
+def test_dmon_malformed_names_file_and_line(tmp_path: Path, text: str, what: str) -> None:
+    with pytest.raises(MalformedCapture, match=rf"dmon\.txt{what}"):
+        read_capture(write(tmp_path, "dmon.txt", text))
+
+
+# --- Prometheus scrapes --------------------------------------------------------
+
+
+def test_dcgm_kubernetes_mig_scrapes_without_timestamps() -> None:
+    start = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
+    capture = read_capture(DCGM_K8S_MIG, start_time=start, interval_seconds=15)
+    frame = capture.frame
+    assert capture.source_format == PROMETHEUS
+    assert len(frame) == 3 * 3
+    assert sorted(set(frame[TIMESTAMP])) == [
+        pd.Timestamp(start + timedelta(seconds=15 * k)) for k in range(3)
+    ]
+    assert set(frame[HOST]) == {"gpu-node-12"}  # the newer, lower-case hostname label
+    by_gpu = frame.groupby(GPU)[JOB_ID].first().to_dict()
+    assert by_gpu == {
+        "0/1": "nlp/bert-finetune-6f9c7d5b8-x2kq4",
+        "0/2": "nlp/llama-eval-0",
+        "1": "vision/resnet-train-worker-0",
+    }
+    mig = frame[frame[GPU] == "0/1"].iloc[0]
+    assert pd.isna(mig["gpu_util_ratio"])  # DCGM reports no GPU_UTIL for MIG instances
+    assert mig["mem_total_bytes"] == (21344 + 18848) * MIB  # used + free, reserved absent
+    assert mig["sm_active_ratio"] == pytest.approx(0.612)
+    assert frame.loc[frame[GPU] == "1", "gpu_util_ratio"].iloc[0] == pytest.approx(0.96)
+    assert any("3 scrape(s) spaced 15 s" in note for note in capture.notes)
+
+
+def test_dcgm_scrape_is_filtered_to_the_requested_pod() -> None:
+    frame = read_capture(DCGM_K8S_MIG, "nlp/llama-eval-0").frame
+    assert set(frame[GPU]) == {"0/2"}
+    assert len(frame) == 3
+
+
+def test_job_not_in_a_labelled_file_names_the_jobs_it_holds() -> None:
+    with pytest.raises(
+        JobNotFound, match=r"job nlp/nope;.*nlp/bert-finetune-6f9c7d5b8-x2kq4, nlp/llama-eval-0"
+    ):
+        read_capture(DCGM_K8S_MIG, "nlp/nope")
+
+
+def test_job_not_found_lists_only_the_first_few_jobs(tmp_path: Path) -> None:
+    lines = [f'DCGM_FI_DEV_GPU_UTIL{{gpu="{g}",hpc_job="{100 + g}"}} 50' for g in range(8)]
+    path = write(tmp_path, "scrape.prom", "\n".join(lines) + "\n")
+    with pytest.raises(JobNotFound, match=r"job\(s\) 100, 101, 102, 103, 104 and 3 more: pass one$"):
+        read_capture(path, "999")
+
+
+def test_a_gpu_shared_by_two_jobs_yields_a_copy_for_each_job() -> None:
+    frame = read_capture(DCGM_SHARED, start_time=START).frame
+    shared = frame[frame[GPU] == "0"]
+    assert sorted(shared[JOB_ID]) == ["5101", "5102"]
+    signals = ["gpu_util_ratio", "mem_used_bytes", "power_watts"]
+    assert_frame_equal(
+        shared[signals].iloc[[0]].reset_index(drop=True), shared[signals].iloc[[1]].reset_index(drop=True)
+    )
+    assert set(frame[HOST]) == {"gpu-node-03"}  # the older Hostname label
+
+    only = read_capture(DCGM_SHARED, "5102", start_time=START).frame
+    assert only[[GPU, JOB_ID]].values.tolist() == [["0", "5102"]]
+    assert only["power_watts"].iloc[0] == pytest.approx(288.771)
+
+
+def test_jobstats_federated_scrapes_convert_units_and_strip_the_port() -> None:
+    capture = read_capture(JOBSTATS)
+    frame = capture.frame
+    assert len(frame) == 2 * 4
+    assert set(frame[HOST]) == {"della-l01g3"}
+    assert sorted(set(frame[TIMESTAMP])) == [utc("2026-11-24 09:30:00.017"), utc("2026-11-24 09:30:30.017")]
+    gpu0 = frame[frame[GPU] == "0"].iloc[0]
+    assert gpu0["power_watts"] == pytest.approx(612.488)  # milliwatts
+    assert gpu0["gpu_util_ratio"] == pytest.approx(1.0)  # duty cycle in %
+    assert gpu0["sm_active_ratio"] == pytest.approx(0.932)  # GPM "_percent" is a 0-1 fraction
+    assert gpu0["mem_total_bytes"] == 85520809984
+    assert gpu0[GPU_MODEL] == "NVIDIA H100 80GB HBM3"
+    assert frame.loc[frame[GPU] == "3", JOB_ID].isna().all()  # idle GPU: empty jobid
+    assert not any("without timestamps" in note for note in capture.notes)
+
+    job = read_capture(JOBSTATS, "61834201").frame
+    assert sorted(set(job[GPU])) == ["0", "1"]
+    assert len(job) == 4
+
+
+def test_jobstats_mig_instance_and_older_kubernetes_labels(tmp_path: Path) -> None:
+    text = """\
+nvidia_gpu_duty_cycle{GPU_I_ID="5",jobid="777",minor_number="2",instance="[fd00::12]:9445"} 40
+DCGM_FI_DEV_FB_USED{gpu="1",pod_name="trainer-0",pod_namespace="legacy",Hostname="n1"} 2048
+"""
+    frame = read_capture(write(tmp_path, "scrape.prom", text), start_time=START).frame
+    rows = frame.set_index(GPU)
+    assert rows.loc["2/5", JOB_ID] == "777"
+    assert rows.loc["2/5", HOST] == "fd00::12"
+    assert rows.loc["1", JOB_ID] == "legacy/trainer-0"
+    assert rows.loc["1", "mem_used_bytes"] == 2048 * MIB
+
+
+def test_concatenated_scrapes_without_comments_split_where_the_first_series_recurs(tmp_path: Path) -> None:
+    scrape = (
+        'DCGM_FI_DEV_GPU_UTIL{gpu="0"} {u}\n'
+        'DCGM_FI_DEV_GPU_UTIL{gpu="1"} {u}\n'
+        'DCGM_FI_DEV_POWER_USAGE{gpu="0"} 300\n'
+    )
+    text = "".join(scrape.replace("{u}", str(u)) for u in (10, 20, 30))
+    capture = read_capture(write(tmp_path, "scrapes.prom", text), start_time=START, interval_seconds=60)
+    gpu0 = capture.frame[capture.frame[GPU] == "0"]
+    assert gpu0["gpu_util_ratio"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert gpu0[TIMESTAMP].tolist() == [pd.Timestamp(START + timedelta(minutes=k)) for k in range(3)]
+
+
+def test_prometheus_syntax_error_names_the_line(tmp_path: Path) -> None:
+    text = "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n"
+    text += 'DCGM_FI_DEV_GPU_UTIL{gpu="0"} 45\nDCGM_FI_DEV_GPU_UTIL{gpu="1"} N/A\n'
+    with pytest.raises(MalformedCapture, match=r"scrape\.prom:4: not Prometheus text exposition"):
+        read_capture(write(tmp_path, "scrape.prom", text))
+
+
+def test_prometheus_text_without_gpu_series_is_refused(tmp_path: Path) -> None:
+    text = "# HELP node_load1 1m load average.\n# TYPE node_load1 gauge\nnode_load1 0.42\n"
+    with pytest.raises(MalformedCapture, match=r"without dcgm-exporter or jobstats GPU series"):
+        read_capture(write(tmp_path, "node.prom", text))
+
+
+# --- zest Parquet --------------------------------------------------------------
+
+
+def test_write_then_read_returns_the_frame_and_notes(tmp_path: Path) -> None:
+    original = read_capture(DCGM_K8S_MIG, start_time=START)
+    path = tmp_path / "capture.parquet"
+    write_capture(original.frame, path, notes=original.notes)
+    again = read_capture(path)
+    assert again.source_format == ZEST_PARQUET
+    assert_frame_equal(again.frame, original.frame)
+    assert again.notes == original.notes
+    header = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+    assert header["format_version"] == 1
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
+
+
+def test_parquet_of_another_format_version_is_refused(tmp_path: Path) -> None:
+    table = pa.Table.from_pandas(conform(read_capture(ZEST).frame), preserve_index=False)
+    path = tmp_path / "future.parquet"
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: b'{"format_version": 2}'}), path)
+    with pytest.raises(MalformedCapture, match=r"format 2; this zest reads format 1"):
+        read_capture(path)
+
+
+def test_parquet_that_is_not_a_zest_capture_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), path)
+    with pytest.raises(MalformedCapture, match=r"without zest\.capture metadata"):
+        read_capture(path)
+
+
+def test_write_into_a_missing_directory_raises_capture_write_error(tmp_path: Path) -> None:
+    with pytest.raises(CaptureWriteError, match=r"cannot write capture"):
+        write_capture(read_capture(ZEST).frame, tmp_path / "no" / "such" / "dir.parquet")
+
+
+# --- any format ----------------------------------------------------------------
+
+
+def test_gzip_is_read_by_content_whatever_the_name(tmp_path: Path) -> None:
+    path = tmp_path / "gpu.log"
+    path.write_bytes(gzip.compress(SMI.read_bytes()))
+    assert_frame_equal(read_capture(path).frame, read_capture(SMI).frame)
+
+
+def test_a_file_without_job_labels_belongs_to_the_given_job() -> None:
+    assert read_capture(SMI).frame[JOB_ID].isna().all()
+    capture = read_capture(SMI, "4242")
+    assert (capture.frame[JOB_ID] == "4242").all()
+    assert capture.frame[JOB_ID].dtype == conform(capture.frame)[JOB_ID].dtype
+    assert any("attributed to job 4242" in note for note in capture.notes)
+
+
+def test_missing_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable, match=r"nope\.csv: cannot read capture file"):
+        read_capture(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b'{"gpu": 0, "util": 45}\n', r"x:1: unknown capture format; accepted formats: nvidia-smi"),
+        (b"\n\n", r"x:1: the file is empty"),
+        (b"\x1f\x8b\x08\x00garbage", r"x:1: corrupt or truncated gzip data"),
+        (b"timestamp, index\n\xff\xfe\n", r"x:2: not UTF-8 text"),
+    ],
+)
+def test_unreadable_content_is_malformed(tmp_path: Path, content: bytes, what: str) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(content)
+    with pytest.raises(MalformedCapture, match=what):
+        read_capture(path)
+
+
+def test_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="interval_seconds must be > 0"):
+        read_capture(DMON, interval_seconds=0)
