@@ -25,3 +25,11 @@ class JobNotFound(CollectorError):
 
 class MalformedCapture(CollectorError):
     """A capture file cannot be parsed; the message names the file and line."""
+
+
+class CaptureWriteError(CollectorError):
+    """A capture file cannot be written (directory missing, no permission, disk full)."""
+
+
+class SpecError(CollectorError, ValueError):
+    """A job spec for ``zest simulate`` is invalid or cannot run; the message names the field and why."""
