@@ -37,6 +37,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -319,7 +320,7 @@ class PerfConstants:
 
 
 #: Where the calibration script writes the constants (a repository file, not package data).
-DEFAULT_CONSTANTS_PATH: Final = Path(__file__).resolve().parent.parent / "models" / "perfmodel_constants.json"
+DEFAULT_CONSTANTS_PATH: Final = Path(str(resources.files("zest_models") / "perfmodel_constants.json"))
 
 
 def load_constants(gpu: str, path: str | Path = DEFAULT_CONSTANTS_PATH) -> PerfConstants:
