@@ -116,6 +116,10 @@ def read_capture(
     if interval_seconds is not None and not interval_seconds > 0:
         raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
     try:
+        with path.open("rb") as head:
+            if head.read(4) == b"PAR1":  # read by pyarrow from the file, not through a copy in memory
+                frame, notes = _read_parquet(path, path)
+                return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
         data = path.read_bytes()
         modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
     except OSError as exc:
@@ -573,9 +577,9 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
 # --- zest Parquet --------------------------------------------------------------
 
 
-def _read_parquet(path: Path, data: bytes) -> tuple[pd.DataFrame, list[str]]:
+def _read_parquet(path: Path, data: bytes | Path) -> tuple[pd.DataFrame, list[str]]:
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data)
     except pa.ArrowException as exc:
         raise MalformedCapture(f"{path}: unreadable Parquet ({exc})") from None
     raw_header = (table.schema.metadata or {}).get(METADATA_KEY)
@@ -595,7 +599,7 @@ def _read_parquet(path: Path, data: bytes) -> tuple[pd.DataFrame, list[str]]:
             "read it with a matching zest"
         )
     try:
-        frame = conform(table.to_pandas())
+        frame = conform(table.to_pandas(), sort=False)  # write_capture wrote it sorted
     except SchemaError as exc:
         raise MalformedCapture(f"{path}: zest capture does not hold the telemetry frame ({exc})") from None
     return frame, [str(note) for note in header.get("notes", [])]

@@ -78,32 +78,39 @@ def _conform(frame: pd.DataFrame, columns: tuple[str, ...], required: tuple[str,
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise SchemaError(f"telemetry frame lacks column(s) {', '.join(missing)}")
-    out = frame.copy()
+    # A new frame of (lazily copied) columns: conforming a frame that already
+    # conforms costs no copy of its data.
+    out = pd.DataFrame(index=frame.index)
     for column in columns:
-        if column not in out.columns:
-            out[column] = pd.NA if column in LABELS else float("nan")
-    for column in LABELS:
-        out[column] = out[column].astype("string")
-    for column in (TIMESTAMP, WINDOW_START, WINDOW_END):
-        if column in columns:
-            out[column] = pd.to_datetime(out[column], utc=True)
-    floats = [c for c in columns if c not in LABELS and c not in (TIMESTAMP, WINDOW_START, WINDOW_END)]
-    for column in floats:
-        try:
-            out[column] = pd.to_numeric(out[column], errors="raise").astype("float64")
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"column {column} is not numeric: {exc}") from None
-    return out[list(columns)]
+        if column in LABELS:
+            values = frame[column] if column in frame.columns else pd.Series(pd.NA, index=frame.index)
+            out[column] = values if str(values.dtype) == "string" else values.astype("string")
+        elif column in (TIMESTAMP, WINDOW_START, WINDOW_END):
+            values = frame[column] if column in frame.columns else pd.Series(pd.NaT, index=frame.index)
+            out[column] = pd.to_datetime(values, utc=True)
+        elif column not in frame.columns:
+            out[column] = float("nan")
+        elif frame[column].dtype == "float64":
+            out[column] = frame[column]
+        else:
+            try:
+                out[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+            except (TypeError, ValueError) as exc:
+                raise SchemaError(f"column {column} is not numeric: {exc}") from None
+    return out
 
 
-def conform(frame: pd.DataFrame) -> pd.DataFrame:
+def conform(frame: pd.DataFrame, *, sort: bool = True) -> pd.DataFrame:
     """Return ``frame`` in the canonical telemetry schema.
 
     Adds absent signal columns as NaN and absent labels as missing, casts
     dtypes (UTC timestamps, string labels, float64 signals), orders the
-    columns and sorts the rows by time, host and GPU.
+    columns and sorts the rows by time, host and GPU (``sort=False`` for a
+    frame known to be sorted, such as a capture zest wrote).
     """
     out = _conform(frame, COLUMNS, (TIMESTAMP,))
+    if not sort:
+        return out.reset_index(drop=True)
     return out.sort_values([TIMESTAMP, HOST, GPU], kind="stable", ignore_index=True)
 
 

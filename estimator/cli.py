@@ -8,18 +8,30 @@ README).
 from __future__ import annotations
 
 import json
+import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import click
 from rich.console import Console
 
-from collectors.errors import JobNotFound, MalformedCapture, SourceQueryError, SourceUnavailable
+from collectors.errors import (
+    CaptureWriteError,
+    JobNotFound,
+    MalformedCapture,
+    SourceQueryError,
+    SourceUnavailable,
+    SpecError,
+)
+from collectors.schema import SchemaError
+from collectors.sources import SOURCE_HELP, Telemetry, read_job
 from estimator.algorithms import ALGORITHMS_BY_NAME, DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES, SHARES_NOTE
 from estimator.breakeven import Candidate, Costs, InputError, Job, ZInterval, decide
+from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
 from estimator.report import render_table, to_document
 
 
@@ -30,11 +42,14 @@ class NoEstimate(Exception):
 #: Exit codes, by the exception that leads to them. 2 is also click's code for a bad option.
 EXIT_CODES: dict[type[Exception], int] = {
     InputError: 2,
+    SpecError: 2,
     SourceUnavailable: 3,
     NoEstimate: 3,
     SourceQueryError: 4,
     JobNotFound: 5,
     MalformedCapture: 6,
+    SchemaError: 6,
+    CaptureWriteError: 7,
 }
 
 
@@ -103,6 +118,48 @@ class ZIntervalType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class DurationType(click.ParamType):
+    """A duration in seconds, or with a unit s, m, h or d (``90``, ``30s``, ``30m``, ``2h``, ``1d``)."""
+
+    name = "DURATION"
+    _UNITS: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
+        if not match or float(match[1]) <= 0:
+            self.fail(f"{value!r} is not a duration > 0 such as 90, 30s, 30m, 2h or 1d", param, ctx)
+        return float(match[1]) * self._UNITS[match[2]]
+
+
+def _telemetry_options(command: Any) -> Any:
+    """The options that say where a job's telemetry comes from, shared by the commands that read it."""
+    for option in reversed(
+        [
+            click.option(
+                "--source", help=f"Telemetry source: {SOURCE_HELP}. Default: nvml where a driver is present."
+            ),
+            click.option(
+                "--window",
+                type=DurationType(),
+                help="How much telemetry: NVML samples this long (default 60s); Prometheus looks this far "
+                "back "
+                "(default: the job's whole run); a capture file: its last part (default: all of it).",
+            ),
+            click.option(
+                "--interval",
+                type=DurationType(),
+                default="1s",
+                show_default=True,
+                help="NVML sampling interval.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def _positive(kind: type[float] | type[int]) -> click.ParamType:
     return click.IntRange(min=1) if kind is int else click.FloatRange(min=0, min_open=True)
 
@@ -117,8 +174,8 @@ def cli() -> None:
 
 
 @cli.command("estimate")
-@click.option("--job-id", help="Job to estimate Z_e for from its telemetry (Slurm id, pod, pid:N).")
-@click.option("--source", help="Telemetry source: nvml, prometheus=URL, or a capture file.")
+@click.option("--job-id", help="Job to estimate Z_e for from its telemetry (Slurm id, namespace/pod, pid:N).")
+@_telemetry_options
 @click.option(
     "--duration-hours",
     "duration_hours",
@@ -172,6 +229,8 @@ def cli() -> None:
 def estimate(
     job_id: str | None,
     source: str | None,
+    window: float | None,
+    interval: float,
     duration_hours: float | None,
     gpus: int | None,
     reuse: float | None,
@@ -201,8 +260,22 @@ def estimate(
     if engineer_hours > 0 and (gpu_hour_cost is None or engineer_hour_cost is None):
         raise click.UsageError("--engineer-hours > 0 needs --gpu-hour-cost and --engineer-hour-cost (> 0)")
     needs_estimate = any(a.z_percent is None for a in chosen) and z_expected is None
+    features: Features | None = None
+    if needs_estimate or source is not None:
+        if job_id is None:
+            raise click.UsageError(
+                "--job-id is required to read telemetry; or give every algorithm's Z "
+                "with --algorithm NAME=N:Z or --z-expected Z"
+            )
+        telemetry = read_job(source, job_id, window_seconds=window, interval_seconds=interval)
+        features = _features(telemetry, window)
+        notes.extend(telemetry.notes + features.notes)
     if needs_estimate:
-        z_expected = estimate_from_telemetry(job_id, source)
+        assert features is not None
+        z_expected = estimate_from_features(features)
+    if gpus is None and features is not None and math.isfinite(features.row[GPU_COUNT]):
+        gpus = int(features.row[GPU_COUNT])
+        notes.append(f"G = {gpus}: the GPUs seen in the job's telemetry (--gpus overrides)")
     if gpus is None:
         gpus = 1
         notes.append("G not given (--gpus): assumed 1 GPU; GPU-hours scale with G")
@@ -235,7 +308,12 @@ def estimate(
         plot_breakeven(decision, plot, title=f"job {job_id}" if job_id else None)
         notes.append(f"chart written to {plot}")
     document = to_document(
-        decision, job_id=job_id, trial_minutes=trial_minutes, z_expected=z_expected, notes=notes
+        decision,
+        job_id=job_id,
+        trial_minutes=trial_minutes,
+        z_expected=z_expected,
+        notes=notes,
+        telemetry=None if features is None else telemetry_document(telemetry, features),
     )
     if output == "json":
         click.echo(json.dumps(document, indent=2))
@@ -244,20 +322,59 @@ def estimate(
 
 
 def _require(z: ZInterval | None) -> ZInterval:
-    assert z is not None  # estimate_from_telemetry either returns one or raises
+    assert z is not None  # estimate_from_features either returns one or raises
     return z
 
 
-def estimate_from_telemetry(job_id: str | None, source: str | None) -> ZInterval:
-    """Z_e of a thorough search for the job, from its telemetry."""
-    if job_id is None:
-        raise click.UsageError(
-            "--job-id is required to estimate Z_e from telemetry; "
-            "or give every algorithm's Z with --algorithm NAME=N:Z or --z-expected Z"
-        )
+def _features(telemetry: Telemetry, window: float | None) -> Features:
+    summary = (
+        telemetry.summary if telemetry.summary is not None else summarize_gpus(_require_frame(telemetry))
+    )
+    if summary.empty:
+        raise JobNotFound(f"{telemetry.source}: no samples for the job in the window read")
+    return job_features(summary, requested_window_seconds=window)
+
+
+def _require_frame(telemetry: Telemetry) -> Any:
+    assert telemetry.frame is not None  # a source gives a frame or a summary
+    return telemetry.frame
+
+
+def telemetry_document(telemetry: Telemetry, features: Features) -> dict[str, Any]:
+    """The ``telemetry`` object of the JSON output: where it came from and the job's features (NaN: null)."""
+    values = {str(k): (None if not math.isfinite(float(v)) else float(v)) for k, v in features.row.items()}
+    return {"source": telemetry.source, "features": values}
+
+
+def estimate_from_features(features: Features) -> ZInterval:
+    """Z_e of a thorough search for the job, from its telemetry features."""
     raise NoEstimate(
-        "no telemetry source is available in this version of zest: "
-        "give Z with --z-expected Z or --algorithm NAME=N:Z to use the break-even calculator"
+        "telemetry read, but this version of zest has no Z_e model yet: "
+        "give Z with --z-expected Z or --algorithm NAME=N:Z (the job's features are in --output json)"
+    )
+
+
+@cli.command("capture")
+@click.option("--job-id", required=True, help="Job whose telemetry to record.")
+@_telemetry_options
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Parquet file to write (zest's capture format, read back by --source FILE).",
+)
+def capture(job_id: str, source: str | None, window: float | None, interval: float, output: Path) -> None:
+    """Record a job's telemetry from any source into a zest capture file."""
+    from collectors.files import write_capture
+
+    telemetry = read_job(source, job_id, window_seconds=window, interval_seconds=interval, raw=True)
+    frame = _require_frame(telemetry)
+    if frame.empty:
+        raise JobNotFound(f"{telemetry.source}: no samples for job {job_id} in the window read")
+    write_capture(frame, output, notes=telemetry.notes)
+    gpus = frame.groupby(["host", "gpu"], dropna=False).ngroups
+    click.echo(
+        f"wrote {len(frame)} samples of {gpus} GPU(s) of job {job_id} from {telemetry.source} to {output}"
     )
 
 
