@@ -41,7 +41,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors import metrics
 from collectors.errors import CaptureWriteError, JobNotFound, MalformedCapture, SourceUnavailable
-from collectors.schema import COLUMNS, GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, TIMESTAMP, SchemaError, conform
+from collectors.schema import (
+    COLUMNS,
+    GPU,
+    GPU_MODEL,
+    HOST,
+    JOB_ID,
+    TIMESTAMP,
+    SchemaError,
+    canonical_signal,
+    conform,
+)
 
 #: Version of the Parquet capture layout that :func:`write_capture` writes and :func:`read_capture` reads.
 FORMAT_VERSION = 1
@@ -62,14 +72,8 @@ ZEST_PARQUET = "zest parquet"
 _JOBS_NAMED = 5  # job ids a JobNotFound message lists
 
 
-def _signal(name: str) -> str:
-    if name not in SIGNALS:
-        raise AssertionError(f"{name} is not a canonical signal")
-    return name
-
-
-_MEM_TOTAL_BYTES = _signal("mem_total_bytes")
-_NVLINK_BYTES_PER_SECOND = _signal("nvlink_bytes_per_second")
+_MEM_TOTAL_BYTES = canonical_signal("mem_total_bytes")
+_NVLINK_BYTES_PER_SECOND = canonical_signal("nvlink_bytes_per_second")
 
 Row = dict[str, object]
 

@@ -42,6 +42,14 @@ SIGNALS: tuple[str, ...] = (
 
 COLUMNS: tuple[str, ...] = (TIMESTAMP, *LABELS, *SIGNALS)
 
+
+def canonical_signal(name: str) -> str:
+    """``name``, checked to be a canonical signal: for modules that name one signal as a constant."""
+    if name not in SIGNALS:
+        raise AssertionError(f"{name} is not a canonical signal")
+    return name
+
+
 #: Window statistics the GPU summary holds for every signal. ``pNN`` is the
 #: NN-th percentile over the window.
 STATISTICS: tuple[str, ...] = ("mean", "p10", "p50", "p90", "min", "max")

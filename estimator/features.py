@@ -45,6 +45,7 @@ from collectors.schema import (
     WINDOW_END,
     WINDOW_START,
     SchemaError,
+    canonical_signal,
     conform_summary,
     summary_column,
 )
@@ -53,20 +54,14 @@ from estimator.hardware import link_peaks
 FloatArray = npt.NDArray[np.float64]
 
 
-def _signal(name: str) -> str:
-    if name not in SIGNALS:
-        raise AssertionError(f"{name} is not a canonical signal")
-    return name
-
-
-GPU_UTIL = _signal("gpu_util_ratio")
-SM_ACTIVE = _signal("sm_active_ratio")
-MEM_USED = _signal("mem_used_bytes")
-MEM_TOTAL = _signal("mem_total_bytes")
-POWER = _signal("power_watts")
-PCIE_TX = _signal("pcie_tx_bytes_per_second")
-PCIE_RX = _signal("pcie_rx_bytes_per_second")
-NVLINK = _signal("nvlink_bytes_per_second")
+GPU_UTIL = canonical_signal("gpu_util_ratio")
+SM_ACTIVE = canonical_signal("sm_active_ratio")
+MEM_USED = canonical_signal("mem_used_bytes")
+MEM_TOTAL = canonical_signal("mem_total_bytes")
+POWER = canonical_signal("power_watts")
+PCIE_TX = canonical_signal("pcie_tx_bytes_per_second")
+PCIE_RX = canonical_signal("pcie_rx_bytes_per_second")
+NVLINK = canonical_signal("nvlink_bytes_per_second")
 
 #: Signals that are 0–1 shares of time or capacity; each gets its GPU-mean statistics as features.
 RATIO_SIGNALS: tuple[str, ...] = tuple(s for s in SIGNALS if s.endswith("_ratio"))
