@@ -122,13 +122,6 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert any(str(target) in n for n in json.loads(result.stdout)["notes"])
 
 
-def test_telemetry_estimate_without_a_source_exits_3() -> None:
-    result = run("--duration-hours", "150", "--job-id", "1234")
-    assert result.returncode == 3
-    assert result.stderr.count("\n") == 1 and "--z-expected" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -1,0 +1,811 @@
+"""Read a job's GPU telemetry from a Prometheus server, aggregated by the server.
+
+:class:`PrometheusSource` asks Prometheus' HTTP API for the per-GPU summary of
+:mod:`collectors.schema` directly: every statistic is one PromQL query for the
+whole job, evaluated once at the end of the window, so what travels grows with
+the number of GPUs, never with the number of samples.
+
+It reads what clusters already scrape (names from :mod:`collectors.metrics`):
+
+* dcgm-exporter series, the job named by ``hpc_job`` (Slurm/HPC) or by the
+  Kubernetes ``pod`` and ``namespace`` labels: job id ``"<namespace>/<pod>"`` or
+  ``"<pod>"``;
+* the jobstats exporter's ``nvidia_gpu_*`` series, the job named by ``jobid``.
+
+Which of them holds the job is found from the data. Statistics of a plain
+gauge are computed over the raw samples in ``[start, end]``; the idle share,
+sums of series (DCGM total memory, NVLink TX+RX) and the first and last sample
+times are subqueries at ``step_seconds`` resolution (set it to the scrape
+interval). Both ends of the window are inclusive. The first and last sample
+times rely on Prometheus' default ``--query.lookback-delta`` of 5 minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import requests
+
+from collectors import metrics
+from collectors.errors import JobNotFound, SourceQueryError, SourceUnavailable
+from collectors.metrics import SourceMetric
+from collectors.schema import (
+    GPU,
+    GPU_MODEL,
+    HOST,
+    IDLE_SHARE,
+    IDLE_SM_ACTIVE_RATIO,
+    JOB_ID,
+    SAMPLES,
+    SIGNALS,
+    STATISTICS,
+    TIMESTAMP,
+    WINDOW_END,
+    WINDOW_START,
+    canonical_signal,
+    conform,
+    conform_summary,
+    summary_column,
+)
+
+USER_ENV = "ZEST_PROMETHEUS_USER"
+PASSWORD_ENV = "ZEST_PROMETHEUS_PASSWORD"
+TOKEN_ENV = "ZEST_PROMETHEUS_TOKEN"
+
+DEFAULT_LOOKBACK_SECONDS = 30 * 24 * 3600.0
+# Prometheus' default --query.lookback-delta: a sample stays visible this long, so a
+# subquery at this step sees every sample at least once.
+_LOOKBACK_DELTA_SECONDS = 300
+# Widest spread of the GPUs' coarse first-sample times that is refined to the second.
+_REFINE_SPREAD_SECONDS = 3600
+_ERROR_TEXT_CHARS = 300
+
+_SM_ACTIVE = canonical_signal("sm_active_ratio")
+_MEM_USED = canonical_signal("mem_used_bytes")
+_MEM_TOTAL = canonical_signal("mem_total_bytes")
+_NVLINK = canonical_signal("nvlink_bytes_per_second")
+_QUANTILES: Mapping[str, float] = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
+assert set(_QUANTILES) | {"mean", "min", "max"} == set(STATISTICS)
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What :meth:`PrometheusSource.summarize_job` found.
+
+    ``summary`` is in the GPU-summary schema (:func:`collectors.schema.conform_summary`);
+    ``series_pulled`` counts the series in all query answers and ``queries`` the
+    HTTP requests made.
+    """
+
+    summary: pd.DataFrame
+    notes: list[str]
+    series_pulled: int
+    queries: int
+
+
+@dataclass(frozen=True)
+class JobSamples:
+    """What :meth:`PrometheusSource.job_samples` found: the canonical telemetry frame and notes."""
+
+    frame: pd.DataFrame
+    notes: list[str]
+    series_pulled: int
+    queries: int
+
+
+@dataclass(frozen=True)
+class _Signal:
+    """How a canonical signal is read: the sum of ``parts`` (and ``optional`` where present) x ``scale``."""
+
+    signal: str
+    parts: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    scale: float = 1.0
+    counter: bool = False  # a cumulative counter: the signal is its per-second rate
+
+    @classmethod
+    def of(cls, metric: SourceMetric) -> _Signal:
+        return cls(metric.signal, (metric.name,), scale=metric.scale, counter=metric.counter)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.parts, *self.optional)
+
+    @property
+    def raw_gauge(self) -> bool:
+        """One gauge series: its statistics come from the raw samples, without a subquery."""
+        return len(self.names) == 1 and not self.counter
+
+
+@dataclass(frozen=True)
+class _Family:
+    """An exporter's series: the readings of each signal, in order of preference, and its labels."""
+
+    name: str
+    readings: tuple[_Signal, ...]
+    host_labels: tuple[str, ...]
+    gpu_labels: tuple[str, ...]  # first present names the GPU
+    mig_label: str
+    model_label: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for r in self.readings for n in r.names))
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """Labels that tell one GPU of a job from another."""
+        return (*self.host_labels, *self.gpu_labels, self.mig_label, self.model_label)
+
+    def choose(self, present: set[str]) -> dict[str, _Signal]:
+        """The first reading of each signal whose required series are present."""
+        chosen: dict[str, _Signal] = {}
+        for reading in self.readings:
+            if reading.signal not in chosen and set(reading.parts) <= present:
+                chosen[reading.signal] = _Signal(
+                    reading.signal,
+                    reading.parts,
+                    tuple(n for n in reading.optional if n in present),
+                    reading.scale,
+                    reading.counter,
+                )
+        return chosen
+
+    def anchor(self, present: set[str], chosen: Mapping[str, _Signal]) -> str:
+        """The series that counts samples and dates the window: memory used, which every exporter has."""
+        if _MEM_USED in chosen:
+            return chosen[_MEM_USED].parts[0]
+        return next(n for n in self.names if n in present)
+
+
+_DCGM = _Family(
+    name="dcgm-exporter",
+    readings=(
+        *(_Signal.of(m) for m in metrics.DCGM_METRICS),
+        _Signal(
+            _MEM_TOTAL, (metrics.DCGM_FB_USED, metrics.DCGM_FB_FREE), (metrics.DCGM_FB_RESERVED,), metrics.MIB
+        ),
+        _Signal(_NVLINK, metrics.DCGM_NVLINK_BYTES),
+        _Signal.of(metrics.DCGM_NVLINK_TOTAL_METRIC),
+    ),
+    host_labels=metrics.DCGM_HOST_LABELS,
+    gpu_labels=(metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL),
+    mig_label=metrics.DCGM_MIG_INSTANCE_LABEL,
+    model_label=metrics.DCGM_MODEL_LABEL,
+)
+_JOBSTATS = _Family(
+    name="jobstats exporter",
+    readings=tuple(_Signal.of(m) for m in metrics.JOBSTATS_METRICS),
+    host_labels=metrics.JOBSTATS_HOST_LABELS,
+    gpu_labels=(*metrics.JOBSTATS_GPU_LABELS, metrics.JOBSTATS_UUID_LABEL),
+    mig_label=metrics.JOBSTATS_MIG_INSTANCE_LABEL,
+    model_label=metrics.JOBSTATS_MODEL_LABEL,
+)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One way a job id may be labelled: a family and the label matchers that select the job."""
+
+    family: _Family
+    matchers: tuple[tuple[str, str], ...]
+
+    def describe(self) -> str:
+        return ", ".join(f"{label}={_quote(value)}" for label, value in self.matchers)
+
+
+def _candidates(job_id: str) -> list[_Candidate]:
+    """The labellings tried for ``job_id``, in order of preference."""
+    found = [_Candidate(_DCGM, ((metrics.DCGM_HPC_JOB_LABEL, job_id),))]
+    namespace, slash, pod = job_id.rpartition("/")
+    for pod_label, namespace_label in zip(
+        metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True
+    ):
+        if slash and namespace and pod:
+            found.append(_Candidate(_DCGM, ((namespace_label, namespace), (pod_label, pod))))
+        elif not slash:
+            found.append(_Candidate(_DCGM, ((pod_label, job_id),)))
+    found.append(_Candidate(_JOBSTATS, ((metrics.JOBSTATS_JOB_LABEL, job_id),)))
+    return found
+
+
+def _quote(value: str) -> str:
+    """``value`` as a PromQL string literal: whatever it holds, it matches only itself.
+
+    PromQL strings take Go's escapes; JSON's (``\\"``, ``\\\\``, ``\\n``, ``\\u00XX``) are a subset.
+    """
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _selector(name: str, matchers: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f"{label}={_quote(value)}" for label, value in matchers)
+    return f"{name}{{{inner}}}"
+
+
+def _duration(seconds: float) -> str:
+    """A PromQL duration in whole milliseconds (at least 1 ms)."""
+    return f"{max(round(seconds * 1000), 1)}ms"
+
+
+def _unix(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _name_selector(names: Iterable[str], matchers: Iterable[tuple[str, str]]) -> str:
+    """A selector of the series named ``names`` that carry ``matchers``."""
+    inner = [f"__name__=~{_name_regex(names)}", *(f"{label}={_quote(value)}" for label, value in matchers)]
+    return "{" + ",".join(inner) + "}"
+
+
+def _fresh(selector: str, step_seconds: float) -> str:
+    # The sample taken since the previous step, if any: a plain selector would repeat a
+    # series' last value for the 5-minute lookback after it ends, and a range of a
+    # whole step would see a sample on its closed left end twice.
+    return f"last_over_time({selector}[{_duration(step_seconds - 0.001)}])"
+
+
+def _per_step(reading: _Signal, matchers: Sequence[tuple[str, str]], step_seconds: float, by: str) -> str:
+    """PromQL for the raw (unscaled) value of ``reading`` at each step of a subquery."""
+    if reading.counter:
+        # rate() needs two samples in its range: four scrape intervals leave room for a missed one.
+        return f"rate({_selector(reading.parts[0], matchers)}[{_duration(4 * step_seconds)}])"
+    if len(reading.names) == 1:
+        return _fresh(_selector(reading.parts[0], matchers), step_seconds)
+    # Summing by GPU adds whichever parts exist (an absent optional one adds nothing),
+    # and costs a fraction of the label matching a binary "+" does at every step.
+    return f"sum by ({by}) ({_fresh(_name_selector(reading.names, matchers), step_seconds)})"
+
+
+def _parse_value(sample: Sequence[Any]) -> float:
+    return float(sample[1])  # Prometheus writes "NaN", "+Inf", "-Inf" as float() reads them
+
+
+class _Tally:
+    """Counts and notes of one call, kept by the threads that run its queries."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.series = 0
+        self.notes: list[str] = []
+        self._lock = threading.Lock()
+
+    def count(self, *, queries: int = 0, series: int = 0, notes: Iterable[str] = ()) -> None:
+        with self._lock:
+            self.queries += queries
+            self.series += series
+            self.notes.extend(notes)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """A job found in Prometheus: how it is labelled, what it has, each GPU's first and last sample."""
+
+    candidate: _Candidate
+    chosen: dict[str, _Signal]
+    anchor: str
+    first: dict[tuple[str, ...], float]
+    last: dict[tuple[str, ...], float]
+    start: float  # the window, Unix seconds
+    end: float
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One query of a summary: the column it fills and the scale to base units."""
+
+    column: str
+    query: str
+    purpose: str
+    scale: float = 1.0
+
+
+@dataclass(repr=False)
+class PrometheusSource:
+    """A Prometheus server holding dcgm-exporter or jobstats-exporter series.
+
+    ``url`` is the server's base URL (``http://host:9090``, a path prefix allowed).
+    Basic-auth credentials in it (``http://user:pass@host:9090``) or in
+    ``ZEST_PROMETHEUS_USER``/``ZEST_PROMETHEUS_PASSWORD`` are sent with every request,
+    else a bearer token from ``ZEST_PROMETHEUS_TOKEN``; none of them is ever shown:
+    after construction ``url`` holds the address without credentials.
+    ``timeout_seconds`` bounds each request; ``step_seconds`` is the subquery
+    resolution (the exporter's scrape interval, 30 s by default in dcgm-exporter);
+    ``lookback_seconds`` is how far back a job is looked for when no window is given;
+    ``max_concurrent_queries`` statistics are asked for at once.
+    """
+
+    url: str
+    timeout_seconds: float = 10.0
+    session: requests.Session | None = None
+    step_seconds: float = 30.0
+    lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS
+    max_concurrent_queries: int = 4
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        netloc = parts.netloc.rpartition("@")[2]
+        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SourceUnavailable(
+                f"Prometheus URL {self.url!r} is not an http(s) address; give one like http://host:9090"
+            )
+        self._auth: tuple[str, str] | None = None
+        self._headers: dict[str, str] = {}
+        user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
+        token = os.environ.get(TOKEN_ENV)
+        if parts.username is not None:
+            self._auth = (unquote(parts.username), unquote(parts.password or ""))
+        elif user is not None or password is not None:
+            if user is None or password is None:
+                raise SourceUnavailable(f"set both {USER_ENV} and {PASSWORD_ENV} for basic auth, or neither")
+            self._auth = (user, password)
+        elif token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        if self.session is None:
+            self.session = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"PrometheusSource(url={self.url!r}, timeout_seconds={self.timeout_seconds!r})"
+
+    # --- public API -------------------------------------------------------------------------
+
+    @property
+    def display_url(self) -> str:
+        """The server's address as it may be shown: never with credentials."""
+        return self.url
+
+    def summarize_job(
+        self, job_id: str, start: datetime | None = None, end: datetime | None = None
+    ) -> JobSummary:
+        """Per-GPU window statistics of job ``job_id`` between ``start`` and ``end`` (both inclusive).
+
+        A missing ``start`` or ``end`` becomes the job's first or last sample
+        visible in Prometheus (looking back ``lookback_seconds`` from ``end`` or
+        now). Naive datetimes are read as UTC. Raises :class:`JobNotFound` when
+        no series of the job has a sample in the window.
+        """
+        tally = _Tally()
+        job = self._locate(job_id, start, end, tally)
+        family, matchers = job.candidate.family, job.candidate.matchers
+        chosen, anchor = job.chosen, job.anchor
+        at, width = job.end, job.end - job.start
+        by = ",".join(family.identity)
+        plan = [
+            _Planned(
+                SAMPLES,
+                f"sum by ({by}) (count_over_time({_selector(anchor, matchers)}[{_duration(width)}]))",
+                f"counting {anchor} samples",
+            )
+        ]
+        for signal, reading in chosen.items():
+            plan += [
+                _Planned(
+                    summary_column(signal, statistic),
+                    self._statistic_query(reading, statistic, matchers, width, by),
+                    f"reading {statistic} of {'+'.join(reading.names)}",
+                    reading.scale,
+                )
+                for statistic in STATISTICS
+            ]
+        if _SM_ACTIVE in chosen:
+            plan.append(
+                _Planned(
+                    IDLE_SHARE,
+                    self._idle_query(chosen[_SM_ACTIVE], matchers, width, by),
+                    "reading the idle share",
+                )
+            )
+        else:
+            tally.notes.append("idle share needs SM activity, which this job lacks: it is NaN")
+        columns = {WINDOW_START: job.first, WINDOW_END: job.last, **self._run(plan, at, family, tally)}
+        summary = _frame(columns, family, job_id)
+        return JobSummary(summary, tally.notes, tally.series, tally.queries)
+
+    def job_samples(
+        self, job_id: str, start: datetime | None = None, end: datetime | None = None
+    ) -> JobSamples:
+        """Every sample of job ``job_id`` in the window, as the canonical telemetry frame.
+
+        The window is found as in :meth:`summarize_job`. Unlike it, what travels
+        grows with the samples: one range query per series name. Sums (DCGM total
+        memory, NVLink TX+RX) add the parts scraped at the same instant; a counter
+        is read as its rate at ``step_seconds`` steps.
+        """
+        tally = _Tally()
+        job = self._locate(job_id, start, end, tally)
+        family, matchers = job.candidate.family, job.candidate.matchers
+        width = _duration(job.end - job.start)
+        plan: list[tuple[str, str]] = []  # (series name or signal, query)
+        for reading in job.chosen.values():
+            if reading.counter:
+                per_step = _per_step(reading, matchers, self.step_seconds, ",".join(family.identity))
+                plan.append((reading.signal, f"({per_step})[{width}:{_duration(self.step_seconds)}]"))
+            else:
+                plan += [(name, f"{_selector(name, matchers)}[{width}]") for name in reading.names]
+        plan = list(dict.fromkeys(plan))
+
+        def one(item: tuple[str, str]) -> list[dict[str, Any]]:
+            return self._query(item[1], job.end, f"reading samples of {item[0]}", tally, "matrix")
+
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
+            answers = dict(zip((name for name, _ in plan), pool.map(one, plan), strict=True))
+        rows: dict[tuple[tuple[str, ...], float], dict[str, float]] = {}
+        for reading in job.chosen.values():
+            names = (reading.signal,) if reading.counter else reading.names
+            for name in names:
+                for item in answers[name]:
+                    key = tuple(item["metric"].get(label, "") for label in family.identity)
+                    for stamp, value in item["values"]:
+                        row = rows.setdefault((key, float(stamp)), {})
+                        # Parts of a sum share their scrape's timestamp.
+                        row[reading.signal] = row.get(reading.signal, 0.0) + float(value) * reading.scale
+        records: list[dict[str, object]] = []
+        for (key, stamp), signals in rows.items():
+            labels = dict(zip(family.identity, key, strict=True))
+            records.append({TIMESTAMP: stamp, **_identity(labels, family, job_id), **signals})
+        frame = pd.DataFrame(records, columns=[TIMESTAMP, HOST, GPU, JOB_ID, GPU_MODEL, *job.chosen])
+        milliseconds = np.round(frame[TIMESTAMP].to_numpy(dtype="float64") * 1000)
+        frame[TIMESTAMP] = pd.to_datetime(milliseconds, unit="ms", utc=True)
+        return JobSamples(conform(frame), tally.notes, tally.series, tally.queries)
+
+    def running_jobs(self) -> list[str]:
+        """Ids of the jobs whose GPU series have a sample now (within Prometheus' lookback), sorted.
+
+        One query: ``hpc_job`` values, ``namespace/pod`` of Kubernetes pods and the
+        jobstats ``jobid`` values, in :meth:`summarize_job`'s id format.
+        """
+        tally = _Tally()
+        dcgm_names = _name_regex(_DCGM.names)
+        parts = [
+            f"group by ({metrics.DCGM_HPC_JOB_LABEL}) "
+            f'({{__name__=~{dcgm_names},{metrics.DCGM_HPC_JOB_LABEL}!=""}})'
+        ]
+        for pod, namespace in zip(metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True):
+            parts.append(f'group by ({namespace},{pod}) ({{__name__=~{dcgm_names},{pod}!=""}})')
+        parts.append(
+            f"group by ({metrics.JOBSTATS_JOB_LABEL}) "
+            f'({{__name__=~{_name_regex(_JOBSTATS.names)},{metrics.JOBSTATS_JOB_LABEL}!=""}})'
+        )
+        result = self._query(" or ".join(parts), datetime.now(UTC).timestamp(), "listing running jobs", tally)
+        jobs: set[str] = set()
+        for item in result:
+            labels: Mapping[str, str] = item["metric"]
+            if labels.get(metrics.DCGM_HPC_JOB_LABEL):
+                jobs.add(labels[metrics.DCGM_HPC_JOB_LABEL])
+            elif labels.get(metrics.JOBSTATS_JOB_LABEL):
+                jobs.add(labels[metrics.JOBSTATS_JOB_LABEL])
+            for pod, namespace in zip(metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True):
+                if labels.get(pod):
+                    jobs.add(f"{labels[namespace]}/{labels[pod]}" if labels.get(namespace) else labels[pod])
+        return sorted(jobs)
+
+    # --- the steps of summarize_job ----------------------------------------------------------
+
+    def _locate(self, job_id: str, start: datetime | None, end: datetime | None, tally: _Tally) -> _Located:
+        """Find the job's labelling, its series and its window."""
+        hi = _unix(end) if end is not None else datetime.now(UTC).timestamp()
+        lo = _unix(start) if start is not None else hi - self.lookback_seconds
+        if lo >= hi:
+            raise SourceQueryError(
+                f"the window starts at {start} and ends at {end}; give a start before the end"
+            )
+        candidate, present = self._find_job(job_id, lo, hi, tally)
+        family, matchers = candidate.family, candidate.matchers
+        chosen = family.choose(present)
+        anchor = family.anchor(present, chosen)
+        tally.notes.append(f"job {job_id} read from {family.name} series labelled {candidate.describe()}")
+        missing = [s for s in SIGNALS if s not in chosen]
+        if missing:
+            tally.notes.append(f"no series for {', '.join(missing)}: they are NaN")
+
+        search_lo, search_hi = lo, hi
+        if start is None or end is None:
+            search_lo, search_hi = self._coarse_window(job_id, candidate, anchor, lo, hi, tally)
+        first, last = self._edges(
+            family, anchor, matchers, search_lo, search_hi, tally, samples_follow=end is not None
+        )
+        if not first or not last:
+            raise JobNotFound(self._not_found(job_id, [candidate], lo, hi, "has no samples"))
+        window_start = lo if start is not None else min(first.values())
+        window_end = hi if end is not None else max(last.values())
+        if start is None or end is None:
+            tally.notes.append(
+                f"window taken from the data: {_iso(window_start)} to {_iso(window_end)} "
+                f"(first and last sample)"
+            )
+        return _Located(candidate, chosen, anchor, first, last, window_start, window_end)
+
+    def _find_job(self, job_id: str, lo: float, hi: float, tally: _Tally) -> tuple[_Candidate, set[str]]:
+        """The first labelling under which the job has series in ``[lo, hi]``, and their names."""
+        tried = _candidates(job_id)
+        for candidate in tried:
+            selector = _name_selector(candidate.family.names, candidate.matchers)
+            names = self._call(
+                "get",
+                "/api/v1/label/__name__/values",
+                [("match[]", selector), ("start", f"{lo:.3f}"), ("end", f"{hi:.3f}")],
+                f"looking for job {job_id} as {candidate.describe()}",
+                tally,
+            )
+            if names:
+                return candidate, set(names)
+        raise JobNotFound(self._not_found(job_id, tried, lo, hi, "has no GPU series"))
+
+    def _coarse_window(
+        self, job_id: str, candidate: _Candidate, anchor: str, lo: float, hi: float, tally: _Tally
+    ) -> tuple[float, float]:
+        """Narrow ``[lo, hi]`` to the job's samples, to within the lookback delta, with two cheap queries.
+
+        Counting before ``timestamp()`` makes each step one aggregate instead of
+        one value per GPU; the step time it yields is at most one lookback delta
+        after the first sample and before the last.
+        """
+        present = f"timestamp(count({_selector(anchor, candidate.matchers)}))"
+        subquery = f"[{_duration(hi + _LOOKBACK_DELTA_SECONDS - lo)}:{_LOOKBACK_DELTA_SECONDS}s]"
+        at = hi + _LOOKBACK_DELTA_SECONDS
+        found = []
+        for edge in ("min", "max"):
+            result = self._query(f"{edge}_over_time({present}{subquery})", at, "finding the job's run", tally)
+            if not result:
+                raise JobNotFound(self._not_found(job_id, [candidate], lo, hi, "has no samples"))
+            found.append(_parse_value(result[0]["value"]))
+        return max(lo, found[0] - _LOOKBACK_DELTA_SECONDS), min(hi, found[1])
+
+    def _edges(
+        self,
+        family: _Family,
+        anchor: str,
+        matchers: Sequence[tuple[str, str]],
+        lo: float,
+        hi: float,
+        tally: _Tally,
+        *,
+        samples_follow: bool,
+    ) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], float]]:
+        """Each GPU's first and last sample time in ``[lo, hi]`` (Unix seconds).
+
+        ``timestamp()`` under a subquery costs much per step, so a 5-minute step
+        comes first: it finds each GPU's first sample to within 5 minutes, and
+        its last exactly unless ``samples_follow`` ``hi`` (a sample stays visible
+        for the lookback delta, but a later one hides it). A 1-second pass over
+        those 5 minutes then finds them to the second.
+        """
+        stamped = f"((timestamp({_selector(anchor, matchers)}) >= {lo:.3f}) <= {hi:.3f})"
+        by = ",".join(family.identity)
+        delta = _LOOKBACK_DELTA_SECONDS
+        found: dict[str, dict[tuple[str, ...], float]] = {}
+        for edge, which in (("min", "first"), ("max", "last")):
+            found[edge] = self._vector(
+                f"{edge} by ({by}) ({edge}_over_time({stamped}[{_duration(hi + delta - lo)}:{delta}s]))",
+                hi + delta,
+                f"finding each GPU's {which} sample",
+                family,
+                tally,
+            )
+            if not found[edge] or (edge == "max" and not samples_follow):
+                continue
+            earliest, latest = min(found[edge].values()), max(found[edge].values())
+            if latest - earliest > _REFINE_SPREAD_SECONDS:
+                tally.notes.append(
+                    f"the GPUs' {which} samples lie more than an hour apart: "
+                    f"{WINDOW_START if edge == 'min' else WINDOW_END} is exact only to 5 minutes"
+                )
+                continue
+            if edge == "min":
+                earliest -= delta  # the first sample lies up to 5 minutes before the coarse one
+            else:
+                latest += delta  # the last sample lies up to 5 minutes after the coarse one
+            at = math.ceil(latest) + 1
+            refined = self._vector(
+                f"{edge} by ({by}) ({edge}_over_time({stamped}[{_duration(at - math.floor(earliest))}:1s]))",
+                at,
+                f"finding each GPU's {which} sample to the second",
+                family,
+                tally,
+            )
+            found[edge] |= refined
+        return found["min"], found["max"]
+
+    def _statistic_query(
+        self, reading: _Signal, statistic: str, matchers: Sequence[tuple[str, str]], width: float, by: str
+    ) -> str:
+        if reading.raw_gauge:
+            series = f"{_selector(reading.parts[0], matchers)}[{_duration(width)}]"
+            if statistic == "mean":
+                # Sum over count stays exact where one GPU's series was split by a label change.
+                return f"sum by ({by}) (sum_over_time({series})) / sum by ({by}) (count_over_time({series}))"
+        else:
+            per_step = _per_step(reading, matchers, self.step_seconds, by)
+            series = f"({per_step})[{_duration(width)}:{_duration(self.step_seconds)}]"
+            if statistic == "mean":
+                return f"avg by ({by}) (avg_over_time({series}))"
+        if statistic in ("min", "max"):
+            return f"{statistic} by ({by}) ({statistic}_over_time({series}))"
+        return f"avg by ({by}) (quantile_over_time({_QUANTILES[statistic]}, {series}))"
+
+    def _idle_query(
+        self, reading: _Signal, matchers: Sequence[tuple[str, str]], width: float, by: str
+    ) -> str:
+        threshold = IDLE_SM_ACTIVE_RATIO / reading.scale
+        per_step = f"({_per_step(reading, matchers, self.step_seconds, by)}) < bool {threshold!r}"
+        return (
+            f"avg by ({by}) (avg_over_time(({per_step})[{_duration(width)}:{_duration(self.step_seconds)}]))"
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    def _run(
+        self, plan: Sequence[_Planned], at: float, family: _Family, tally: _Tally
+    ) -> dict[str, dict[tuple[str, ...], float]]:
+        """Run the planned queries, ``max_concurrent_queries`` at a time; columns keyed by GPU identity."""
+
+        def one(planned: _Planned) -> dict[tuple[str, ...], float]:
+            values = self._vector(planned.query, at, planned.purpose, family, tally)
+            return {key: value * planned.scale for key, value in values.items()}
+
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
+            answers = list(pool.map(one, plan))
+        return {planned.column: answer for planned, answer in zip(plan, answers, strict=True)}
+
+    def _vector(
+        self, query: str, at: float, purpose: str, family: _Family, tally: _Tally
+    ) -> dict[tuple[str, ...], float]:
+        """An instant query's answer keyed by the GPU identity labels."""
+        return {
+            tuple(item["metric"].get(label, "") for label in family.identity): _parse_value(item["value"])
+            for item in self._query(query, at, purpose, tally)
+        }
+
+    def _query(
+        self, query: str, at: float, purpose: str, tally: _Tally, result_type: str = "vector"
+    ) -> list[dict[str, Any]]:
+        data = self._call("post", "/api/v1/query", [("query", query), ("time", f"{at:.3f}")], purpose, tally)
+        if not isinstance(data, dict) or data.get("resultType") != result_type:
+            raise SourceQueryError(
+                f"Prometheus at {self.url} answered {purpose} with something other than a {result_type}"
+            )
+        result: list[dict[str, Any]] = data["result"]
+        tally.count(series=len(result))
+        return result
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]],
+        purpose: str,
+        tally: _Tally,
+    ) -> Any:
+        """The ``data`` of a Prometheus API answer; every network and server failure becomes ours."""
+        assert self.session is not None
+        tally.count(queries=1)
+        where = f"Prometheus at {self.url}"
+        try:
+            response = self.session.request(
+                method,
+                self.url + path,
+                params=params if method == "get" else None,
+                data=params if method == "post" else None,
+                auth=self._auth,
+                headers=self._headers,
+                timeout=self.timeout_seconds,
+            )
+        except requests.Timeout:
+            raise SourceQueryError(
+                f"{where} did not answer {purpose} within the timeout of {self.timeout_seconds:g} s; "
+                "raise timeout_seconds or ask for a shorter window"
+            ) from None
+        except requests.ConnectionError as exc:
+            raise SourceUnavailable(
+                f"cannot reach {where} ({_connection_reason(exc)}); check the URL and that the server is up"
+            ) from None
+        except requests.RequestException as exc:
+            raise SourceQueryError(
+                f"request to {where} failed while {purpose}: {type(exc).__name__}"
+            ) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise SourceQueryError(
+                f"{where} answered HTTP {response.status_code} with no Prometheus JSON while {purpose}; "
+                "check that the URL points at the Prometheus server"
+            )
+        if response.status_code >= 400 or body.get("status") != "success":
+            detail = _one_line(f"{body.get('errorType', 'error')}: {body.get('error', 'no error text')}")
+            hint = (
+                f"; check {USER_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}"
+                if response.status_code in (401, 403)
+                else ""
+            )
+            raise SourceQueryError(
+                f"{where} answered HTTP {response.status_code} while {purpose}: {detail}{hint}"
+            )
+        tally.count(notes=[f"Prometheus warned: {_one_line(str(w))}" for w in body.get("warnings") or ()])
+        return body.get("data")
+
+    def _not_found(self, job_id: str, tried: Sequence[_Candidate], lo: float, hi: float, what: str) -> str:
+        labels = "; ".join(f"{c.family.name} {c.describe()}" for c in tried)
+        return (
+            f"job {job_id!r} {what} in Prometheus at {self.url} between {_iso(lo)} and {_iso(hi)} "
+            f"(labels tried: {labels}); check the job id and the time window"
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _name_regex(names: Iterable[str]) -> str:
+    # Metric names hold only [a-zA-Z0-9_:], so the alternation needs no escaping.
+    return _quote("|".join(names))
+
+
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="seconds")
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _ERROR_TEXT_CHARS else flat[: _ERROR_TEXT_CHARS - 1] + "…"
+
+
+def _connection_reason(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    if "NameResolution" in text or "Name or service not known" in text:
+        return "host name not found"
+    if "refused" in text.lower():
+        return "connection refused"
+    return type(exc).__name__
+
+
+def _label(labels: Mapping[str, str], names: Sequence[str]) -> str:
+    return next((labels[n] for n in names if labels.get(n)), "")
+
+
+def _identity(labels: Mapping[str, str], family: _Family, job_id: str) -> dict[str, object]:
+    """The label columns of one GPU from its series' labels."""
+    host = _label(labels, family.host_labels)
+    host_name, colon, port = host.rpartition(":")
+    if colon and port.isdigit():
+        host = host_name  # jobstats' instance label is host:port
+    gpu = _label(labels, family.gpu_labels)
+    if labels.get(family.mig_label):
+        gpu = f"{gpu}/{labels[family.mig_label]}"
+    return {
+        HOST: host or None,
+        GPU: gpu or None,
+        JOB_ID: job_id,
+        GPU_MODEL: labels.get(family.model_label) or None,
+    }
+
+
+def _frame(
+    columns: Mapping[str, Mapping[tuple[str, ...], float]], family: _Family, job_id: str
+) -> pd.DataFrame:
+    """The GPU-summary frame from per-column answers keyed by identity labels."""
+    keys = sorted({key for values in columns.values() for key in values})
+    rows = []
+    for key in keys:
+        row: dict[str, object] = _identity(dict(zip(family.identity, key, strict=True)), family, job_id)
+        for column, values in columns.items():
+            row[column] = values.get(key, math.nan)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[HOST, GPU, JOB_ID, GPU_MODEL, *columns])
+    for column in (WINDOW_START, WINDOW_END):
+        milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)
+        frame[column] = pd.to_datetime(milliseconds, unit="ms", utc=True)
+    return conform_summary(frame)

@@ -1,0 +1,533 @@
+"""The Prometheus source against a real Prometheus holding simulated jobs, and against faulty servers.
+
+Expected summaries are computed with numpy/pandas from the very samples that were
+backfilled, with unit conversions written out here (not read from
+``collectors.metrics``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pandas as pd
+import pytest
+from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
+    ENERGY_COUNTER,
+    ENERGY_POWER_WATTS,
+    WEIRD_JOB,
+    Dataset,
+    SimJob,
+    free_port,
+    prometheus_dataset,
+)
+
+from collectors import prometheus as prometheus_module
+from collectors.errors import JobNotFound, SourceQueryError, SourceUnavailable
+from collectors.prometheus import PrometheusSource
+from collectors.schema import (
+    GPU,
+    GPU_MODEL,
+    HOST,
+    IDLE_SHARE,
+    JOB_ID,
+    SAMPLES,
+    STATISTICS,
+    SUMMARY_COLUMNS,
+    TIMESTAMP,
+    WINDOW_END,
+    WINDOW_START,
+    conform,
+    conform_summary,
+    summary_column,
+)
+
+MIB = 1024 * 1024
+
+# --- what the summaries should be, computed from the samples -------------------------------------
+
+
+def _dcgm_signals(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    direct = {
+        "gpu_util_ratio": ("DCGM_FI_DEV_GPU_UTIL", 0.01),
+        "sm_active_ratio": ("DCGM_FI_PROF_SM_ACTIVE", 1.0),
+        "sm_occupancy_ratio": ("DCGM_FI_PROF_SM_OCCUPANCY", 1.0),
+        "tensor_active_ratio": ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", 1.0),
+        "dram_active_ratio": ("DCGM_FI_PROF_DRAM_ACTIVE", 1.0),
+        "mem_used_bytes": ("DCGM_FI_DEV_FB_USED", MIB),
+        "power_watts": ("DCGM_FI_DEV_POWER_USAGE", 1.0),
+        "pcie_tx_bytes_per_second": ("DCGM_FI_PROF_PCIE_TX_BYTES", 1.0),
+        "pcie_rx_bytes_per_second": ("DCGM_FI_PROF_PCIE_RX_BYTES", 1.0),
+    }
+    out = {signal: raw[name] * scale for signal, (name, scale) in direct.items() if name in raw}
+    reserved = raw.get("DCGM_FI_DEV_FB_RESERVED", 0.0)
+    out["mem_total_bytes"] = (raw["DCGM_FI_DEV_FB_USED"] + raw["DCGM_FI_DEV_FB_FREE"] + reserved) * MIB
+    if "DCGM_FI_PROF_NVLINK_TX_BYTES" in raw:
+        out["nvlink_bytes_per_second"] = (
+            raw["DCGM_FI_PROF_NVLINK_TX_BYTES"] + raw["DCGM_FI_PROF_NVLINK_RX_BYTES"]
+        )
+    elif "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL" in raw:  # units of 1000 KiB/s
+        out["nvlink_bytes_per_second"] = raw["DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"] * 1000 * 1024
+    return out
+
+
+def _jobstats_signals(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        "gpu_util_ratio": raw["nvidia_gpu_duty_cycle"] / 100,
+        "sm_active_ratio": raw["nvidia_gpu_sm_util_percent"],  # a 0-1 fraction despite the name
+        "sm_occupancy_ratio": raw["nvidia_gpu_sm_occupancy_percent"],
+        "tensor_active_ratio": raw["nvidia_gpu_any_tensor_util_percent"],
+        "dram_active_ratio": raw["nvidia_gpu_dram_bw_util_percent"],
+        "mem_used_bytes": raw["nvidia_gpu_memory_used_bytes"],
+        "mem_total_bytes": raw["nvidia_gpu_memory_total_bytes"],
+        "power_watts": raw["nvidia_gpu_power_usage_milliwatts"] / 1000,
+    }
+
+
+def _identity(labels: Mapping[str, str]) -> tuple[str, str, str]:
+    host = labels.get("Hostname") or labels.get("hostname") or labels["instance"].rsplit(":", 1)[0]
+    gpu = labels.get("gpu") or labels["minor_number"]
+    if labels.get("GPU_I_ID"):
+        gpu = f"{gpu}/{labels['GPU_I_ID']}"
+    return host, gpu, labels.get("modelName") or labels["name"]
+
+
+def _utc(unix_seconds: float) -> pd.Timestamp:
+    return pd.Timestamp(unix_seconds, unit="s", tz="UTC")
+
+
+def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.inf) -> pd.DataFrame:
+    """The GPU summary of ``job`` over its samples in ``[start, end]``, by numpy."""
+    gpus: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    times: dict[tuple[str, str, str], np.ndarray] = {}
+    for series in job.series:
+        if series.name == ENERGY_COUNTER:
+            continue
+        key = _identity(series.labels)
+        keep = (series.times >= start) & (series.times <= end)
+        gpus.setdefault(key, {})[series.name] = series.values[keep]
+        times[key] = series.times[keep]
+    rows = []
+    for key, raw in gpus.items():
+        signals = (_dcgm_signals if job.family == "dcgm" else _jobstats_signals)(raw)
+        row: dict[str, object] = {
+            HOST: key[0],
+            GPU: key[1],
+            JOB_ID: job.job_id,
+            GPU_MODEL: key[2],
+            SAMPLES: len(times[key]),
+            WINDOW_START: _utc(times[key][0]),
+            WINDOW_END: _utc(times[key][-1]),
+        }
+        if "sm_active_ratio" in signals:
+            row[IDLE_SHARE] = np.mean(signals["sm_active_ratio"] < 0.05)
+        for signal, values in signals.items():
+            row[summary_column(signal, "mean")] = values.mean()
+            row[summary_column(signal, "min")] = values.min()
+            row[summary_column(signal, "max")] = values.max()
+            for statistic, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+                row[summary_column(signal, statistic)] = np.quantile(values, q)  # linear, as Prometheus
+        rows.append(row)
+    return conform_summary(pd.DataFrame(rows))
+
+
+def expected_samples(job: SimJob, start: float = -math.inf, end: float = math.inf) -> pd.DataFrame:
+    """The canonical telemetry frame of ``job``'s samples in ``[start, end]``."""
+    gpus: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    times: dict[tuple[str, str, str], np.ndarray] = {}
+    for series in job.series:
+        if series.name == ENERGY_COUNTER:
+            continue
+        key = _identity(series.labels)
+        keep = (series.times >= start) & (series.times <= end)
+        gpus.setdefault(key, {})[series.name] = series.values[keep]
+        times[key] = series.times[keep]
+    frames = []
+    for key, raw in gpus.items():
+        signals = (_dcgm_signals if job.family == "dcgm" else _jobstats_signals)(raw)
+        frame = pd.DataFrame({TIMESTAMP: pd.to_datetime(times[key], unit="s", utc=True), **signals})
+        frame[[HOST, GPU, GPU_MODEL]] = key
+        frame[JOB_ID] = job.job_id
+        frames.append(frame)
+    return conform(pd.concat(frames, ignore_index=True))
+
+
+def assert_summary_equal(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(actual.columns) == list(SUMMARY_COLUMNS)
+    pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-9, check_dtype=False)
+    for column in (WINDOW_START, WINDOW_END):  # times exactly, whatever the datetime resolution
+        assert list(actual[column]) == list(expected[column])
+
+
+@pytest.fixture
+def source(prometheus_dataset: Dataset) -> PrometheusSource:  # noqa: F811
+    return PrometheusSource(prometheus_dataset.url)
+
+
+def _first_time(job: SimJob) -> int:
+    return int(min(s.times[0] for s in job.series))
+
+
+# --- summaries of real data ---------------------------------------------------------------------
+
+
+def test_slurm_job_on_two_nodes_matches_numpy(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    job = prometheus_dataset.jobs["slurm-4242"]
+    found = source.summarize_job("slurm-4242")
+    assert_summary_equal(found.summary, expected_summary(job))
+    assert list(found.summary[HOST]) == ["gpu-a01", "gpu-a01", "gpu-a02", "gpu-a02"]
+    # The second node's GPUs start a minute later and stop ten minutes earlier.
+    assert (found.summary[WINDOW_END].iloc[0] - found.summary[WINDOW_END].iloc[2]).total_seconds() == 600
+    assert any('hpc_job="slurm-4242"' in note for note in found.notes)
+    assert any("window taken from the data" in note for note in found.notes)
+
+
+def test_pulled_data_grows_with_gpus_not_samples(source: PrometheusSource) -> None:
+    found = source.summarize_job("slurm-4242")
+    gpus = len(found.summary)
+    # One answer row per GPU and statistic, however many samples the window holds (361 here).
+    assert gpus == 4
+    assert found.series_pulled <= gpus * found.queries
+    assert found.queries <= 2 + 4 + 1 + len(STATISTICS) * 12
+
+
+def test_kubernetes_pod_by_namespace_and_pod_or_pod_alone(
+    source: PrometheusSource,
+    prometheus_dataset: Dataset,  # noqa: F811
+) -> None:
+    job = prometheus_dataset.jobs["ml/bert-train-0"]
+    by_namespace = source.summarize_job("ml/bert-train-0")
+    assert_summary_equal(by_namespace.summary, expected_summary(job))
+    assert set(by_namespace.summary[HOST]) == {"k8s-node-7"}  # the lower-case hostname label
+    by_pod = source.summarize_job("bert-train-0")
+    expected = expected_summary(job)
+    expected[JOB_ID] = expected[JOB_ID].str.replace("ml/", "")
+    assert_summary_equal(by_pod.summary, expected)
+
+
+def test_mig_instances_are_separate_gpus(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    found = source.summarize_job("slurm-5001")
+    assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs["slurm-5001"]))
+    assert list(found.summary[GPU]) == ["0/1", "0/2"]
+    assert found.summary[summary_column("gpu_util_ratio", "mean")].isna().all()  # MIG has no GPU_UTIL
+
+
+def test_jobstats_job_in_base_units(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    found = source.summarize_job("880123")
+    assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs["880123"]))
+    assert list(found.summary[HOST]) == ["della-l01g3", "della-l01g3"]  # instance without its port
+    assert found.summary[summary_column("power_watts", "max")].max() < 700  # milliwatts became watts
+    assert any("jobstats" in note for note in found.notes)
+
+
+def test_default_dcgm_counters_leave_profiling_and_idle_share_nan(
+    source: PrometheusSource,
+    prometheus_dataset: Dataset,  # noqa: F811
+) -> None:
+    found = source.summarize_job("slurm-6001")
+    assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs["slurm-6001"]))
+    assert found.summary[IDLE_SHARE].isna().all()
+    assert found.summary[summary_column("sm_active_ratio", "p50")].isna().all()
+    assert any("idle share" in note for note in found.notes)
+    assert any("sm_active_ratio" in note for note in found.notes)
+
+
+def test_explicit_window_cuts_the_samples(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    job = prometheus_dataset.jobs["slurm-4242"]
+    start = _first_time(job) + 40 * 30 + 15  # between two scrapes: the next one is the first in the window
+    end = start - 15 + 200 * 30
+    found = source.summarize_job(
+        "slurm-4242", datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    )
+    assert_summary_equal(found.summary, expected_summary(job, start, end))
+    assert (found.summary[SAMPLES] == 200).all()
+    assert not any("window taken from the data" in note for note in found.notes)
+
+
+def test_open_ended_window_runs_to_the_last_sample(
+    source: PrometheusSource,
+    prometheus_dataset: Dataset,  # noqa: F811
+) -> None:
+    job = prometheus_dataset.jobs["slurm-4242"]
+    start = _first_time(job) + 100 * 30
+    found = source.summarize_job("slurm-4242", start=datetime.fromtimestamp(start, UTC))
+    assert_summary_equal(found.summary, expected_summary(job, start=start))
+
+
+def test_running_job_summary_and_discovery(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    assert source.running_jobs() == ["880999", "ml/live-pod-1", "slurm-7001"]
+    found = source.summarize_job("slurm-7001")
+    assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs["slurm-7001"]))
+
+
+def test_counter_series_are_read_as_their_rate(source: PrometheusSource) -> None:
+    # No counter feeds a canonical signal today; a counter added to metrics.py is read through rate().
+    reading = prometheus_module._Signal("power_watts", (ENERGY_COUNTER,), scale=0.001, counter=True)
+    matchers = (("hpc_job", "slurm-4242"),)
+    window = source.summarize_job("slurm-4242").summary
+    start, end = window[WINDOW_START].min().timestamp(), window[WINDOW_END].max().timestamp()
+    tally = prometheus_module._Tally()
+    by = ",".join(prometheus_module._DCGM.identity)
+    query = source._statistic_query(reading, "mean", matchers, end - start - 120, by)
+    answer = source._vector(query, end, "test", prometheus_module._DCGM, tally)
+    assert len(answer) == 1
+    assert next(iter(answer.values())) * reading.scale == pytest.approx(ENERGY_POWER_WATTS, rel=1e-9)
+
+
+@pytest.mark.parametrize("job_id", ["slurm-4242", "ml/bert-train-0", "slurm-5001", "880123", "slurm-6001"])
+def test_raw_samples_are_the_canonical_frame(
+    source: PrometheusSource,
+    prometheus_dataset: Dataset,  # noqa: F811
+    job_id: str,
+) -> None:
+    found = source.job_samples(job_id)
+    expected = expected_samples(prometheus_dataset.jobs[job_id])
+    pd.testing.assert_frame_equal(found.frame, expected, check_exact=False, rtol=1e-12, check_dtype=False)
+    assert list(found.frame[TIMESTAMP]) == list(expected[TIMESTAMP])
+
+
+def test_raw_samples_of_a_window(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    job = prometheus_dataset.jobs["slurm-4242"]
+    start = _first_time(job) + 3000
+    end = start + 1800
+    found = source.job_samples(
+        "slurm-4242", datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+    )
+    expected = expected_samples(job, start, end)
+    assert len(found.frame) == 4 * 61
+    pd.testing.assert_frame_equal(found.frame, expected, check_exact=False, rtol=1e-12, check_dtype=False)
+
+
+# --- job ids: exact matching, escaping, not found -------------------------------------------------
+
+
+def test_job_id_with_quote_brace_and_backslash_is_found_exactly(
+    source: PrometheusSource,
+    prometheus_dataset: Dataset,  # noqa: F811
+) -> None:
+    found = source.summarize_job(WEIRD_JOB)
+    assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs[WEIRD_JOB]))
+    # It shares gpu-a01's GPU 1 with slurm-4242: only its own 120 samples are read.
+    assert list(found.summary[SAMPLES]) == [120]
+
+
+@pytest.mark.parametrize(
+    "crafted",
+    [
+        'nope"} or DCGM_FI_DEV_FB_USED{hpc_job="slurm-4242',
+        'nope", hpc_job!="',
+        'nope"}) or vector(1) or ({hpc_job="x',
+        "slurm-42.*",
+        "nope\\",
+        "slurm-4242\n",
+    ],
+)
+def test_crafted_job_id_selects_nothing_else(source: PrometheusSource, crafted: str) -> None:
+    with pytest.raises(JobNotFound):
+        source.summarize_job(crafted)
+
+
+def test_unknown_job_names_the_labels_tried(source: PrometheusSource) -> None:
+    with pytest.raises(JobNotFound) as caught:
+        source.summarize_job("ml/no-such-pod")
+    message = str(caught.value)
+    for tried in ('hpc_job="ml/no-such-pod"', 'namespace="ml", pod="no-such-pod"', 'jobid="ml/no-such-pod"'):
+        assert tried in message
+    assert "\n" not in message
+
+
+def test_window_before_the_job_finds_nothing(source: PrometheusSource, prometheus_dataset: Dataset) -> None:  # noqa: F811
+    first = _first_time(prometheus_dataset.jobs["slurm-6001"])
+    with pytest.raises(JobNotFound, match="slurm-6001"):
+        source.summarize_job(
+            "slurm-6001", datetime.fromtimestamp(first - 7200, UTC), datetime.fromtimestamp(first - 3600, UTC)
+        )
+
+
+def test_window_must_start_before_it_ends(source: PrometheusSource) -> None:
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(SourceQueryError, match="start before the end"):
+        source.summarize_job("slurm-4242", moment, moment)
+
+
+# --- failure scenarios ----------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"status":"success","data":[]}'
+    delay_seconds: float = 0.0
+    seen: list[dict[str, str]] = field(default_factory=list)
+
+
+@contextmanager
+def fake_server(reply: Reply) -> Iterator[str]:
+    """A tiny HTTP server answering every request with ``reply``; records the request headers."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            reply.seen.append(dict(self.headers))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(reply.delay_seconds)
+            try:
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting: the slow-server scenario
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_down_is_unavailable() -> None:
+    with pytest.raises(SourceUnavailable, match="connection refused"):
+        PrometheusSource(f"http://127.0.0.1:{free_port()}").summarize_job("slurm-4242")
+
+
+def test_unknown_host_is_unavailable() -> None:
+    with pytest.raises(SourceUnavailable, match="host name not found"):
+        PrometheusSource("http://zest-no-such-host.invalid:9090").running_jobs()
+
+
+def test_slow_server_times_out_with_the_limit_named() -> None:
+    with fake_server(Reply(delay_seconds=1.5)) as url, pytest.raises(SourceQueryError) as caught:
+        PrometheusSource(url, timeout_seconds=0.2).summarize_job("slurm-4242")
+    assert "timeout" in str(caught.value)
+    assert "0.2 s" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "error"),
+    [
+        (500, "internal", "expanding series: unexpected EOF\nin chunk"),
+        (400, "bad_data", 'invalid parameter "query": 1:15: parse error: unexpected identifier'),
+        (503, "unavailable", "too many queries in flight"),
+    ],
+)
+def test_http_errors_carry_prometheus_error(status: int, error_type: str, error: str) -> None:
+    body = json.dumps({"status": "error", "errorType": error_type, "error": error}).encode()
+    with fake_server(Reply(status, body)) as url, pytest.raises(SourceQueryError) as caught:
+        PrometheusSource(url).summarize_job("slurm-4242")
+    message = str(caught.value)
+    assert f"HTTP {status}" in message
+    assert f"{error_type}: {' '.join(error.split())}" in message
+    assert "\n" not in message
+
+
+def test_answer_that_is_not_prometheus_json() -> None:
+    with (
+        fake_server(Reply(502, b"<html>Bad Gateway</html>")) as url,
+        pytest.raises(SourceQueryError, match="502"),
+    ):
+        PrometheusSource(url).running_jobs()
+
+
+def test_empty_answer_is_job_not_found() -> None:
+    with fake_server(Reply()) as url, pytest.raises(JobNotFound, match="labels tried"):
+        PrometheusSource(url).summarize_job("slurm-4242")
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+PASSWORD = "s3cr@t-Pa55"
+TOKEN = "tok-9f8e7d6c5b4a"
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _no_secret(*texts: str) -> None:
+    for text in texts:
+        assert PASSWORD not in text
+        assert "s3cr%40t" not in text
+        assert TOKEN not in text
+
+
+@pytest.fixture
+def no_credentials_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (prometheus_module.USER_ENV, prometheus_module.PASSWORD_ENV, prometheus_module.TOKEN_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_credentials_env")
+def test_credentials_in_url_are_sent_but_never_shown() -> None:
+    body = json.dumps({"status": "error", "errorType": "internal", "error": "boom"}).encode()
+    reply = Reply(500, body)
+    with fake_server(reply) as url:
+        secret_url = url.replace("http://", "http://alice:s3cr%40t-Pa55@")
+        source = PrometheusSource(secret_url)
+        with pytest.raises(SourceQueryError) as caught:
+            source.summarize_job("slurm-4242")
+    assert reply.seen[0]["Authorization"] == _basic("alice", PASSWORD)
+    assert source.url == url
+    _no_secret(str(caught.value), repr(source), str(source))
+    with pytest.raises(SourceUnavailable) as down:
+        PrometheusSource(f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}").summarize_job("x")
+    _no_secret(str(down.value))
+
+
+def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch, no_credentials_env: None) -> None:
+    reply = Reply()
+    with fake_server(reply) as url:
+        monkeypatch.setenv(prometheus_module.USER_ENV, "bob")
+        monkeypatch.setenv(prometheus_module.PASSWORD_ENV, PASSWORD)
+        basic = PrometheusSource(url)
+        with pytest.raises(JobNotFound):
+            basic.summarize_job("slurm-4242")
+        monkeypatch.delenv(prometheus_module.USER_ENV)
+        monkeypatch.delenv(prometheus_module.PASSWORD_ENV)
+        monkeypatch.setenv(prometheus_module.TOKEN_ENV, TOKEN)
+        bearer = PrometheusSource(url)
+        with pytest.raises(JobNotFound) as caught:
+            bearer.summarize_job("slurm-4242")
+    assert reply.seen[0]["Authorization"] == _basic("bob", PASSWORD)
+    assert reply.seen[-1]["Authorization"] == f"Bearer {TOKEN}"
+    _no_secret(repr(basic), repr(bearer), str(caught.value))
+
+
+def test_half_of_basic_auth_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, no_credentials_env: None
+) -> None:
+    monkeypatch.setenv(prometheus_module.USER_ENV, "bob")
+    with pytest.raises(SourceUnavailable, match=prometheus_module.PASSWORD_ENV):
+        PrometheusSource("http://127.0.0.1:9090")
+
+
+@pytest.mark.usefixtures("no_credentials_env")
+def test_credentials_stay_out_of_notes_with_a_real_server(prometheus_dataset: Dataset) -> None:  # noqa: F811
+    source = PrometheusSource(prometheus_dataset.url.replace("http://", f"http://carol:{PASSWORD}@"))
+    found = source.summarize_job("slurm-6001")
+    assert len(found.summary) == 1
+    _no_secret(repr(source), *found.notes, repr(found))
+
+
+def test_not_an_http_url_is_refused() -> None:
+    with pytest.raises(SourceUnavailable, match="http") as caught:
+        PrometheusSource(f"ftp://dave:{PASSWORD}@example.org/")
+    _no_secret(str(caught.value))
