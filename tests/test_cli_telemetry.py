@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from promserver import backfill, require_binaries, start_prometheus
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 SMI = CAPTURES / "a100x2_job4242_smi.csv"
@@ -135,3 +139,44 @@ def test_capture_to_an_unwritable_place_is_exit_7(tmp_path: Path) -> None:
     result = zest("capture", "--job-id", "4242", "--source", str(SMI), "--output", str(out))
     assert result.returncode == 7, result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def _dcgm_fixture_series(start_seconds: int, spacing_seconds: int) -> dict[str, list[tuple[str, str, int]]]:
+    """The DCGM scrape fixture's samples by metric, re-timed to start at ``start_seconds``, evenly spaced."""
+    sample = re.compile(r"^(\w+)\{(.*)\} (\S+) (\d+)$")
+    lines = gzip.decompress(DCGM.read_bytes()).decode().splitlines()
+    rows = [m.groups() for line in lines if (m := sample.match(line.strip()))]
+    stamps = {
+        ms: start_seconds + i * spacing_seconds for i, ms in enumerate(sorted({r[3] for r in rows}, key=int))
+    }
+    series: dict[str, list[tuple[str, str, int]]] = {}
+    for name, labels, value, ms in rows:
+        series.setdefault(name, []).append((labels, value, stamps[ms]))
+    return series
+
+
+def test_prometheus_server_gives_the_features_of_the_same_scrapes(tmp_path: Path) -> None:
+    """The same samples, in a real Prometheus and in a scrape file, give the same features."""
+    prometheus, promtool = require_binaries()
+    series = _dcgm_fixture_series(int(time.time()) - 3 * 3600, 30)
+    openmetrics, scrape = tmp_path / "job.om", tmp_path / "job.prom"
+    with openmetrics.open("w") as om, scrape.open("w") as text:
+        for name, samples in series.items():
+            om.write(f"# TYPE {name} gauge\n")
+            text.write(f"# TYPE {name} gauge\n")
+            for labels, value, stamp in samples:
+                om.write(f"{name}{{{labels}}} {value} {stamp}\n")
+                text.write(f"{name}{{{labels}}} {value} {stamp * 1000}\n")
+        om.write("# EOF\n")
+    backfill(promtool, openmetrics, tmp_path / "data")
+    server = start_prometheus(prometheus, tmp_path / "data", tmp_path)
+    try:
+        from_server = features(f"prometheus={server.url}")
+    finally:
+        server.stop()
+    from_file = features(scrape)
+    assert from_server["gpus"] == 2 and from_server["samples_per_gpu_min"] == 12
+    for key, value in from_file.items():
+        assert same(value, from_server[key], rel=1e-9), key
+    # and the same, for what it carries, as the nvidia-smi log of these samples
+    assert same(from_server["power_mean_watts"], features(SMI)["power_mean_watts"], rel=1e-3)
