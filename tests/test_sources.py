@@ -1,0 +1,66 @@
+"""Choosing a source and reading one job from it: NVML narrowed to the job's GPUs, Prometheus down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from fake_nvml import FakeClock, healthy_h100x2
+from promserver import free_port
+
+from collectors import schema
+from collectors.errors import JobNotFound, SourceUnavailable
+from collectors.nvml import NvmlSource
+from collectors.sources import example_jobs, read_job
+
+
+def nvml_with_our_process_on_gpu_1() -> NvmlSource:
+    clock = FakeClock()
+    fake = healthy_h100x2(clock)
+    fake.gpus[1].pids = [os.getpid()]
+    return NvmlSource(nvml=fake, clock=clock.time, sleep=clock.sleep, host="node-a")
+
+
+def test_nvml_reads_only_the_gpus_of_the_job() -> None:
+    telemetry = read_job(
+        "nvml", f"pid:{os.getpid()}", window_seconds=5, nvml_factory=nvml_with_our_process_on_gpu_1
+    )
+    assert telemetry.frame is not None
+    assert set(telemetry.frame[schema.GPU]) == {"1"}
+    assert set(telemetry.frame[schema.JOB_ID]) == {f"pid:{os.getpid()}"}
+    assert len(telemetry.frame) == 5
+    assert any("GPU(s) 1" in note for note in telemetry.notes)
+
+
+def test_nvml_job_on_no_gpu_of_this_host_is_not_found() -> None:
+    with pytest.raises(JobNotFound):
+        read_job("nvml", "slurm:987654", window_seconds=5, nvml_factory=nvml_with_our_process_on_gpu_1)
+
+
+def test_examples_are_bundled() -> None:
+    assert {"gpt13b-a100-tp4", "gpt13b-a100-dp8", "gpt7b-h100-pp4"} <= set(example_jobs())
+
+
+def test_default_source_without_driver_says_what_to_give() -> None:
+    with pytest.raises(SourceUnavailable, match="--source"):
+        read_job(None, "4242")
+
+
+@pytest.mark.parametrize("env", [{}, {"ZEST_PROMETHEUS_USER": "alice", "ZEST_PROMETHEUS_PASSWORD": "s3cret"}])
+def test_prometheus_down_is_exit_3_and_hides_credentials(env: dict[str, str]) -> None:
+    url = f"http://bob:hunter2@127.0.0.1:{free_port()}" if not env else f"http://127.0.0.1:{free_port()}"
+    code = "from estimator.cli import main; main()"
+    args = ["estimate", "--job-id", "4242", "--source", f"prometheus={url}", "--duration-hours", "150"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    for secret in ("hunter2", "s3cret", "bob:", "alice"):
+        assert secret not in result.stderr
