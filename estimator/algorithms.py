@@ -1,21 +1,25 @@
 """The tuning algorithms zest weighs by default, and the share of a thorough search's gain each captures.
 
 Z_e, as estimated for a job, is the improvement a thorough search would reach;
-an algorithm with fewer trials captures a share of it. Until measured
-learning curves replace them, the shares are the ratios of the reference's
-worked example 3 (Z = 10, 25 and 35 % for N = 30, 500 and 2000).
+an algorithm with fewer trials captures a share of it. The shares come from
+the default model's metadata, measured on the vTrain tuning studies
+(``zest train``, models/README.md); the ratios of the reference's worked
+example 3 (Z = 10, 25 and 35 % for N = 30, 500 and 2000) are the fallback.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from estimator.breakeven import Candidate, ZInterval
 
 
 @dataclass(frozen=True)
 class AlgorithmDefaults:
     name: str
     trials: int
-    capture_share: float  # share of the thorough-search Z_e this algorithm reaches
+    reference_share: float  # share of the thorough-search Z in the reference example
     description: str
 
 
@@ -27,8 +31,63 @@ DEFAULT_ALGORITHMS: tuple[AlgorithmDefaults, ...] = (
 ALGORITHMS_BY_NAME: dict[str, AlgorithmDefaults] = {a.name: a for a in DEFAULT_ALGORITHMS}
 DEFAULT_TRIAL_MINUTES = 25.0
 
-SHARES_NOTE = (
+
+@dataclass(frozen=True)
+class CaptureShares:
+    """Share of the thorough-search Z_e each algorithm reaches, by name, and where the shares come from."""
+
+    shares: Mapping[str, float]
+    note: str
+
+
+REFERENCE_SHARES = CaptureShares(
+    {a.name: a.reference_share for a in DEFAULT_ALGORITHMS},
     "Z per algorithm = its share of the thorough-search Z_e: heuristic 10/35, black-box 25/35, "
     "exhaustive 35/35, the ratios of the reference example (breakeven.md, example 3), "
-    "not yet measured from tuning data"
+    "not measured from tuning data",
 )
+
+
+def capture_shares(measured: Mapping[str, float] | None) -> CaptureShares:
+    """The measured shares (default model metadata) when they cover every algorithm, else the reference's."""
+    if not measured or any(a.name not in measured for a in DEFAULT_ALGORITHMS):
+        return REFERENCE_SHARES
+    listed = ", ".join(f"{a.name} {measured[a.name]:.2f}" for a in DEFAULT_ALGORITHMS)
+    return CaptureShares(
+        dict(measured),
+        f"Z per algorithm = its share of the thorough-search Z_e, measured on the vTrain tuning studies: "
+        f"{listed} (models/README.md)",
+    )
+
+
+@dataclass(frozen=True)
+class AlgorithmChoice:
+    """An algorithm to weigh: its name, trials N, and its Z in % when given (else its share of Z_e)."""
+
+    name: str
+    trials: int
+    z_percent: float | None = None
+
+
+DEFAULT_CHOICES: tuple[AlgorithmChoice, ...] = tuple(
+    AlgorithmChoice(a.name, a.trials) for a in DEFAULT_ALGORITHMS
+)
+
+
+def candidates(
+    chosen: Sequence[AlgorithmChoice],
+    z_thorough: ZInterval | None,
+    shares: CaptureShares,
+    trial_hours: float,
+) -> list[Candidate]:
+    """The break-even candidates: a given Z as a point, otherwise the algorithm's share of ``z_thorough``."""
+    out = []
+    for choice in chosen:
+        if choice.z_percent is not None:
+            z = ZInterval.point(choice.z_percent)
+        elif z_thorough is None:
+            raise ValueError(f"{choice.name} has no Z and no thorough-search Z_e was given")
+        else:
+            z = z_thorough.scaled(shares.shares[choice.name])
+        out.append(Candidate(choice.name, choice.trials, trial_hours, z))
+    return out

@@ -7,12 +7,12 @@ README).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -29,38 +29,38 @@ from collectors.errors import (
 )
 from collectors.schema import SchemaError
 from collectors.sources import SOURCE_HELP, Telemetry, read_job
-from estimator.algorithms import ALGORITHMS_BY_NAME, DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES, SHARES_NOTE
-from estimator.breakeven import Candidate, Costs, InputError, Job, ZInterval, decide
+from estimator.algorithms import (
+    ALGORITHMS_BY_NAME,
+    DEFAULT_ALGORITHMS,
+    DEFAULT_CHOICES,
+    DEFAULT_TRIAL_MINUTES,
+    AlgorithmChoice,
+    candidates,
+    capture_shares,
+)
+from estimator.breakeven import Costs, InputError, Job, ZInterval, decide
+from estimator.cli_model import evaluate_command, simulate, train
 from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
+from estimator.model import LoadedModel, ModelError, load_default_model, predict_z_interval
 from estimator.report import render_table, to_document
-
-
-class NoEstimate(Exception):
-    """Z_e cannot be estimated for the job (no telemetry source, no model)."""
-
+from estimator.training import DataError
 
 #: Exit codes, by the exception that leads to them. 2 is also click's code for a bad option.
 EXIT_CODES: dict[type[Exception], int] = {
     InputError: 2,
     SpecError: 2,
     SourceUnavailable: 3,
-    NoEstimate: 3,
     SourceQueryError: 4,
     JobNotFound: 5,
     MalformedCapture: 6,
     SchemaError: 6,
     CaptureWriteError: 7,
+    DataError: 2,
+    ModelError: 8,
 }
 
 
 # --- option types -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlgorithmOption:
-    name: str
-    trials: int
-    z_percent: float | None
 
 
 class AlgorithmType(click.ParamType):
@@ -70,8 +70,8 @@ class AlgorithmType(click.ParamType):
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> AlgorithmOption:
-        if isinstance(value, AlgorithmOption):
+    ) -> AlgorithmChoice:
+        if isinstance(value, AlgorithmChoice):
             return value
         known = ", ".join(ALGORITHMS_BY_NAME)
         name, sep, rest = str(value).partition("=")
@@ -94,7 +94,7 @@ class AlgorithmType(click.ParamType):
                 self.fail(f"Z_PERCENT in {value!r} must be a number in [0, 100)", param, ctx)
             if not 0 <= z < 100:
                 self.fail(f"Z_PERCENT in {value!r} must be in [0, 100), got {z:g}", param, ctx)
-        return AlgorithmOption(name, trials, z)
+        return AlgorithmChoice(name, trials, z)
 
 
 class ZIntervalType(click.ParamType):
@@ -238,7 +238,7 @@ def estimate(
     engineer_hours: float,
     gpu_hour_cost: float | None,
     engineer_hour_cost: float | None,
-    algorithms: tuple[AlgorithmOption, ...],
+    algorithms: tuple[AlgorithmChoice, ...],
     z_expected: ZInterval | None,
     output: str,
     plot: Path | None,
@@ -249,7 +249,7 @@ def estimate(
     plain break-even calculator and needs no telemetry.
     """
     notes: list[str] = []
-    chosen = algorithms or tuple(AlgorithmOption(a.name, a.trials, None) for a in DEFAULT_ALGORITHMS)
+    chosen = algorithms or DEFAULT_CHOICES
     names = [a.name for a in chosen]
     if len(set(names)) < len(names):
         raise click.BadParameter(
@@ -272,7 +272,11 @@ def estimate(
         notes.extend(telemetry.notes + features.notes)
     if needs_estimate:
         assert features is not None
-        z_expected = estimate_from_features(features)
+        z_expected = predict_z_interval(default_model().model, features.row)
+        notes.append(
+            f"Z_e from the default model ({default_model().coverage:.0%} interval): trained on simulated "
+            "telemetry features and measured A100 tuning outcomes (models/README.md)"
+        )
     if gpus is None and features is not None and math.isfinite(features.row[GPU_COUNT]):
         gpus = int(features.row[GPU_COUNT])
         notes.append(f"G = {gpus}: the GPUs seen in the job's telemetry (--gpus overrides)")
@@ -282,24 +286,14 @@ def estimate(
     if reuse is None:
         reuse = 1.0
         notes.append("R not given (--reuse): assumed the tuned configuration runs once")
+    shares = capture_shares(
+        default_model().capture_shares() if any(a.z_percent is None for a in chosen) else None
+    )
     if any(a.z_percent is None for a in chosen):
-        notes.append(SHARES_NOTE)
-
-    trial_hours = trial_minutes / 60.0
-    candidates = [
-        Candidate(
-            a.name,
-            a.trials,
-            trial_hours,
-            ZInterval.point(a.z_percent)
-            if a.z_percent is not None
-            else _require(z_expected).scaled(ALGORITHMS_BY_NAME[a.name].capture_share),
-        )
-        for a in chosen
-    ]
+        notes.append(shares.note)
     job = Job(duration_hours=duration_hours, gpus=gpus, reuse=reuse)
     costs = Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost)
-    decision = decide(candidates, job, costs)
+    decision = decide(candidates(chosen, z_expected, shares, trial_minutes / 60.0), job, costs)
     if any(a.r_break == float("inf") for a in decision.assessments):
         notes.append("an algorithm with Z = 0 never pays back: its R_break is null")
     if plot is not None:
@@ -318,12 +312,7 @@ def estimate(
     if output == "json":
         click.echo(json.dumps(document, indent=2))
     else:
-        render_table(document, Console(width=max(Console().width, 110)))
-
-
-def _require(z: ZInterval | None) -> ZInterval:
-    assert z is not None  # estimate_from_features either returns one or raises
-    return z
+        render_table(document, Console(width=max(Console().width, 132)))
 
 
 def _features(telemetry: Telemetry, window: float | None) -> Features:
@@ -346,12 +335,10 @@ def telemetry_document(telemetry: Telemetry, features: Features) -> dict[str, An
     return {"source": telemetry.source, "features": values}
 
 
-def estimate_from_features(features: Features) -> ZInterval:
-    """Z_e of a thorough search for the job, from its telemetry features."""
-    raise NoEstimate(
-        "telemetry read, but this version of zest has no Z_e model yet: "
-        "give Z with --z-expected Z or --algorithm NAME=N:Z (the job's features are in --output json)"
-    )
+@functools.cache
+def default_model() -> LoadedModel:
+    """The shipped Z_e model, loaded once (no network, no pickle)."""
+    return load_default_model()
 
 
 @cli.command("capture")
@@ -376,6 +363,11 @@ def capture(job_id: str, source: str | None, window: float | None, interval: flo
     click.echo(
         f"wrote {len(frame)} samples of {gpus} GPU(s) of job {job_id} from {telemetry.source} to {output}"
     )
+
+
+cli.add_command(simulate)
+cli.add_command(train)
+cli.add_command(evaluate_command)
 
 
 # --- entry points -----------------------------------------------------------------

@@ -89,6 +89,13 @@ def fmt(value: float | None, *, unreachable: str = "never") -> str:
     return f"{value:.3g}"
 
 
+def _z_text(z: Mapping[str, float]) -> str:
+    """``mid (low-high)``, or just the value when the interval is a point."""
+    if z["low"] == z["high"]:
+        return fmt(z["mid"])
+    return f"{fmt(z['mid'])} ({fmt(z['low'])}-{fmt(z['high'])})"
+
+
 _VERDICT_STYLE = {"proceed": "bold green", "marginal": "yellow", "does-not-pay": "red"}
 
 
@@ -102,7 +109,7 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
     )
     z = document["z_expected_percent"]
     if z is not None:
-        head += f"; Z_e (thorough search) {fmt(z['low'])}-{fmt(z['mid'])}-{fmt(z['high'])} %"
+        head += f"; Z_e (thorough search) {_z_text(z)} %"
     console.print(head, highlight=False)
     has_cost = any(a["net_saving_cost"] is not None for a in document["algorithms"])
     table = Table(show_edge=False, pad_edge=False)
@@ -120,12 +127,7 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
     ):
         table.add_column(title, justify="left" if title in ("algorithm", "verdict") else "right")
     for a in document["algorithms"]:
-        zi = a["z_expected_percent"]
-        z_text = (
-            fmt(zi["mid"])
-            if zi["low"] == zi["high"]
-            else f"{fmt(zi['low'])}-{fmt(zi['mid'])}-{fmt(zi['high'])}"
-        )
+        z_text = _z_text(a["z_expected_percent"])
         row = [
             a["name"],
             str(a["trials"]),

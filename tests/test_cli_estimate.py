@@ -43,15 +43,30 @@ def test_plain_calculator_reproduces_the_reference_example() -> None:
     assert any("R not given" in n for n in doc["notes"])
 
 
-def test_z_expected_is_split_by_the_reference_shares() -> None:
+def test_z_expected_is_split_by_the_measured_shares() -> None:
+    from estimator.model import load_default_model
+
+    shares = load_default_model().capture_shares()
     result = run("--duration-hours", "150", "--z-expected", "35", "--reuse", "16", "--output", "json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    mids = [a["z_expected_percent"]["mid"] for a in doc["algorithms"]]
-    assert mids == pytest.approx([10, 25, 35])
-    assert [f"{a['r_break']:.3g}" for a in doc["algorithms"]] == ["0.833", "5.56", "15.9"]
-    assert doc["recommendation"] == "black-box"  # 391.7 GPU-h beats 227.5 and 6.7
-    assert any("10/35" in n and "not yet measured" in n for n in doc["notes"])
+    assert doc["z_expected_percent"] == {"low": 35, "mid": 35, "high": 35}
+    for a in doc["algorithms"]:
+        assert a["z_expected_percent"]["mid"] == pytest.approx(35 * shares[a["name"]])
+    assert shares["exhaustive"] == 1.0 and 0 < shares["heuristic"] < 1
+    assert any("measured on the vTrain tuning studies" in n for n in doc["notes"])
+
+
+def test_reference_shares_reproduce_example_3() -> None:
+    """The fallback shares (no measured ones) are the reference example's 10/35, 25/35, 35/35."""
+    from estimator.algorithms import DEFAULT_CHOICES, REFERENCE_SHARES, candidates, capture_shares
+    from estimator.breakeven import Job, ZInterval, decide
+
+    assert capture_shares(None) is REFERENCE_SHARES
+    assert capture_shares({"heuristic": 0.5}) is REFERENCE_SHARES  # must cover every algorithm
+    chosen = candidates(DEFAULT_CHOICES, ZInterval.point(35), REFERENCE_SHARES, 25 / 60)
+    decision = decide(chosen, Job(150, reuse=16))
+    assert [f"{a.r_break:.3g}" for a in decision.assessments] == ["0.833", "5.56", "15.9"]
 
 
 def test_interval_gives_marginal_and_r_break_range() -> None:

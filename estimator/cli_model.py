@@ -1,0 +1,170 @@
+"""Commands of the Z_e model: ``zest simulate``, ``zest train`` and ``zest evaluate``.
+
+Thin: parse, call the stages, print. The project's errors (:class:`SpecError`,
+:class:`estimator.training.DataError`, :class:`estimator.model.ModelError`,
+:class:`CaptureWriteError`) propagate to the ``zest`` group, which maps them to
+exit codes. The group adds these commands with ``cli.add_command``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+import click
+import pandas as pd
+
+from collectors.files import write_capture
+from estimator import perfmodel
+from estimator.evaluation import (
+    capture_share_table,
+    default_capture_shares,
+    evaluate,
+    render_markdown,
+    update_card,
+)
+from estimator.model import DEFAULT_ARTIFACT, ModelError, save_model
+from estimator.perfmodel import JobSpec
+from estimator.training import (
+    DATA_FILE,
+    DEFAULT_DATA_DIR,
+    DEFAULT_MINUTES,
+    DEFAULT_SEED,
+    artifact_metadata,
+    fit_model,
+    read_study_data,
+    training_rows,
+)
+
+#: Where the model lives: the ``zest_models`` package, i.e. ``models/`` of a checkout.
+MODELS_DIR: Final = Path(str(resources.files("zest_models")))
+CACHE_DIR_NAME: Final = ".cache"
+#: A fixed default start keeps ``zest simulate`` deterministic for a seed.
+DEFAULT_START: Final = "2026-11-01T00:00:00"
+
+
+def _data_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=MODELS_DIR / CACHE_DIR_NAME,
+        show_default="models/.cache",
+        help="Folder for the simulated training rows (rebuilt when the data, constants or code change).",
+    )(command)
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_DATA_DIR,
+        show_default="../shared/data/vtrain beside the repository",
+        help=f"Folder holding the measured vTrain table {DATA_FILE}.",
+    )(command)
+
+
+@click.command("simulate")
+@click.option(
+    "--spec",
+    "spec_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Job spec JSON: gpu, num_gpus, model shape, batch and parallel layout.",
+)
+@click.option("--job-id", required=True, help="Job id the capture's samples carry.")
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Capture file to write (zest Parquet).",
+)
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=15.0,
+    show_default=True,
+    help="Length of the capture at 1 Hz.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated noise.")
+@click.option(
+    "--start",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    default=DEFAULT_START,
+    show_default=True,
+    help="Time of the first sample, UTC.",
+)
+def simulate(spec_path: Path, job_id: str, output: Path, minutes: float, seed: int, start: datetime) -> None:
+    """Simulate the telemetry a training job would show, from the performance model, as a capture file."""
+    spec = JobSpec.from_json(spec_path)
+    constants = perfmodel.load_constants(spec.gpu)
+    frame = perfmodel.simulate_telemetry(
+        spec, constants, job_id=job_id, minutes=minutes, seed=seed, start=pd.Timestamp(start, tz="UTC")
+    )
+    layout = f"t={spec.tensor_parallel} p={spec.pipeline_parallel} d={spec.data_parallel}"
+    write_capture(
+        frame,
+        output,
+        notes=[
+            f"simulated by zest simulate (performance model, not measured) from {spec_path.name}: "
+            f"{spec.num_gpus} x {spec.gpu}, {layout}, micro-batch {spec.micro_batch}, "
+            f"recompute {spec.recompute}, seed {seed}"
+        ],
+    )
+    click.echo(f"wrote {minutes:g} min of simulated telemetry of {spec.num_gpus} GPUs to {output}")
+
+
+@click.command("train")
+@_data_options
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MODELS_DIR,
+    show_default="models/",
+    help=f"Folder to write {DEFAULT_ARTIFACT}.skops and {DEFAULT_ARTIFACT}.json to.",
+)
+def train(data_dir: Path, cache_dir: Path, output_dir: Path) -> None:
+    """Train the default Z_e model on the measured data (deterministic) and write it with its metadata."""
+    data = read_study_data(data_dir)
+    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
+    model = fit_model(rows)
+    shares = default_capture_shares(capture_share_table(data.frame))
+    metadata = artifact_metadata(data, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
+    if not output_dir.is_dir():
+        raise ModelError(f"output folder {output_dir} does not exist: create it or pass --output-dir")
+    model_path, json_path = save_model(model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata)
+    click.echo(
+        f"trained on {len(rows)} configurations of {data.studies} studies "
+        f"(interval widened by {model.interval_adjustment_:.2f} pp for {100 * model.coverage:.0f} % coverage)"
+    )
+    click.echo(f"wrote {model_path} ({model_path.stat().st_size / 1024**2:.2f} MiB) and {json_path}")
+
+
+@click.command("evaluate")
+@_data_options
+@click.option(
+    "--card",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=MODELS_DIR / "README.md",
+    show_default="models/README.md",
+    help="Model card whose evaluation section (between its markers) is rewritten.",
+)
+def evaluate_command(data_dir: Path, cache_dir: Path, card: Path) -> None:
+    """Grouped cross-validation of the Z_e model against three baselines; update the model card."""
+    try:
+        text = card.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
+    data = read_study_data(data_dir)
+    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
+    section = render_markdown(evaluate(data, rows))
+    try:
+        updated = update_card(text, section)
+    except ValueError as exc:
+        raise ModelError(f"{card}: {exc}; add them where the evaluation belongs") from None
+    try:
+        card.write_text(updated, encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot write model card {card} ({exc.strerror})") from None
+    click.echo(section)
+    click.echo(f"\nupdated the evaluation section of {card}")

@@ -1,0 +1,344 @@
+"""The Z_e model: a scikit-learn regressor from a job's telemetry features to Z in % with an interval.
+
+:class:`ZeRegressor` predicts Z, the share of training time a thorough tuning
+search would save, in [0, 100) percent, and a low / mid / high interval at a
+stated coverage. The mid value is a gradient-boosted regression (squared
+error); the interval is conformalized quantile regression (Romano, Patterson
+and Candès 2019): quantile models at (1 ± coverage)/2, widened by the
+coverage-quantile of their out-of-fold misses, so the stated coverage holds
+on held-out data, not only on the training rows. With ``groups`` the
+out-of-fold step keeps each group (a tuning study) whole, which is what a new
+job is to the model.
+
+The default artifact (``models/ze_model.skops`` + ``ze_model.json``) is
+stored with skops and loaded only if it holds nothing but the types of
+:data:`TRUSTED_TYPES`: loading a model file never runs code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import skops.io as sio
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.model_selection import GroupKFold, KFold
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from collectors.errors import CollectorError
+from estimator.breakeven import ZInterval
+from estimator.features import (
+    COVERAGE_RATIO,
+    FEATURES,
+    HOST_COUNT,
+    SAMPLES_PER_GPU_MIN,
+    WINDOW_SECONDS,
+)
+
+__all__ = [
+    "DEFAULT_ARTIFACT",
+    "MODEL_FEATURES",
+    "TRUSTED_TYPES",
+    "Z_MAX_PERCENT",
+    "LoadedModel",
+    "ModelError",
+    "ZeRegressor",
+    "load_default_model",
+    "load_metadata",
+    "load_model",
+    "predict_z_interval",
+    "save_model",
+]
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The largest Z the model reports: just below 100 %, which would mean tuning removes all training time.
+Z_MAX_PERCENT: Final = math.nextafter(100.0, 0.0)
+
+#: Features the model reads. Left out: how long and how densely telemetry was recorded (window,
+#: samples per GPU, signal coverage), which says nothing about the job, and the host count, constant
+#: (one host) in the training data.
+MODEL_FEATURES: Final = tuple(
+    f for f in FEATURES if f not in {WINDOW_SECONDS, SAMPLES_PER_GPU_MIN, COVERAGE_RATIO, HOST_COUNT}
+)
+
+#: Artifact name, without suffix, inside the ``zest_models`` package.
+DEFAULT_ARTIFACT: Final = "ze_model"
+
+#: Every type a model file may hold. Anything else makes :func:`load_model` refuse the file.
+TRUSTED_TYPES: Final = frozenset(
+    {
+        "estimator.model.ZeRegressor",
+        "sklearn._loss.link.IdentityLink",
+        "sklearn._loss.link.Interval",
+        "sklearn._loss.loss.HalfSquaredError",
+        "sklearn._loss.loss.PinballLoss",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+)
+
+
+class ModelError(CollectorError):
+    """A model file is missing, unreadable or holds types zest does not trust; the message says what to do."""
+
+
+class ZeRegressor(RegressorMixin, BaseEstimator):
+    """Z in [0, 100) % from job features, with a conformalized quantile interval at ``coverage``.
+
+    Parameters are those of the three :class:`HistGradientBoostingRegressor`
+    it fits (mid: squared error; low and high: quantile loss), plus
+    ``coverage`` (0-1) of the interval and ``calibration_folds``, the folds
+    of the out-of-fold step that calibrates the interval. NaN features are
+    allowed (the trees route them).
+    """
+
+    def __init__(
+        self,
+        *,
+        coverage: float = 0.8,
+        learning_rate: float = 0.05,
+        max_iter: int = 200,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 20,
+        l2_regularization: float = 0.0,
+        calibration_folds: int = 5,
+        random_state: int | None = 0,
+    ) -> None:
+        self.coverage = coverage
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.calibration_folds = calibration_folds
+        self.random_state = random_state
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.target_tags.positive_only = True  # Z is a share of time saved: >= 0
+        return tags
+
+    def _booster(self, quantile: float | None) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            loss="squared_error" if quantile is None else "quantile",
+            quantile=quantile,
+            learning_rate=self.learning_rate,
+            max_iter=self.max_iter,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf,
+            l2_regularization=self.l2_regularization,
+            early_stopping=False,
+            random_state=self.random_state,
+        )
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> ZeRegressor:
+        """Fit the mid and quantile models and calibrate the interval; ``groups`` keeps studies whole."""
+        if not 0.0 < self.coverage < 1.0:
+            raise ValueError(f"coverage must be between 0 and 1, got {self.coverage!r}")
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        tail = (1.0 - self.coverage) / 2.0
+        self.quantiles_ = (tail, 1.0 - tail)
+        self.mid_ = self._booster(None).fit(X, y)
+        self.low_ = self._booster(self.quantiles_[0]).fit(X, y)
+        self.high_ = self._booster(self.quantiles_[1]).fit(X, y)
+        self.interval_adjustment_ = self._calibrate(X, y, groups)
+        self.n_iter_ = self.mid_.n_iter_
+        return self
+
+    def _calibrate(self, X: FloatArray, y: FloatArray, groups: Any) -> float:
+        """The widening that makes the quantile band cover ``coverage`` of out-of-fold rows (CQR)."""
+        splits: Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
+        if groups is not None:
+            groups = np.asarray(groups)
+            if len(groups) != len(y):
+                raise ValueError(f"groups has {len(groups)} entries but y has {len(y)}")
+            folds = min(self.calibration_folds, len(np.unique(groups)))
+            if folds < 2:
+                return 0.0
+            splits = GroupKFold(n_splits=folds).split(X, y, groups)
+        else:
+            folds = min(self.calibration_folds, len(y))
+            if folds < 2:
+                return 0.0
+            splits = KFold(n_splits=folds, shuffle=True, random_state=self.random_state).split(X)
+        scores = np.empty(len(y))
+        for train, test in splits:
+            low = self._booster(self.quantiles_[0]).fit(X[train], y[train]).predict(X[test])
+            high = self._booster(self.quantiles_[1]).fit(X[train], y[train]).predict(X[test])
+            scores[test] = np.maximum(low - y[test], y[test] - high)
+        level = min(1.0, math.ceil((len(y) + 1) * self.coverage) / len(y))
+        return float(np.quantile(scores, level, method="higher"))
+
+    def predict(self, X: Any) -> FloatArray:
+        """Z in % for each row, in [0, 100)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        return np.clip(self.mid_.predict(X), 0.0, Z_MAX_PERCENT)
+
+    def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        mid = np.clip(self.mid_.predict(X), 0.0, Z_MAX_PERCENT)
+        low = np.clip(self.low_.predict(X) - self.interval_adjustment_, 0.0, mid)
+        high = np.clip(self.high_.predict(X) + self.interval_adjustment_, mid, Z_MAX_PERCENT)
+        return low, mid, high
+
+
+def predict_z_interval(model: ZeRegressor, row: pd.Series) -> ZInterval:
+    """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
+    names = list(getattr(model, "feature_names_in_", MODEL_FEATURES))
+    missing = [n for n in names if n not in row.index]
+    if missing:
+        raise ModelError(
+            f"the model needs feature(s) {', '.join(missing)} that the job's features lack; "
+            "retrain it with zest train"
+        )
+    frame = pd.DataFrame([row[names].to_numpy(dtype=np.float64)], columns=names)
+    low, mid, high = model.predict_interval(frame)
+    return ZInterval(float(low[0]), float(mid[0]), float(high[0]))
+
+
+# --- persistence ------------------------------------------------------------------
+
+
+def _canonical(buffer: bytes) -> bytes:
+    """The skops archive with member names and timestamps made reproducible.
+
+    skops names array members and marks shared objects by ``id()`` and stamps
+    members with the current time; renumbering both in schema order and fixing
+    the time makes the same model give the same bytes.
+    """
+    with zipfile.ZipFile(io.BytesIO(buffer)) as source:
+        schema = json.loads(source.read("schema.json"))
+        renamed: dict[str, str] = {}
+        ids: dict[int, int] = {}
+
+        def walk(node: Any) -> None:
+            if isinstance(node, dict):
+                if isinstance(node.get("__id__"), int):
+                    # the same id marks the same object: a one-to-one renumbering keeps shared references
+                    node["__id__"] = ids.setdefault(node["__id__"], len(ids) + 1)
+                name = node.get("file")
+                if isinstance(name, str) and name in source.namelist():
+                    suffix = Path(name).suffix
+                    node["file"] = renamed.setdefault(name, f"{len(renamed):05d}{suffix}")
+                for value in node.values():
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(schema)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+
+            def put(name: str, data: bytes) -> None:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                target.writestr(info, data, compresslevel=9)
+
+            put("schema.json", json.dumps(schema, indent=2).encode())
+            for old, new in sorted(renamed.items(), key=lambda item: item[1]):
+                put(new, source.read(old))
+    return out.getvalue()
+
+
+def save_model(model: ZeRegressor, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
+    """Write ``model`` with skops to ``path`` (``.skops``) and ``metadata`` as JSON beside it (``.json``).
+
+    The same model and metadata give the same bytes. Raises :class:`ModelError`
+    if a file cannot be written.
+    """
+    check_is_fitted(model)
+    buffer = io.BytesIO()
+    sio.dump(model, buffer)
+    json_path = path.with_suffix(".json")
+    try:
+        path.write_bytes(_canonical(buffer.getvalue()))
+        json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ModelError(f"cannot write model to {path.parent} ({exc.strerror}): check the folder") from None
+    return path, json_path
+
+
+def load_model(path: Path) -> ZeRegressor:
+    """Load a model written by :func:`save_model`, refusing files with types outside :data:`TRUSTED_TYPES`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model {path} ({exc.strerror}): run zest train to build it") from None
+    try:
+        found = sio.get_untrusted_types(data=data)
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not a skops model file ({exc}): run zest train to rebuild it") from None
+    untrusted = sorted(set(found) - TRUSTED_TYPES)
+    if untrusted:
+        raise ModelError(
+            f"{path} holds type(s) zest does not trust ({', '.join(untrusted)}); "
+            "refusing to load it: rebuild it with zest train"
+        )
+    model = sio.load(io.BytesIO(data), trusted=list(found))
+    if not isinstance(model, ZeRegressor):
+        raise ModelError(
+            f"{path} holds a {type(model).__name__}, not a ZeRegressor: rebuild it with zest train"
+        )
+    return model
+
+
+def load_metadata(path: Path) -> dict[str, Any]:
+    """The metadata JSON written beside a model."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"cannot read model metadata {path} ({exc.strerror}): run zest train") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"model metadata {path} is not JSON ({exc.msg}): run zest train") from None
+    if not isinstance(document, dict):
+        raise ModelError(f"model metadata {path} is not a JSON object: run zest train")
+    return document
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model and the metadata it was shipped with (feature names, coverage, capture shares, provenance)."""
+
+    model: ZeRegressor
+    metadata: dict[str, Any]
+
+    @property
+    def coverage(self) -> float:
+        return float(self.model.coverage)
+
+    def capture_shares(self) -> dict[str, float]:
+        """Measured share of the thorough-search Z each default algorithm captures, by algorithm name."""
+        shares = self.metadata.get("capture_shares", {}).get("shares", {})
+        return {str(name): float(entry["share"]) for name, entry in shares.items()}
+
+
+@contextmanager
+def _packaged(name: str) -> Iterator[Path]:
+    with resources.as_file(resources.files("zest_models") / name) as path:
+        yield path
+
+
+def load_default_model() -> LoadedModel:
+    """The model shipped in the ``zest_models`` package (no network); :class:`ModelError` if absent."""
+    with _packaged(f"{DEFAULT_ARTIFACT}.skops") as model_path, _packaged(f"{DEFAULT_ARTIFACT}.json") as meta:
+        return LoadedModel(load_model(model_path), load_metadata(meta))

@@ -1,0 +1,266 @@
+"""Training rows for the Z_e model: simulated features of each measured configuration, with its measured Z.
+
+The ground truth is vTrain's measured single-node table (Bang, Choi, Kim, Kim
+and Rhu, MICRO 2024; MIT licence): iteration times of GPT-style models on 2-8
+A100 GPUs, each model and workload (a *study*) run at several parallel
+configurations. Within a study, Z(c) = 100 · (1 − t_best / t_c) is what tuning
+from configuration c to the study's best measured configuration gained.
+
+The table has no telemetry, so each configuration's telemetry is *simulated*
+by :mod:`estimator.perfmodel` under the assumptions its calibration made
+(A100 SXM4 80 GB, full recomputation, GPT-2 vocabulary padded for TP; see
+``models/calibrate_perfmodel.py``) and turned into features by
+:mod:`estimator.features`. Features are simulated, labels measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from zest_models import calibrate_perfmodel as calibration
+
+from collectors import schema
+from collectors.errors import CollectorError
+from estimator import features, perfmodel
+from estimator.features import FEATURES, job_features, summarize_gpus
+from estimator.model import MODEL_FEATURES, ZeRegressor
+from estimator.perfmodel import JobSpec, PerfConstants
+
+__all__ = [
+    "DATA_FILE",
+    "DEFAULT_DATA_DIR",
+    "GROUP_KEYS",
+    "STUDY",
+    "Z_PERCENT",
+    "DataError",
+    "StudyData",
+    "artifact_metadata",
+    "fit_model",
+    "measured_z_percent",
+    "read_study_data",
+    "simulate_features",
+    "training_rows",
+]
+
+#: The measured table's file name, group columns and measured time column (owned by the calibration).
+DATA_FILE: Final = calibration.DATA_FILE
+GROUP_KEYS: Final = calibration.GROUP_KEYS
+MEASURED_MS: Final = calibration.MEASURED
+#: The layout columns of the measured table (its README), which the job specs read.
+MICRO_BATCH: Final = "micro batch"
+TENSOR_PARALLEL: Final = "tensor parallelism"
+DATA_PARALLEL: Final = "data parallelism"
+PIPELINE_PARALLEL: Final = "pipeline parallelism"
+LAYOUT_COLUMNS: Final = (MICRO_BATCH, TENSOR_PARALLEL, DATA_PARALLEL, PIPELINE_PARALLEL)
+#: ``<repository>/../shared/data/vtrain``, where CI keeps the data beside the checkout.
+DEFAULT_DATA_DIR: Final = calibration.DEFAULT_DATA
+
+STUDY: Final = "study"  # integer id of a study (rows sharing GROUP_KEYS), in sorted key order
+Z_PERCENT: Final = "z_percent"  # measured Z(c) in % of training time
+ITERATION_SECONDS: Final = "iteration_seconds"
+
+#: Telemetry simulated per configuration: short, since the per-second samples of these sub-second
+#: iterations are stationary; 1 Hz as a DCGM exporter scrapes.
+DEFAULT_MINUTES: Final = 3.0
+DEFAULT_SEED: Final = 20240101
+_START: Final = pd.Timestamp("2024-01-01T00:00:00Z")
+#: Bump when the recipe below changes in a way the cache key cannot see.
+_RECIPE_VERSION: Final = 1
+
+
+class DataError(CollectorError):
+    """The measured data is missing or malformed; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The measured table with a study id and measured Z per row, and the file's provenance."""
+
+    frame: pd.DataFrame  # the CSV's columns plus STUDY, Z_PERCENT, ITERATION_SECONDS
+    path: Path
+    sha256: str
+
+    @property
+    def studies(self) -> int:
+        return int(self.frame[STUDY].nunique())
+
+
+def read_study_data(data_dir: str | Path = DEFAULT_DATA_DIR) -> StudyData:
+    """Read the measured table from ``data_dir``; add study ids and the measured Z of each row.
+
+    Raises :class:`DataError` when the file is missing, lacks a column, or
+    holds a non-positive or missing time.
+    """
+    directory = Path(data_dir)
+    path = directory / DATA_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(
+            f"cannot read {path} ({exc.strerror}): pass --data DIR, the folder holding {DATA_FILE}"
+        ) from None
+    try:
+        frame = calibration.read_measurements(directory)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: {exc}") from None
+    numeric = [*GROUP_KEYS, *LAYOUT_COLUMNS, MEASURED_MS]
+    missing = [c for c in numeric if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}: use the vTrain table as published")
+    values = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    if values.isna().any().any() or (values[MEASURED_MS] <= 0).any():
+        bad = values.index[values.isna().any(axis=1) | (values[MEASURED_MS] <= 0)][0]
+        raise DataError(f"{path}: row {bad + 2} has a missing, non-numeric or non-positive value")
+    frame = frame.reset_index(drop=True)
+    frame[STUDY] = frame.groupby(list(GROUP_KEYS), sort=True).ngroup().astype(np.int64)
+    frame[ITERATION_SECONDS] = frame[MEASURED_MS].astype(np.float64) / 1000.0
+    frame[Z_PERCENT] = measured_z_percent(frame[ITERATION_SECONDS], frame[STUDY])
+    return StudyData(frame, path, hashlib.sha256(raw).hexdigest())
+
+
+def measured_z_percent(seconds: pd.Series, study: pd.Series) -> pd.Series:
+    """Z(c) = 100 · (1 − t_best / t_c) within each study: the gain of tuning c to the study's best, in %."""
+    best = seconds.groupby(study).transform("min")
+    return (100.0 * (1.0 - best / seconds)).rename(Z_PERCENT)
+
+
+def job_specs(frame: pd.DataFrame) -> list[JobSpec]:
+    """The job spec of each measured row under the calibration's assumptions (A100-80GB, full recompute)."""
+    return calibration.specs_of(frame)
+
+
+def simulate_features(
+    spec: JobSpec, constants: PerfConstants, *, job_id: str, minutes: float, seed: int
+) -> pd.Series:
+    """The :data:`estimator.features.FEATURES` of ``minutes`` of 1 Hz telemetry simulated for ``spec``."""
+    frame = perfmodel.simulate_telemetry(
+        spec, constants, job_id=job_id, minutes=minutes, seed=seed, start=_START
+    )
+    return job_features(summarize_gpus(frame)).row
+
+
+def _cache_key(data: StudyData, constants: PerfConstants, minutes: float, seed: int) -> str:
+    digest = hashlib.sha256()
+    for module in (perfmodel, features, schema):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    recipe = {
+        "data": data.sha256,
+        "constants": repr(constants),
+        "minutes": minutes,
+        "seed": seed,
+        "features": FEATURES,
+        "recipe": _RECIPE_VERSION,
+        "zest": metadata.version("zest"),
+    }
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def training_rows(
+    data: StudyData,
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | None = None,
+) -> pd.DataFrame:
+    """One row per measured configuration: its simulated features, STUDY and measured Z_PERCENT.
+
+    Row i is simulated with seed ``seed + i`` (deterministic). With
+    ``cache_dir`` the rows are kept there as Parquet, keyed by a hash of the
+    data, the constants, the simulation and feature code and the arguments;
+    writing new rows there removes the rows of other keys.
+    """
+    constants = perfmodel.load_constants(calibration.FITTED_GPU.key)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = cache_dir / f"training_rows_{_cache_key(data, constants, minutes, seed)}.parquet"
+        if cache_file.is_file():
+            return pd.read_parquet(cache_file)
+    frame = data.frame
+    rows = [
+        simulate_features(spec, constants, job_id=f"vtrain-{i}", minutes=minutes, seed=seed + i)
+        for i, spec in enumerate(job_specs(frame))
+    ]
+    out = pd.DataFrame(rows, columns=list(FEATURES)).astype(np.float64).reset_index(drop=True)
+    out[STUDY] = frame[STUDY].to_numpy()
+    out[Z_PERCENT] = frame[Z_PERCENT].to_numpy()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        ignore = cache_file.parent / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text(
+                "# rows simulated by estimator.training; rebuilt on demand\n*\n", encoding="utf-8"
+            )
+        for stale in cache_file.parent.glob("training_rows_*.parquet"):
+            stale.unlink()  # rows of older code or data: never read again
+        out.to_parquet(cache_file, index=False)
+    return out
+
+
+def fit_model(rows: pd.DataFrame, model: ZeRegressor | None = None) -> ZeRegressor:
+    """Fit ``model`` (default :class:`ZeRegressor`) on training rows; its calibration keeps studies whole."""
+    model = ZeRegressor() if model is None else model
+    return model.fit(rows[list(MODEL_FEATURES)], rows[Z_PERCENT], groups=rows[STUDY])
+
+
+def _rounded(value: Any) -> Any:
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def artifact_metadata(
+    data: StudyData,
+    model: ZeRegressor,
+    capture_shares: Mapping[str, Any],
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = DEFAULT_SEED,
+) -> dict[str, Any]:
+    """The JSON shipped beside the model: features, coverage, provenance, capture shares; no date."""
+    constants_path = perfmodel.DEFAULT_CONSTANTS_PATH
+    return {
+        "about": (
+            "Z_e model of zest: Z, the share of training time a thorough tuning search saves, in % "
+            "(0-100), with a low/mid/high interval, from a job's telemetry features. Features simulated "
+            "by estimator.perfmodel, labels measured (vTrain). Built by zest train."
+        ),
+        "zest_version": metadata.version("zest"),
+        "model": {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "params": {k: _rounded(v) for k, v in sorted(model.get_params().items())},
+            "coverage": _rounded(float(model.coverage)),
+            "interval": (
+                "conformalized quantile regression: quantile boosting at "
+                f"{model.quantiles_[0]:.2g}/{model.quantiles_[1]:.2g}, widened by "
+                f"{model.interval_adjustment_:.3g} pp from out-of-fold misses, folds grouped by study"
+            ),
+        },
+        "features": list(model.feature_names_in_),
+        "target": "z_percent: 100 * (1 - t_best / t_c) within a study, measured",
+        "training_data": {
+            "file": data.path.name,
+            "sha256": data.sha256,
+            "rows": len(data.frame),
+            "studies": data.studies,
+            "labels": "measured iteration times (A100, Megatron-DeepSpeed, 2-8 GPUs in one node)",
+            "features": (
+                f"simulated: {minutes:g} min of 1 Hz telemetry per configuration from estimator.perfmodel "
+                f"({calibration.FITTED_GPU.key}, full recomputation, GPT-2 vocabulary padded for TP, as "
+                f"models/calibrate_perfmodel.py assumes), seeds {seed} + row number"
+            ),
+            "perfmodel_constants_sha256": hashlib.sha256(constants_path.read_bytes()).hexdigest(),
+            "source": (
+                "Bang, Choi, Kim, Kim and Rhu, 'vTrain: A Simulation Framework for Evaluating "
+                "Cost-effective and Compute-optimal Large Language Model Training', MICRO 2024; "
+                "github.com/VIA-Research/vTrain (KAIST VIA Research Group), MIT licence"
+            ),
+        },
+        "capture_shares": dict(capture_shares),
+    }
