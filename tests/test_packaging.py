@@ -73,3 +73,19 @@ def test_wheel_installs_a_working_estimate_z(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     r_breaks = [f"{a['r_break']:.3g}" for a in json.loads(result.stdout)["algorithms"]]
     assert r_breaks == ["0.833", "5.56", "15.9"]
+    # The README's first command: a bundled capture and the shipped model, from the wheel alone.
+    first = subprocess.run(
+        [sys.executable, str(script), "--job-id", "gpt13b-a100-tp4", "--source", "example",
+         "--duration-hours", "150", "--reuse", "5", "--output", "json"],
+        capture_output=True, text=True, cwd=elsewhere, env=env, timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    doc = json.loads(first.stdout)
+    z = doc["z_expected_percent"]
+    assert 0 <= z["low"] <= z["mid"] <= z["high"] < 100
+    assert doc["telemetry"]["features"]["gpus"] == 8 and doc["recommendation"] in (
+        "heuristic",
+        "black-box",
+        "exhaustive",
+        None,
+    )
