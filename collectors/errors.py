@@ -33,3 +33,39 @@ class CaptureWriteError(CollectorError):
 
 class SpecError(CollectorError, ValueError):
     """A job spec for ``zest simulate`` is invalid or cannot run; the message names the field and why."""
+
+
+class ConfigError(CollectorError, ValueError):
+    """A ``zest serve`` configuration or web configuration file is invalid; the message names file and key."""
+
+
+class SlurmJobNotFound(JobNotFound):
+    """Slurm knows no job by that id: not in the controller and not in accounting."""
+
+
+class SlurmUnavailable(SourceUnavailable):
+    """Slurm's commands are not installed or cannot be run here."""
+
+
+class SlurmAccountingUnavailable(SlurmUnavailable):
+    """Slurm runs without accounting (no slurmdbd), so ``sacct`` has no history."""
+
+
+class SlurmQueryError(SourceQueryError):
+    """A Slurm command failed or timed out (controller down, bad answer)."""
+
+
+class SlurmPermissionDenied(CollectorError):
+    """Slurm refused the query: the job or the accounting data is not this user's to see."""
+
+
+class OutcomesError(CollectorError):
+    """A tuning study cannot be read (no such study, storage unreadable, multi-objective, nothing finished)."""
+
+
+class OptunaMissing(OutcomesError):
+    """Optuna, needed to read a tuning study, is not installed (``pip install 'zest[optuna]'``)."""
+
+
+class StoreError(CollectorError):
+    """The outcomes store cannot be opened, read or written (rights, disk full, a newer zest's schema)."""

@@ -10,7 +10,8 @@ per-GPU summary of :mod:`collectors.schema`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -56,6 +57,7 @@ def read_job(
     interval_seconds: float = 1.0,
     end: datetime | None = None,
     raw: bool = False,
+    placement: Mapping[str, Sequence[int]] | None = None,
     nvml_factory: Callable[[], object] | None = None,
 ) -> Telemetry:
     """Read ``job_id``'s telemetry from ``source`` (None: NVML where a driver is present).
@@ -64,10 +66,16 @@ def read_job(
     NVML how long to sample (default 60 s), for Prometheus how far back (default:
     the job's run as far as Prometheus holds it), for files the last part of
     the capture (default all of it). ``raw`` asks Prometheus for samples
-    rather than summaries (for ``zest capture``).
+    rather than summaries (for ``zest capture``). ``placement``: the job's
+    nodes and GPU indices on each, known from the scheduler: NVML samples the
+    job's GPUs on this node without job mapping, and a capture is narrowed to
+    them.
     """
     if source is None or source == NVML:
-        return _read_nvml(job_id, window_seconds, interval_seconds, nvml_factory, explicit=source is not None)
+        local = None if placement is None else placement.get(_short(socket.gethostname()))
+        return _read_nvml(
+            job_id, window_seconds, interval_seconds, nvml_factory, local, explicit=source is not None
+        )
     if source.startswith(PROMETHEUS_PREFIX):
         return _read_prometheus(source.removeprefix(PROMETHEUS_PREFIX), job_id, window_seconds, end, raw)
     if source == EXAMPLE:
@@ -76,11 +84,23 @@ def read_job(
             raise JobNotFound(
                 f"no bundled example for job {job_id!r}; the examples are: {', '.join(example_jobs())}"
             )
-        return _read_file(path, job_id, window_seconds, name=f"example {job_id}")
-    return _read_file(Path(source), job_id, window_seconds, name=source)
+        return _read_file(path, job_id, window_seconds, end, placement, name=f"example {job_id}")
+    return _read_file(Path(source), job_id, window_seconds, end, placement, name=source)
 
 
-def _read_file(path: Path, job_id: str, window_seconds: float | None, *, name: str) -> Telemetry:
+def _short(host: str) -> str:
+    return host.split(".", 1)[0]
+
+
+def _read_file(
+    path: Path,
+    job_id: str,
+    window_seconds: float | None,
+    end: datetime | None,
+    placement: Mapping[str, Sequence[int]] | None,
+    *,
+    name: str,
+) -> Telemetry:
     from collectors.files import read_capture
 
     if path.is_dir():
@@ -89,11 +109,35 @@ def _read_file(path: Path, job_id: str, window_seconds: float | None, *, name: s
         raise SourceUnavailable(f"--source {path}: no such file; give {SOURCE_HELP}")
     capture = read_capture(path, job_id)
     frame, notes = capture.frame, list(capture.notes)
+    if placement:
+        frame = _on_placement(frame, placement)
+        notes.append(f"narrowed to the job's GPUs: {_placed(placement)}")
     if window_seconds is not None and not frame.empty:
-        start = frame["timestamp"].max() - timedelta(seconds=window_seconds)
-        frame = frame[frame["timestamp"] >= start].reset_index(drop=True)
-        notes.append(f"read the last {window_seconds:g} s of the capture")
+        stop = pd.Timestamp(end) if end is not None else frame["timestamp"].max()
+        start = stop - timedelta(seconds=window_seconds)
+        frame = frame[frame["timestamp"].between(start, stop)].reset_index(drop=True)
+        notes.append(
+            f"read {window_seconds:g} s of the capture up to {stop.isoformat()}"
+            if end is not None
+            else f"read the last {window_seconds:g} s of the capture"
+        )
     return Telemetry(source=name, frame=frame, notes=notes)
+
+
+def _placed(placement: Mapping[str, Sequence[int]]) -> str:
+    return "; ".join(f"{node} GPU(s) {_listed(indices) or '?'}" for node, indices in placement.items())
+
+
+def _on_placement(frame: pd.DataFrame, placement: Mapping[str, Sequence[int]]) -> pd.DataFrame:
+    """The rows of ``frame`` on the job's nodes and GPUs; a file that names no host is taken as the job's node
+    when the job has one."""
+    hosts = frame["host"].fillna("").map(_short)
+    keep = pd.Series(False, index=frame.index)
+    for node, indices in placement.items():
+        on_node = hosts.eq(_short(node)) | (hosts.eq("") & (len(placement) == 1))
+        gpu_ok = frame["gpu"].str.split("/").str[0].isin([str(i) for i in indices]) if indices else True
+        keep |= on_node & gpu_ok
+    return frame[keep].reset_index(drop=True)
 
 
 def _read_nvml(
@@ -101,6 +145,7 @@ def _read_nvml(
     window_seconds: float | None,
     interval_seconds: float,
     factory: Callable[[], object] | None,
+    gpu_indices: Sequence[int | str] | None,
     *,
     explicit: bool,
 ) -> Telemetry:
@@ -113,23 +158,35 @@ def _read_nvml(
         raise SourceUnavailable(
             f"no --source given and no NVML driver on this host: give --source {SOURCE_HELP}"
         )
-    mapping_dir = os.environ.get(HPC_JOB_DIR_ENV)
-    gpus = resolve_job_gpus(
-        job_id,
-        gpu_pids=nvml.gpu_pids(),
-        hpc_job_dir=Path(mapping_dir) if mapping_dir else None,
-        gpu_uuids={d.uuid: d.index for d in nvml.devices()},
-    )
+    if gpu_indices is not None:
+        indices, notes = tuple(gpu_indices), [f"job {job_id} on GPU(s) {_listed(gpu_indices)} of this host"]
+    else:
+        mapping_dir = os.environ.get(HPC_JOB_DIR_ENV)
+        gpus = resolve_job_gpus(
+            job_id,
+            gpu_pids=nvml.gpu_pids(),
+            hpc_job_dir=Path(mapping_dir) if mapping_dir else None,
+            gpu_uuids={d.uuid: d.index for d in nvml.devices()},
+        )
+        indices = gpus.gpu_indices
+        notes = [f"job {job_id} on GPU(s) {_listed(indices)} of this host ({gpus.how})"]
+        if gpus.shared:
+            notes.append(f"GPU(s) {_listed(gpus.shared)} are shared with other jobs")
     window = 60.0 if window_seconds is None else window_seconds
-    capture = nvml.sample(window, interval_seconds, gpu_indices=gpus.gpu_indices, job_id=job_id)
-    notes = [f"job {job_id} on GPU(s) {', '.join(map(str, gpus.gpu_indices))} of this host ({gpus.how})"]
-    if gpus.shared:
-        notes.append(f"GPU(s) {', '.join(map(str, gpus.shared))} are shared with other jobs")
+    capture = nvml.sample(window, interval_seconds, gpu_indices=indices, job_id=job_id)
     return Telemetry(source="nvml", frame=capture.frame, notes=notes + list(capture.notes))
 
 
+def _listed(items: Sequence[object]) -> str:
+    return ", ".join(map(str, items))
+
+
 def _read_prometheus(
-    url: str, job_id: str, window_seconds: float | None, end: datetime | None, raw: bool
+    url: str,
+    job_id: str,
+    window_seconds: float | None,
+    end: datetime | None,
+    raw: bool,
 ) -> Telemetry:
     from collectors.prometheus import PrometheusSource
 

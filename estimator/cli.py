@@ -11,8 +11,11 @@ import functools
 import json
 import math
 import re
+import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
@@ -23,11 +26,17 @@ from collectors.errors import (
     CaptureWriteError,
     JobNotFound,
     MalformedCapture,
+    SlurmAccountingUnavailable,
+    SlurmJobNotFound,
+    SlurmPermissionDenied,
+    SlurmQueryError,
+    SlurmUnavailable,
     SourceQueryError,
     SourceUnavailable,
     SpecError,
 )
 from collectors.schema import SchemaError
+from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
 from collectors.sources import SOURCE_HELP, Telemetry, read_job
 from estimator.algorithms import (
     ALGORITHMS_BY_NAME,
@@ -45,8 +54,14 @@ from estimator.model import LoadedModel, ModelError, load_default_model, predict
 from estimator.report import render_table, to_document
 from estimator.training import DataError
 
-#: Exit codes, by the exception that leads to them. 2 is also click's code for a bad option.
+#: Exit codes, by the exception that leads to them (the first class that matches: subclasses first).
+#: 2 is also click's code for a bad option.
 EXIT_CODES: dict[type[Exception], int] = {
+    SlurmJobNotFound: 10,
+    SlurmAccountingUnavailable: 11,
+    SlurmUnavailable: 11,
+    SlurmQueryError: 12,
+    SlurmPermissionDenied: 13,
     InputError: 2,
     SpecError: 2,
     SourceUnavailable: 3,
@@ -177,6 +192,12 @@ def cli() -> None:
 @click.option("--job-id", help="Job to estimate Z_e for from its telemetry (Slurm id, namespace/pod, pid:N).")
 @_telemetry_options
 @click.option(
+    "--slurm/--no-slurm",
+    default=None,
+    help="Ask Slurm about the job for G, T, R and the telemetry window. Default: when Slurm's commands "
+    "are here and the job id looks like a Slurm id.",
+)
+@click.option(
     "--duration-hours",
     "duration_hours",
     type=_positive(float),
@@ -231,6 +252,7 @@ def estimate(
     source: str | None,
     window: float | None,
     interval: float,
+    slurm: bool | None,
     duration_hours: float | None,
     gpus: int | None,
     reuse: float | None,
@@ -255,6 +277,20 @@ def estimate(
         raise click.BadParameter(
             f"each algorithm may be given once, got {', '.join(names)}", param_hint="'--algorithm'"
         )
+    scheduler = _slurm_defaults(job_id, slurm, notes)
+    given = {"gpus": gpus, "duration_hours": duration_hours, "window": window}
+    end: datetime | None = None
+    if scheduler is not None:
+        defaults = scheduler.defaults
+        notes.extend(note for key, note in defaults.notes.items() if given.get(key) is None)
+        gpus = gpus if gpus is not None else defaults.gpus
+        duration_hours = duration_hours if duration_hours is not None else defaults.duration_hours
+        if window is None and defaults.window_start is not None and defaults.window_end is not None:
+            window = max((defaults.window_end - defaults.window_start).total_seconds(), 1.0)
+            end = defaults.window_end
+        if reuse is None and scheduler.reuse is not None:
+            reuse = float(max(scheduler.reuse.count, 1))
+            notes.append(scheduler.reuse.note)
     if duration_hours is None:
         raise click.UsageError("--duration-hours is required: the job's training duration T in hours (> 0)")
     if engineer_hours > 0 and (gpu_hour_cost is None or engineer_hour_cost is None):
@@ -267,7 +303,14 @@ def estimate(
                 "--job-id is required to read telemetry; or give every algorithm's Z "
                 "with --algorithm NAME=N:Z or --z-expected Z"
             )
-        telemetry = read_job(source, job_id, window_seconds=window, interval_seconds=interval)
+        telemetry = read_job(
+            source,
+            job_id,
+            window_seconds=window,
+            interval_seconds=interval,
+            end=end,
+            placement=scheduler.placement if scheduler else None,
+        )
         features = _features(telemetry, window)
         notes.extend(telemetry.notes + features.notes)
     if needs_estimate:
@@ -333,6 +376,38 @@ def telemetry_document(telemetry: Telemetry, features: Features) -> dict[str, An
     """The ``telemetry`` object of the JSON output: where it came from and the job's features (NaN: null)."""
     values = {str(k): (None if not math.isfinite(float(v)) else float(v)) for k, v in features.row.items()}
     return {"source": telemetry.source, "features": values}
+
+
+@dataclass(frozen=True)
+class _Scheduler:
+    defaults: SlurmDefaults
+    placement: dict[str, tuple[int, ...]]  # the job's nodes and GPU indices on each
+    reuse: ReuseCount | None
+
+
+def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -> _Scheduler | None:
+    """What Slurm says of the job; None when Slurm is not asked, or (unless asked with --slurm) not answering."""
+    if job_id is None or wanted is False:
+        return None
+    if wanted is None and (not is_slurm_job_id(job_id) or shutil.which("scontrol") is None):
+        return None
+    slurm = Slurm()
+    try:
+        job = slurm.job(job_id)
+    except SlurmJobNotFound as exc:
+        raise SlurmJobNotFound(f"{exc} (or give --no-slurm for a job Slurm does not hold)") from None
+    except (SlurmUnavailable, SlurmQueryError) as exc:
+        if wanted:
+            raise
+        notes.append(f"Slurm did not answer, so no scheduler defaults: {exc}")
+        return None
+    reuse = None
+    try:
+        reuse = slurm.reuse_from_history(job.user, job.name, exclude_job_id=job.job_id)
+    except (SlurmUnavailable, SlurmQueryError) as exc:  # no accounting: no history, R stays the user's
+        notes.append(f"no reuse count from Slurm accounting ({exc})")
+    placement = {g.node: g.indices for g in job.gpus_per_node} or dict.fromkeys(job.nodes, ())
+    return _Scheduler(defaults_from_slurm(job, datetime.now(UTC)), placement, reuse)
 
 
 @functools.cache
