@@ -26,7 +26,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,6 +105,21 @@ class JobSamples:
 
 
 @dataclass(frozen=True)
+class JobsSummary:
+    """What :meth:`PrometheusSource.summarize_jobs` found: the GPU summary of many jobs at once.
+
+    ``summary`` is in the GPU-summary schema, one row per job and GPU (the
+    ``job_id`` column tells the jobs apart); ``queries`` does not grow with the
+    number of jobs.
+    """
+
+    summary: pd.DataFrame
+    notes: list[str]
+    series_pulled: int
+    queries: int
+
+
+@dataclass(frozen=True)
 class _Signal:
     """How a canonical signal is read: the sum of ``parts`` (and ``optional`` where present) x ``scale``."""
 
@@ -138,6 +153,22 @@ class _Family:
     gpu_labels: tuple[str, ...]  # first present names the GPU
     mig_label: str
     model_label: str
+    #: How the family's series name a job, in order of preference: the labels of one labelling
+    #: (the last is the one that must be present; "namespace/pod" joins two).
+    job_labellings: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def job_labels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(label for labelling in self.job_labellings for label in labelling))
+
+    def job_id(self, labels: Mapping[str, str]) -> str | None:
+        """The job id the labels name, in :meth:`PrometheusSource.summarize_job`'s format; None if none."""
+        for labelling in self.job_labellings:
+            *outer, inner = labelling
+            if labels.get(inner):
+                prefix = "/".join(labels[o] for o in outer if labels.get(o))
+                return f"{prefix}/{labels[inner]}" if prefix else labels[inner]
+        return None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -151,16 +182,23 @@ class _Family:
     def choose(self, present: set[str]) -> dict[str, _Signal]:
         """The first reading of each signal whose required series are present."""
         chosen: dict[str, _Signal] = {}
-        for reading in self.readings:
-            if reading.signal not in chosen and set(reading.parts) <= present:
-                chosen[reading.signal] = _Signal(
-                    reading.signal,
-                    reading.parts,
-                    tuple(n for n in reading.optional if n in present),
-                    reading.scale,
-                    reading.counter,
-                )
+        for reading in self.usable(present):
+            chosen.setdefault(reading.signal, reading)
         return chosen
+
+    def usable(self, present: set[str]) -> list[_Signal]:
+        """Every reading whose required series are present, in order of preference."""
+        return [
+            _Signal(
+                reading.signal,
+                reading.parts,
+                tuple(n for n in reading.optional if n in present),
+                reading.scale,
+                reading.counter,
+            )
+            for reading in self.readings
+            if set(reading.parts) <= present
+        ]
 
     def anchor(self, present: set[str], chosen: Mapping[str, _Signal]) -> str:
         """The series that counts samples and dates the window: memory used, which every exporter has."""
@@ -183,6 +221,10 @@ _DCGM = _Family(
     gpu_labels=(metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL),
     mig_label=metrics.DCGM_MIG_INSTANCE_LABEL,
     model_label=metrics.DCGM_MODEL_LABEL,
+    job_labellings=(
+        (metrics.DCGM_HPC_JOB_LABEL,),
+        *zip(metrics.DCGM_NAMESPACE_LABELS, metrics.DCGM_POD_LABELS, strict=True),
+    ),
 )
 _JOBSTATS = _Family(
     name="jobstats exporter",
@@ -191,7 +233,11 @@ _JOBSTATS = _Family(
     gpu_labels=(*metrics.JOBSTATS_GPU_LABELS, metrics.JOBSTATS_UUID_LABEL),
     mig_label=metrics.JOBSTATS_MIG_INSTANCE_LABEL,
     model_label=metrics.JOBSTATS_MODEL_LABEL,
+    job_labellings=((metrics.JOBSTATS_JOB_LABEL,),),
 )
+_FAMILIES = (_DCGM, _JOBSTATS)
+#: Label that tags each signal's part of a batched query.
+_SIGNAL_TAG = "zest_signal"
 
 
 @dataclass(frozen=True)
@@ -228,8 +274,16 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _selector(name: str, matchers: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f"{label}={_quote(value)}" for label, value in matchers)
+#: A label matcher: the label must equal the value, or, for None, be present (non-empty).
+_Matcher = tuple[str, str | None]
+
+
+def _matcher(label: str, value: str | None) -> str:
+    return f'{label}!=""' if value is None else f"{label}={_quote(value)}"
+
+
+def _selector(name: str, matchers: Iterable[_Matcher]) -> str:
+    inner = ",".join(_matcher(label, value) for label, value in matchers)
     return f"{name}{{{inner}}}"
 
 
@@ -244,9 +298,9 @@ def _unix(moment: datetime) -> float:
     return moment.timestamp()
 
 
-def _name_selector(names: Iterable[str], matchers: Iterable[tuple[str, str]]) -> str:
+def _name_selector(names: Iterable[str], matchers: Iterable[_Matcher]) -> str:
     """A selector of the series named ``names`` that carry ``matchers``."""
-    inner = [f"__name__=~{_name_regex(names)}", *(f"{label}={_quote(value)}" for label, value in matchers)]
+    inner = [f"__name__=~{_name_regex(names)}", *(_matcher(label, value) for label, value in matchers)]
     return "{" + ",".join(inner) + "}"
 
 
@@ -257,7 +311,7 @@ def _fresh(selector: str, step_seconds: float) -> str:
     return f"last_over_time({selector}[{_duration(step_seconds - 0.001)}])"
 
 
-def _per_step(reading: _Signal, matchers: Sequence[tuple[str, str]], step_seconds: float, by: str) -> str:
+def _per_step(reading: _Signal, matchers: Sequence[_Matcher], step_seconds: float, by: str) -> str:
     """PromQL for the raw (unscaled) value of ``reading`` at each step of a subquery."""
     if reading.counter:
         # rate() needs two samples in its range: four scrape intervals leave room for a missed one.
@@ -461,6 +515,136 @@ class PrometheusSource:
         frame[TIMESTAMP] = pd.to_datetime(milliseconds, unit="ms", utc=True)
         return JobSamples(conform(frame), tally.notes, tally.series, tally.queries)
 
+    def summarize_jobs(self, window_seconds: float, end: datetime | None = None) -> JobsSummary:
+        """Per-GPU window statistics of every job with samples in the ``window_seconds`` before ``end``.
+
+        Batched: per exporter family present, one query per statistic covers
+        every signal of every job (each signal's part tagged by a label, the job
+        labellings joined by ``or``), so the number of queries is fixed (at most
+        11 per family) whatever the number of jobs. Statistics are those of
+        :meth:`summarize_job` over the same window; ``window_start`` and
+        ``window_end`` are each GPU's first and last sample in it, found at
+        ``step_seconds`` resolution. ``end`` defaults to now. A series that names
+        no job is left out. An empty summary when no job has samples.
+        """
+        if not (math.isfinite(window_seconds) and window_seconds > 0):
+            raise SourceQueryError(f"the window must be a positive number of seconds, got {window_seconds}")
+        tally = _Tally()
+        hi = _unix(end) if end is not None else datetime.now(UTC).timestamp()
+        lo = hi - window_seconds
+        frames = []
+        for family in _FAMILIES:
+            columns = self._summarize_family(family, lo, hi, tally)
+            if columns:
+                frames.append(_jobs_frame(columns, family))
+        if not frames:
+            tally.notes.append(f"no job has GPU series between {_iso(lo)} and {_iso(hi)}")
+            return JobsSummary(
+                conform_summary(pd.DataFrame({GPU: []})), tally.notes, tally.series, tally.queries
+            )
+        summary = conform_summary(pd.concat(frames, ignore_index=True))
+        summary = summary.sort_values([JOB_ID, HOST, GPU], kind="stable", ignore_index=True)
+        return JobsSummary(summary, tally.notes, tally.series, tally.queries)
+
+    def _summarize_family(
+        self, family: _Family, lo: float, hi: float, tally: _Tally
+    ) -> dict[str, dict[tuple[str, ...], float]]:
+        """Columns of the GPU summary of every job of ``family``, keyed by (job labels, identity) values."""
+        labellings = [((labelling[-1], None),) for labelling in family.job_labellings]
+        names = self._call(
+            "get",
+            "/api/v1/label/__name__/values",
+            [
+                *(("match[]", _name_selector(family.names, m)) for m in labellings),
+                ("start", f"{lo:.3f}"),
+                ("end", f"{hi:.3f}"),
+            ],
+            f"listing the {family.name} series of running jobs",
+            tally,
+        )
+        if not names:
+            return {}
+        present = set(names)
+        chosen = family.choose(present)
+        anchor = family.anchor(present, chosen)
+        keys = (*family.job_labels, *family.identity)
+        by = ",".join(keys)
+        width = hi - lo
+
+        def joined(query: Callable[[Sequence[_Matcher]], str]) -> str:
+            return " or ".join(f"({query(m)})" for m in labellings)
+
+        def count(m: Sequence[_Matcher]) -> str:
+            return f"sum by ({by}) (count_over_time({_selector(anchor, m)}[{_duration(width)}]))"
+
+        def stamped(m: Sequence[_Matcher]) -> str:
+            return f"((timestamp({_selector(anchor, m)}) >= {lo:.3f}) <= {hi:.3f})"
+
+        # Jobs may differ in which reading of a signal they have (NVLink from the DCP pair or the
+        # total): every usable reading is asked for, tagged by its rank, and the best one per GPU kept.
+        readings = family.usable(present)
+
+        def tagged(rank: int, statistic: str) -> str:
+            reading = readings[rank]
+            inner = joined(lambda m: self._statistic_query(reading, statistic, m, width, by))
+            return f'label_replace({inner}, "{_SIGNAL_TAG}", "{rank}", "", "")'
+
+        plan: list[tuple[str, str, str]] = [  # (column or statistic, query, purpose)
+            (SAMPLES, joined(count), f"counting {anchor} samples of every job")
+        ]
+        plan += [
+            (
+                statistic,
+                " or ".join(tagged(rank, statistic) for rank in range(len(readings))),
+                f"reading {statistic} of every signal of every job",
+            )
+            for statistic in STATISTICS
+        ]
+        if _SM_ACTIVE in chosen:
+            idle = joined(lambda m: self._idle_query(chosen[_SM_ACTIVE], m, width, by))
+            plan.append((IDLE_SHARE, idle, "reading every job's idle share"))
+        span = f"[{_duration(width)}:{_duration(self.step_seconds)}]"
+        plan += [
+            (
+                column,
+                f"{edge} by ({by}) ({edge}_over_time(({joined(stamped)}){span}))",
+                f"finding each GPU's {which} sample",
+            )
+            for column, edge, which in ((WINDOW_START, "min", "first"), (WINDOW_END, "max", "last"))
+        ]
+
+        def one(item: tuple[str, str, str]) -> list[dict[str, Any]]:
+            return self._query(item[1], hi, item[2], tally)
+
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
+            answers = list(pool.map(one, plan))
+        columns: dict[str, dict[tuple[str, ...], float]] = {}
+        tagged_values: list[tuple[str, int, tuple[str, ...], float]] = []  # statistic, rank, GPU, value
+        best: dict[tuple[str, tuple[str, ...]], int] = {}  # (signal, GPU) -> best rank it has
+        for (column, _, _), answer in zip(plan, answers, strict=True):
+            for item in answer:
+                labels: Mapping[str, str] = item["metric"]
+                key = tuple(labels.get(label, "") for label in keys)
+                value = _parse_value(item["value"])
+                if column not in STATISTICS:
+                    columns.setdefault(column, {})[key] = value
+                    continue
+                rank = int(labels.get(_SIGNAL_TAG, "-1"))
+                if 0 <= rank < len(readings):
+                    tagged_values.append((column, rank, key, value))
+                    signal_key = (readings[rank].signal, key)
+                    best[signal_key] = min(rank, best.get(signal_key, rank))
+        for statistic, rank, key, value in tagged_values:
+            reading = readings[rank]
+            if best[(reading.signal, key)] == rank:
+                columns.setdefault(summary_column(reading.signal, statistic), {})[key] = value * reading.scale
+        if SAMPLES not in columns:
+            return {}
+        missing = [s for s in SIGNALS if s not in chosen]
+        if missing:
+            tally.notes.append(f"{family.name}: no series for {', '.join(missing)}: they are NaN")
+        return columns
+
     def running_jobs(self) -> list[str]:
         """Ids of the jobs whose GPU series have a sample now (within Prometheus' lookback), sorted.
 
@@ -483,13 +667,12 @@ class PrometheusSource:
         jobs: set[str] = set()
         for item in result:
             labels: Mapping[str, str] = item["metric"]
-            if labels.get(metrics.DCGM_HPC_JOB_LABEL):
-                jobs.add(labels[metrics.DCGM_HPC_JOB_LABEL])
-            elif labels.get(metrics.JOBSTATS_JOB_LABEL):
-                jobs.add(labels[metrics.JOBSTATS_JOB_LABEL])
-            for pod, namespace in zip(metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True):
-                if labels.get(pod):
-                    jobs.add(f"{labels[namespace]}/{labels[pod]}" if labels.get(namespace) else labels[pod])
+            # Each part of the query keeps only its own labelling's labels.
+            found = (
+                _JOBSTATS.job_id(labels) if labels.get(metrics.JOBSTATS_JOB_LABEL) else _DCGM.job_id(labels)
+            )
+            if found is not None:
+                jobs.add(found)
         return sorted(jobs)
 
     # --- the steps of summarize_job ----------------------------------------------------------
@@ -620,7 +803,7 @@ class PrometheusSource:
         return found["min"], found["max"]
 
     def _statistic_query(
-        self, reading: _Signal, statistic: str, matchers: Sequence[tuple[str, str]], width: float, by: str
+        self, reading: _Signal, statistic: str, matchers: Sequence[_Matcher], width: float, by: str
     ) -> str:
         if reading.raw_gauge:
             series = f"{_selector(reading.parts[0], matchers)}[{_duration(width)}]"
@@ -636,9 +819,7 @@ class PrometheusSource:
             return f"{statistic} by ({by}) ({statistic}_over_time({series}))"
         return f"avg by ({by}) (quantile_over_time({_QUANTILES[statistic]}, {series}))"
 
-    def _idle_query(
-        self, reading: _Signal, matchers: Sequence[tuple[str, str]], width: float, by: str
-    ) -> str:
+    def _idle_query(self, reading: _Signal, matchers: Sequence[_Matcher], width: float, by: str) -> str:
         threshold = IDLE_SM_ACTIVE_RATIO / reading.scale
         per_step = f"({_per_step(reading, matchers, self.step_seconds, by)}) < bool {threshold!r}"
         return (
@@ -809,3 +990,25 @@ def _frame(
         milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)
         frame[column] = pd.to_datetime(milliseconds, unit="ms", utc=True)
     return conform_summary(frame)
+
+
+def _jobs_frame(columns: Mapping[str, Mapping[tuple[str, ...], float]], family: _Family) -> pd.DataFrame:
+    """GPU-summary rows of many jobs from answers keyed by (job labels, identity) values."""
+    keys = sorted({key for values in columns.values() for key in values})
+    names = (*family.job_labels, *family.identity)
+    rows = []
+    for key in keys:
+        labels = dict(zip(names, key, strict=True))
+        job_id = family.job_id(labels)
+        if job_id is None:
+            continue
+        row: dict[str, object] = _identity(labels, family, job_id)
+        for column, values in columns.items():
+            row[column] = values.get(key, math.nan)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[HOST, GPU, JOB_ID, GPU_MODEL, *columns])
+    for column in (WINDOW_START, WINDOW_END):
+        if column in frame.columns:
+            milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)
+            frame[column] = pd.to_datetime(milliseconds, unit="ms", utc=True)
+    return frame

@@ -7,23 +7,22 @@ README).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
-import re
 import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 
 from collectors.errors import (
     CaptureWriteError,
+    ConfigError,
     JobNotFound,
     MalformedCapture,
     SlurmAccountingUnavailable,
@@ -49,8 +48,11 @@ from estimator.algorithms import (
 )
 from estimator.breakeven import Costs, InputError, Job, ZInterval, decide
 from estimator.cli_model import evaluate_command, simulate, train
+from estimator.cli_serve import serve
+from estimator.estimate import default_model, z_interval_for
 from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
-from estimator.model import LoadedModel, ModelError, load_default_model, predict_z_interval
+from estimator.model import ModelError
+from estimator.options import DurationType
 from estimator.report import render_table, to_document
 from estimator.training import DataError
 
@@ -64,6 +66,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     SlurmPermissionDenied: 13,
     InputError: 2,
     SpecError: 2,
+    ConfigError: 2,
     SourceUnavailable: 3,
     SourceQueryError: 4,
     JobNotFound: 5,
@@ -131,21 +134,6 @@ class ZIntervalType(click.ParamType):
             return ZInterval.point(numbers[0]) if len(numbers) == 1 else ZInterval(*numbers)
         except InputError as exc:
             self.fail(str(exc), param, ctx)
-
-
-class DurationType(click.ParamType):
-    """A duration in seconds, or with a unit s, m, h or d (``90``, ``30s``, ``30m``, ``2h``, ``1d``)."""
-
-    name = "DURATION"
-    _UNITS: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
-        if not match or float(match[1]) <= 0:
-            self.fail(f"{value!r} is not a duration > 0 such as 90, 30s, 30m, 2h or 1d", param, ctx)
-        return float(match[1]) * self._UNITS[match[2]]
 
 
 def _telemetry_options(command: Any) -> Any:
@@ -315,7 +303,7 @@ def estimate(
         notes.extend(telemetry.notes + features.notes)
     if needs_estimate:
         assert features is not None
-        z_expected = predict_z_interval(default_model().model, features.row)
+        z_expected = z_interval_for(features.row)
         notes.append(
             f"Z_e from the default model ({default_model().coverage:.0%} interval): trained on simulated "
             "telemetry features and measured A100 tuning outcomes (models/README.md)"
@@ -386,7 +374,7 @@ class _Scheduler:
 
 
 def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -> _Scheduler | None:
-    """What Slurm says of the job; None when Slurm is not asked, or (unless asked with --slurm) not answering."""
+    """What Slurm says of the job; None when not asked, or (unless asked with --slurm) not answering."""
     if job_id is None or wanted is False:
         return None
     if wanted is None and (not is_slurm_job_id(job_id) or shutil.which("scontrol") is None):
@@ -408,12 +396,6 @@ def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -
         notes.append(f"no reuse count from Slurm accounting ({exc})")
     placement = {g.node: g.indices for g in job.gpus_per_node} or dict.fromkeys(job.nodes, ())
     return _Scheduler(defaults_from_slurm(job, datetime.now(UTC)), placement, reuse)
-
-
-@functools.cache
-def default_model() -> LoadedModel:
-    """The shipped Z_e model, loaded once (no network, no pickle)."""
-    return load_default_model()
 
 
 @cli.command("capture")
@@ -443,6 +425,7 @@ def capture(job_id: str, source: str | None, window: float | None, interval: flo
 cli.add_command(simulate)
 cli.add_command(train)
 cli.add_command(evaluate_command)
+cli.add_command(serve)
 
 
 # --- entry points -----------------------------------------------------------------

@@ -126,13 +126,20 @@ def backfill(promtool: str, openmetrics: Path, data_dir: Path) -> None:
         )
 
 
-def start_prometheus(prometheus: str, data_dir: Path, work_dir: Path) -> PromServer:
-    """Start ``prometheus`` on a free local port over ``data_dir`` and wait until ``/-/ready`` answers."""
+def start_prometheus(
+    prometheus: str,
+    data_dir: Path,
+    work_dir: Path,
+    *,
+    config_text: str = "global:\n  scrape_interval: 1h\n",  # no scrape targets
+    port: int | None = None,
+) -> PromServer:
+    """Start ``prometheus`` on ``port`` (default: a free one) over ``data_dir``; wait until it is ready."""
     config = work_dir / "prometheus.yml"
-    config.write_text("global:\n  scrape_interval: 1h\n", encoding="utf-8")  # no scrape targets
-    port = free_port()
+    config.write_text(config_text, encoding="utf-8")
+    port = free_port() if port is None else port
     log_path = work_dir / "prometheus.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
                 prometheus,

@@ -1,0 +1,362 @@
+"""zest's Prometheus exporter: per-job Z_e, break-even figures and verdicts, and its own health.
+
+Three parts, each plain:
+
+* :func:`estimate_jobs` turns the GPU summary of many jobs into a
+  :class:`Snapshot` (features, Z_e, the break-even decision of every job);
+* :class:`ExporterState` holds the last good snapshot and the health of the
+  cycles that make them (duration, errors by source, last success, stale);
+* :class:`ZestCollector`, a ``prometheus_client`` custom collector over a
+  state, renders it. Snapshots are replaced whole, so a scrape during a cycle
+  sees the previous snapshot, never half of the next; a job missing from the
+  new snapshot (it ended) loses its series.
+
+Metric names come from :mod:`collectors.metrics`; ratios are 0-1, GPU time is
+in GPU-seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pandas as pd
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collectors import metrics as m
+from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, summary_column
+from estimator.algorithms import AlgorithmChoice, CaptureShares, candidates
+from estimator.breakeven import Decision, Verdict, ZInterval, decide
+from estimator.features import FEATURES, GPU_COUNT, features_frame
+from estimator.serve_config import BreakEven, ServeConfig
+
+SECONDS_PER_HOUR = 3600.0
+PERCENT_PER_RATIO = 100.0
+BOUNDS = ("low", "mid", "high")
+
+#: Estimates Z_e for every row of a features frame (index: job ids), in % of training time.
+ZEstimator = Callable[[pd.DataFrame], Sequence[ZInterval]]
+
+FEATURE_HELP: Mapping[str, str] = {
+    "idle_share_ratio": "Share of samples with almost no SM activity, mean over the job's GPUs (0-1)",
+    "busy_not_working_ratio": "GPU utilization minus SM activity: busy but not computing (0-1)",
+    "straggler_spread_ratio": "Max minus min over the job's GPUs of mean SM activity (0-1)",
+    "straggler_cv_ratio": "Coefficient of variation over the job's GPUs of mean SM activity",
+    "mem_headroom_min_ratio": "Smallest share of GPU memory left unused at peak, over the job's GPUs (0-1)",
+    "power_mean_watts": "Mean power per GPU in watts",
+    "pcie_mean_bytes_per_second": "Mean PCIe traffic (TX+RX) per GPU in bytes per second",
+    "nvlink_mean_bytes_per_second": "Mean NVLink traffic per GPU in bytes per second",
+    "pcie_share_ratio": "PCIe traffic over the GPU model's peak, mean over GPUs (0-1)",
+    "nvlink_share_ratio": "NVLink traffic over the GPU model's peak, mean over GPUs (0-1)",
+    "gpus": "GPUs seen in the job's telemetry window",
+    "hosts": "Hosts seen in the job's telemetry window",
+    "samples_per_gpu_min": "Fewest samples of one GPU in the window",
+    "window_seconds": "Seconds from the first to the last sample of the window the features cover",
+    "coverage_ratio": "Share of the canonical signals with any data (0-1)",
+}
+
+
+def _feature_help(feature: str) -> str:
+    if feature in FEATURE_HELP:
+        return FEATURE_HELP[feature]
+    signal, _, statistic = feature.removesuffix("_ratio").rpartition("_")
+    return f"Per-GPU {statistic} of {signal} over the window, mean over the job's GPUs (0-1)"
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """One job's estimate: Z_e, the break-even inputs used and the decision, and its features."""
+
+    job_id: str
+    z_percent: ZInterval
+    settings: BreakEven
+    decision: Decision
+    features: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one cycle produced: every running job's estimate and, optionally, per-GPU signal means."""
+
+    jobs: tuple[JobEstimate, ...] = ()
+    gpu_means: pd.DataFrame | None = None  # columns: job_id, host, gpu, gpu_model, then SIGNALS
+    taken_at_seconds: float = math.nan
+
+
+def estimate_jobs(
+    summary: pd.DataFrame,
+    config: ServeConfig,
+    z_estimator: ZEstimator,
+    shares: CaptureShares,
+    *,
+    taken_at_seconds: float,
+) -> Snapshot:
+    """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs).
+
+    ``shares``: each algorithm's share of Z_e (:func:`estimator.algorithms.capture_shares`).
+    Per-GPU means are kept when ``config.gpu_series`` is set.
+    """
+    if summary.empty:
+        return Snapshot(
+            gpu_means=_gpu_means(summary) if config.gpu_series else None, taken_at_seconds=taken_at_seconds
+        )
+    features = features_frame(summary)
+    intervals = z_estimator(features)
+    records = features.to_dict("index")
+    jobs = []
+    for job_id, z in zip(features.index, intervals, strict=True):
+        values = {str(k): float(v) for k, v in records[job_id].items()}
+        settings = config.for_job(str(job_id))
+        chosen = [AlgorithmChoice(name, trials) for name, trials in settings.algorithms.items()]
+        weighed = candidates(chosen, z, shares, settings.trial_hours)
+        decision = decide(weighed, settings.job(values[GPU_COUNT]), settings.costs())
+        jobs.append(JobEstimate(str(job_id), z, settings, decision, values))
+    gpu_means = _gpu_means(summary) if config.gpu_series else None
+    return Snapshot(tuple(jobs), gpu_means, taken_at_seconds)
+
+
+def _gpu_means(summary: pd.DataFrame) -> pd.DataFrame:
+    means = summary[[JOB_ID, HOST, GPU, GPU_MODEL, *(summary_column(s, "mean") for s in SIGNALS)]]
+    return means.set_axis([JOB_ID, HOST, GPU, GPU_MODEL, *SIGNALS], axis=1)
+
+
+# --- state ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Health:
+    """The exporter's own state at one moment (a copy: safe to read while cycles go on)."""
+
+    snapshot: Snapshot
+    stale: bool
+    cycles: int
+    errors: Mapping[tuple[str, str], int]  # (source, reason) -> count
+    last_success_seconds: float | None
+    last_cycle_seconds: float | None
+
+
+@dataclass
+class ExporterState:
+    """The last good snapshot and the health of the cycles, shared by the cycle thread and scrapes.
+
+    ``source`` names the source kind in error counts (``prometheus``, ``nvml``).
+    """
+
+    source: str
+    clock: Callable[[], float] = time.time
+    _snapshot: Snapshot = field(default_factory=Snapshot)
+    _stale: bool = False
+    _cycles: int = 0
+    _errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _last_success: float | None = None
+    _last_duration: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, snapshot: Snapshot, duration_seconds: float) -> None:
+        """A cycle succeeded: its snapshot replaces the previous one whole."""
+        with self._lock:
+            self._snapshot = snapshot
+            self._stale = False
+            self._cycles += 1
+            self._last_success = self.clock()
+            self._last_duration = duration_seconds
+
+    def fail(self, reason: str, duration_seconds: float, source: str | None = None) -> None:
+        """A cycle failed: keep the last snapshot, mark it stale, count the error by source and reason."""
+        with self._lock:
+            self._stale = True
+            self._cycles += 1
+            self._errors[(source or self.source, reason)] += 1
+            self._last_duration = duration_seconds
+
+    def health(self) -> Health:
+        with self._lock:
+            return Health(
+                self._snapshot,
+                self._stale,
+                self._cycles,
+                dict(self._errors),
+                self._last_success,
+                self._last_duration,
+            )
+
+
+# --- the collector -----------------------------------------------------------------------------
+
+
+def _counter(name: str, documentation: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name.removesuffix("_total"), documentation, labels=labels)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("zest")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ZestCollector(Collector):
+    """Renders an :class:`ExporterState`; register it in the registry the HTTP server serves."""
+
+    def __init__(
+        self, state: ExporterState, *, coverage_ratio: float | None = None, version: str | None = None
+    ) -> None:
+        self._state = state
+        self._coverage = coverage_ratio
+        self._version = version if version is not None else _version()
+
+    def describe(self) -> list[Metric]:
+        return []  # names vary with the features; registering must not run a collection
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._state.health()
+        yield from self._self_metrics(health)
+        snapshot = health.snapshot
+        yield from self._job_metrics(snapshot.jobs)
+        if snapshot.gpu_means is not None:
+            yield from self._gpu_metrics(snapshot.gpu_means)
+
+    def _self_metrics(self, health: Health) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            m.ZEST_BUILD_INFO, "zest's version, with value 1", labels=["version", "python_version"]
+        )
+        info.add_metric([self._version, platform.python_version()], 1.0)
+        yield info
+        if self._coverage is not None:
+            coverage = GaugeMetricFamily(
+                m.ZEST_Z_COVERAGE, "Share of jobs whose true Z the Z_e interval is calibrated to hold (0-1)"
+            )
+            coverage.add_metric([], self._coverage)
+            yield coverage
+        cycles = _counter(m.ZEST_CYCLES, "Estimation cycles run, successful or not")
+        cycles.add_metric([], float(health.cycles))
+        yield cycles
+        errors = _counter(
+            m.ZEST_SOURCE_ERRORS,
+            "Cycles that failed, by telemetry source and reason",
+            [m.ZEST_SOURCE_LABEL, m.ZEST_REASON_LABEL],
+        )
+        errors.add_metric([self._state.source, "none"], 0.0)  # the series exists from the start
+        for (source, reason), count in sorted(health.errors.items()):
+            if (source, reason) != (self._state.source, "none"):
+                errors.add_metric([source, reason], float(count))
+        yield errors
+        stale = GaugeMetricFamily(
+            m.ZEST_STALE, "1 when the last cycle failed and the estimates shown are from an earlier one"
+        )
+        stale.add_metric([], 1.0 if health.stale else 0.0)
+        yield stale
+        if health.last_success_seconds is not None:
+            success = GaugeMetricFamily(m.ZEST_LAST_SUCCESS, "Unix time of the last successful cycle")
+            success.add_metric([], health.last_success_seconds)
+            yield success
+        if health.last_cycle_seconds is not None:
+            duration = GaugeMetricFamily(m.ZEST_CYCLE_DURATION, "Seconds the last cycle took")
+            duration.add_metric([], health.last_cycle_seconds)
+            yield duration
+        running = GaugeMetricFamily(m.ZEST_RUNNING_JOBS, "Running jobs zest estimates")
+        running.add_metric([], float(len(health.snapshot.jobs)))
+        yield running
+
+    def _job_metrics(self, jobs: Sequence[JobEstimate]) -> Iterator[Metric]:
+        job, alg = m.ZEST_JOB_LABEL, m.ZEST_ALGORITHM_LABEL
+        z = GaugeMetricFamily(
+            m.ZEST_Z_EXPECTED,
+            "Z_e: share of training time a thorough tuning search is expected to save (0-1), "
+            "low/mid/high of its interval",
+            labels=[job, m.ZEST_BOUND_LABEL],
+        )
+        duration = GaugeMetricFamily(
+            m.ZEST_DURATION, "T: the job's training duration the break-even assumes, in seconds", labels=[job]
+        )
+        reuse = GaugeMetricFamily(m.ZEST_REUSE, "R: runs of the tuned configuration assumed", labels=[job])
+        gpus = GaugeMetricFamily(m.ZEST_BREAKEVEN_GPUS, "G: GPUs the break-even assumes", labels=[job])
+        at_stake = GaugeMetricFamily(
+            m.ZEST_GPU_TIME_AT_STAKE, "G·T·R: GPU time tuning acts on, in GPU-seconds", labels=[job]
+        )
+        z_break = GaugeMetricFamily(
+            m.ZEST_Z_BREAK,
+            "Z_break: improvement at which tuning with the algorithm just pays (0-1)",
+            labels=[job, alg],
+        )
+        r_break = GaugeMetricFamily(
+            m.ZEST_R_BREAK,
+            "R_break: runs after which tuning pays at the mid Z_e (+Inf: never)",
+            labels=[job, alg],
+        )
+        exploration = GaugeMetricFamily(
+            m.ZEST_EXPLORATION,
+            "GPU time the algorithm's trials cost (G·N·t), in GPU-seconds",
+            labels=[job, alg],
+        )
+        saving = GaugeMetricFamily(
+            m.ZEST_NET_SAVING,
+            "Expected net saving at the mid Z_e over R runs, less exploration and engineering (GPU-seconds)",
+            labels=[job, alg],
+        )
+        verdict = GaugeMetricFamily(
+            m.ZEST_VERDICT,
+            "1 for the algorithm's verdict (proceed, marginal, does-not-pay), 0 for the others",
+            labels=[job, alg, m.ZEST_VERDICT_LABEL],
+        )
+        recommended = GaugeMetricFamily(
+            m.ZEST_RECOMMENDED,
+            "1 for the algorithm zest recommends for the job, 0 for the others",
+            labels=[job, alg],
+        )
+        features = {
+            f: GaugeMetricFamily(m.zest_feature_metric(f), _feature_help(f), labels=[job]) for f in FEATURES
+        }
+        for estimate in jobs:
+            jid = estimate.job_id
+            for bound, value in zip(
+                BOUNDS, (estimate.z_percent.low, estimate.z_percent.mid, estimate.z_percent.high), strict=True
+            ):
+                z.add_metric([jid, bound], value / PERCENT_PER_RATIO)
+            decision = estimate.decision
+            duration.add_metric([jid], decision.job.duration_hours * SECONDS_PER_HOUR)
+            reuse.add_metric([jid], decision.job.reuse)
+            gpus.add_metric([jid], float(decision.job.gpus))
+            at_stake.add_metric(
+                [jid], decision.job.gpus * decision.job.duration_hours * decision.job.reuse * SECONDS_PER_HOUR
+            )
+            for a in decision.assessments:
+                name = a.candidate.name
+                z_break.add_metric([jid, name], a.z_break_percent / PERCENT_PER_RATIO)
+                r_break.add_metric([jid, name], a.r_break)
+                exploration.add_metric([jid, name], a.exploration_gpu_hours * SECONDS_PER_HOUR)
+                saving.add_metric([jid, name], a.net_saving_gpu_hours * SECONDS_PER_HOUR)
+                for state in Verdict:
+                    verdict.add_metric([jid, name, state.value], 1.0 if a.verdict is state else 0.0)
+                recommended.add_metric([jid, name], 1.0 if decision.recommendation == name else 0.0)
+            for feature, family in features.items():
+                value = estimate.features.get(feature, math.nan)
+                if not math.isnan(value):
+                    family.add_metric([jid], value)
+        yield from (z, duration, reuse, gpus, at_stake, z_break, r_break, exploration, saving, verdict)
+        yield recommended
+        yield from features.values()
+
+    def _gpu_metrics(self, means: pd.DataFrame) -> Iterator[Metric]:
+        labels = [m.ZEST_JOB_LABEL, m.ZEST_HOST_LABEL, m.ZEST_GPU_LABEL, m.ZEST_GPU_MODEL_LABEL]
+        keys = [
+            [str(v) if v is not None and v is not pd.NA else "" for v in row]
+            for row in means[[JOB_ID, HOST, GPU, GPU_MODEL]].itertuples(index=False, name=None)
+        ]
+        for signal in SIGNALS:
+            family = GaugeMetricFamily(
+                m.zest_gpu_metric(signal),
+                f"Mean of {signal} over the window, per GPU of each job (unit in the name)",
+                labels=labels,
+            )
+            for key, value in zip(keys, means[signal].to_numpy(dtype=float), strict=True):
+                if not math.isnan(value):
+                    family.add_metric(key, float(value))
+            yield family

@@ -1,0 +1,422 @@
+"""The exporter: batched Prometheus summaries, estimates, the collector's output, faults, node agent, HTTP.
+
+The model is the shipped one; sources are real (a real Prometheus, the
+bundled captures) or fake only at their boundary (the NVML driver, /proc).
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import bcrypt
+import pandas as pd
+import pytest
+import requests
+from fake_nvml import FakeClock, healthy_h100x2
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from promserver import Dataset, prometheus_dataset, require_binaries  # noqa: F401  (a fixture)
+
+from collectors.errors import ConfigError, SourceQueryError, SourceUnavailable
+from collectors.nvml import NvmlSource
+from collectors.prometheus import PrometheusSource
+from collectors.schema import JOB_ID
+from collectors.sources import example_jobs, read_job
+from estimator.algorithms import capture_shares
+from estimator.cli_serve import WebConfig, build_server, load_web_config, parse_listen
+from estimator.estimate import default_model, z_interval_for, z_intervals_for
+from estimator.exporter import ExporterState, ZestCollector, estimate_jobs
+from estimator.features import features_frame, summarize_gpus
+from estimator.serve import NodeSummaries, Runner, failure_reason
+from estimator.serve_config import ServeConfig, load_config, parse_config
+
+EXAMPLE_TOML = Path(__file__).parent.parent / "grafana" / "zest.example.toml"
+
+
+def example_summary(jobs: list[str] | None = None) -> pd.DataFrame:
+    frames = [read_job("example", job).frame for job in (jobs or example_jobs())]
+    return summarize_gpus(pd.concat(frames, ignore_index=True))
+
+
+def estimator(features: pd.DataFrame) -> list:  # the real model, batched
+    return z_intervals_for(features)
+
+
+SHARES = capture_shares(default_model().capture_shares())
+
+
+def render(state: ExporterState) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ZestCollector(state, coverage_ratio=0.8, version="test"))
+    return generate_latest(registry).decode()
+
+
+def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def jobs_in(text: str) -> set[str]:
+    return {dict(labels)["job_id"] for labels in samples(text, "zest_job_z_expected_ratio")}
+
+
+class FakeSummaries:
+    """A summary source whose answers a test scripts: a frame, or an error to raise."""
+
+    kind = "prometheus"
+
+    def __init__(self) -> None:
+        self.answers: list[pd.DataFrame | Exception] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def summaries(self) -> pd.DataFrame:
+        self.entered.set()
+        self.release.wait(10)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def runner_for(source: FakeSummaries | NodeSummaries, config: ServeConfig | None = None) -> Runner:
+    state = ExporterState(source.kind)
+    return Runner(source, state, config or ServeConfig(), estimator, SHARES, interval_seconds=1.0)
+
+
+# --- batched Prometheus summaries -----------------------------------------------------------------
+
+
+def test_batched_summaries_equal_the_per_job_ones(prometheus_dataset: Dataset) -> None:  # noqa: F811
+    source = PrometheusSource(prometheus_dataset.url)
+    end = datetime.now(UTC)
+    window = 11 * 3600.0
+    found = source.summarize_jobs(window, end)
+    assert set(found.summary[JOB_ID]) == set(prometheus_dataset.jobs)
+    for job_id in prometheus_dataset.jobs:
+        one = source.summarize_job(job_id, datetime.fromtimestamp(end.timestamp() - window, UTC), end)
+        mine = found.summary[found.summary[JOB_ID] == job_id].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, one.summary, check_exact=False, rtol=1e-9)
+    # A fixed number of queries for nine jobs of two exporter families: 11 per family.
+    assert found.queries <= 22
+
+
+def test_batched_summaries_of_an_empty_window(prometheus_dataset: Dataset) -> None:  # noqa: F811
+    source = PrometheusSource(prometheus_dataset.url)
+    found = source.summarize_jobs(60.0, datetime(2020, 1, 1, tzinfo=UTC))
+    assert found.summary.empty
+    with pytest.raises(SourceQueryError, match="positive"):
+        source.summarize_jobs(0.0)
+
+
+# --- estimates and the collector ------------------------------------------------------------------
+
+
+def test_z_interval_for_one_row_equals_the_batch() -> None:
+    features = features_frame(example_summary())
+    batch = z_intervals_for(features)
+    assert [z_interval_for(features.iloc[i]) for i in range(len(features))] == batch
+
+
+def test_snapshot_holds_every_job_with_its_decision() -> None:
+    config = parse_config({"defaults": {"duration_hours": 100, "reuse": 8}})
+    snapshot = estimate_jobs(example_summary(), config, estimator, SHARES, taken_at_seconds=1.0)
+    assert [j.job_id for j in snapshot.jobs] == example_jobs()
+    for job in snapshot.jobs:
+        assert job.decision.job.duration_hours == 100 and job.decision.job.reuse == 8
+        assert job.decision.job.gpus == job.features["gpus"]
+        assert {a.candidate.name for a in job.decision.assessments} == {
+            "heuristic",
+            "black-box",
+            "exhaustive",
+        }
+
+
+def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
+    _, promtool = require_binaries()
+    state = ExporterState("prometheus")
+    snapshot = estimate_jobs(example_summary(), ServeConfig(), estimator, SHARES, taken_at_seconds=1.0)
+    state.publish(snapshot, 0.5)
+    text = render(state)
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout == "" and checked.stderr == "", (
+        checked.stdout + checked.stderr
+    )
+    job = example_jobs()[0]
+    estimate = snapshot.jobs[0]
+    z = samples(text, "zest_job_z_expected_ratio")
+    assert z[(("bound", "mid"), ("job_id", job))] == pytest.approx(estimate.z_percent.mid / 100)
+    exploration = samples(text, "zest_job_exploration_gpu_seconds")
+    heuristic = next(a for a in estimate.decision.assessments if a.candidate.name == "heuristic")
+    assert exploration[(("algorithm", "heuristic"), ("job_id", job))] == pytest.approx(
+        heuristic.exploration_gpu_hours * 3600
+    )
+    verdicts = samples(text, "zest_job_verdict")
+    per_job_algorithm = [
+        v for k, v in verdicts.items() if ("job_id", job) in k and ("algorithm", "heuristic") in k
+    ]
+    assert sorted(per_job_algorithm) == [0.0, 0.0, 1.0]  # one verdict holds
+    assert (
+        samples(text, "zest_build_info")[(("python_version", samples_python(text)), ("version", "test"))] == 1
+    )
+    assert samples(text, "zest_gpu_sm_active_ratio")  # per-GPU series are on by default
+    assert len(samples(text, "zest_job_idle_share_ratio")) == len(example_jobs())
+
+
+def samples_python(text: str) -> str:
+    return dict(next(iter(samples(text, "zest_build_info"))))["python_version"]
+
+
+def test_fresh_exporter_serves_its_health_and_no_jobs() -> None:
+    text = render(ExporterState("nvml"))
+    assert jobs_in(text) == set()
+    assert samples(text, "zest_estimates_stale") == {(): 0.0}
+    assert samples(text, "zest_source_errors_total") == {(("reason", "none"), ("source", "nvml")): 0.0}
+    assert samples(text, "zest_cycles_total") == {(): 0.0}
+    assert not samples(text, "zest_last_success_timestamp_seconds")
+
+
+def test_a_job_that_ends_loses_its_series() -> None:
+    source = FakeSummaries()
+    source.answers = [example_summary(), example_summary(example_jobs()[1:])]
+    runner = runner_for(source)
+    assert runner.run_once()
+    assert jobs_in(render(runner.state)) == set(example_jobs())
+    assert runner.run_once()
+    text = render(runner.state)
+    assert jobs_in(text) == set(example_jobs()[1:])
+    gone = example_jobs()[0]
+    assert not any(gone in line for line in text.splitlines() if not line.startswith("#"))
+
+
+def test_source_down_keeps_the_estimates_marks_them_stale_and_recovers() -> None:
+    source = FakeSummaries()
+    source.answers = [
+        example_summary(),
+        SourceUnavailable("cannot reach Prometheus at http://x:9090 (connection refused)"),
+        SourceQueryError("Prometheus answered HTTP 503"),
+        example_summary(example_jobs()[:1]),
+    ]
+    runner = runner_for(source)
+    assert runner.run_once()
+    before = render(runner.state)
+    assert not runner.run_once() and not runner.run_once()
+    during = render(runner.state)
+    assert samples(during, "zest_job_z_expected_ratio") == samples(before, "zest_job_z_expected_ratio")
+    assert samples(during, "zest_estimates_stale") == {(): 1.0}
+    errors = samples(during, "zest_source_errors_total")
+    assert errors[(("reason", "source_unavailable"), ("source", "prometheus"))] == 1
+    assert errors[(("reason", "source_query_error"), ("source", "prometheus"))] == 1
+    assert samples(during, "zest_last_success_timestamp_seconds") == samples(
+        before, "zest_last_success_timestamp_seconds"
+    )
+    assert runner.run_once()
+    after = render(runner.state)
+    assert samples(after, "zest_estimates_stale") == {(): 0.0}
+    assert jobs_in(after) == set(example_jobs()[:1])
+    assert samples(after, "zest_cycles_total") == {(): 4.0}
+
+
+def test_a_scrape_during_a_cycle_sees_the_whole_previous_snapshot() -> None:
+    source = FakeSummaries()
+    source.answers = [example_summary(), example_summary(example_jobs()[:1])]
+    runner = runner_for(source)
+    runner.run_once()
+    before = render(runner.state)
+    source.release.clear()
+    source.entered.clear()
+    cycle = threading.Thread(target=runner.run_once)
+    cycle.start()
+    assert source.entered.wait(5)
+    during = render(runner.state)  # the cycle is blocked inside the source
+    source.release.set()
+    cycle.join(10)
+    strip = [line for line in before.splitlines() if "zest_build_info" not in line]
+    assert [line for line in during.splitlines() if "zest_build_info" not in line] == strip
+    assert jobs_in(render(runner.state)) == set(example_jobs()[:1])
+
+
+def test_failure_reason_is_the_error_class_in_snake_case() -> None:
+    assert failure_reason(SourceUnavailable("x")) == "source_unavailable"
+    assert failure_reason(ConfigError("x")) == "config_error"
+
+
+# --- configuration --------------------------------------------------------------------------------
+
+
+def test_example_config_overrides_by_namespace_and_name() -> None:
+    config = load_config(EXAMPLE_TOML)
+    assert config.window_seconds == 3600
+    nightly = config.for_job("ml/sft-nightly-17")
+    assert (nightly.duration_hours, nightly.reuse) == (6.0, 30.0)
+    assert config.for_job("other/sft-nightly-17").duration_hours == 24.0  # namespace must match too
+    assert dict(config.for_job("pretrain-981").algorithms) == {"heuristic": 30, "black-box": 200}
+    assert config.for_job("pretrain-981x").duration_hours == 24.0  # the pattern matches whole
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"defaults": {"duration_hour": 3}}, "unknown key"),
+        ({"defaults": {"duration_hours": -1}}, "duration_hours"),
+        ({"defaults": {"reuse": 0.5}}, "reuse"),
+        ({"defaults": {"engineer_hours": 10}}, "gpu_hour_cost"),
+        ({"defaults": {"algorithms": {"grid": 3}}}, "unknown algorithm"),
+        ({"defaults": {"gpus": 0}}, "gpus"),
+        ({"override": [{"duration_hours": 3}]}, "match"),
+        ({"override": [{"match": {"user": "x"}, "reuse": 2}]}, "cannot match on"),
+        ({"override": [{"match": {"job_id": "("}, "reuse": 2}]}, "not a regular expression"),
+        ({"serve": {"window_seconds": 0}}, "window_seconds"),
+        ({"grafana": {}}, "unknown section"),
+    ],
+)
+def test_bad_config_names_the_key(document: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(document, "zest.toml")
+
+
+def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[defaults\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+# --- node agent against the fake NVML driver ------------------------------------------------------
+
+
+def test_node_agent_exports_the_jobs_on_its_gpus(tmp_path: Path) -> None:
+    clock = FakeClock()
+    fake = healthy_h100x2(clock)
+    fake.gpus[0].pids = [4242]
+    fake.gpus[1].pids = [5151]
+    proc = tmp_path / "proc"
+    for pid, cgroup in (
+        (4242, "0::/system.slice/slurmstepd.scope/job_777/step_0/user/task_0\n"),
+        (5151, "0::/\n"),
+    ):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "cgroup").write_text(cgroup)
+        (proc / str(pid) / "stat").write_text(f"{pid} (python3) S 1 {pid} 1 0 -1 0 0 0 0 0\n")
+    mapping = tmp_path / "hpc-jobs"
+    mapping.mkdir()
+    (mapping / "1").write_text("slurm-888\n")
+    nvml = NvmlSource(nvml=fake, clock=clock.time, sleep=clock.sleep, host="gpu-node-3")
+    node = NodeSummaries(
+        nvml,
+        window_seconds=30.0,
+        sample_seconds=10.0,
+        hpc_job_dir=mapping,
+        gpustat_dir=tmp_path / "none",
+        proc_root=proc,
+    )
+    runner = runner_for(node)
+    assert runner.run_once(), runner.state.health().errors
+    text = render(runner.state)
+    assert jobs_in(text) == {"777", "slurm-888"}
+    sm = samples(text, "zest_gpu_sm_active_ratio")
+    model = ("gpu_model", "NVIDIA H100 80GB HBM3")
+    assert sm == {
+        (("gpu", "0"), model, ("host", "gpu-node-3"), ("job_id", "777")): pytest.approx(0.92),
+        (("gpu", "1"), model, ("host", "gpu-node-3"), ("job_id", "slurm-888")): pytest.approx(0.92),
+    }
+    assert samples(text, "zest_job_samples_per_gpu_min")[(("job_id", "777"),)] == 10
+    assert runner.run_once()  # the rolling window keeps 30 s: 20 samples now
+    assert samples(render(runner.state), "zest_job_samples_per_gpu_min")[(("job_id", "777"),)] == 20
+    (mapping / "1").unlink()  # the epilog removed slurm-888's mapping: the job ended
+    assert runner.run_once()
+    assert jobs_in(render(runner.state)) == {"777"}
+    for _ in range(3):
+        runner.run_once()
+    assert samples(render(runner.state), "zest_job_samples_per_gpu_min")[(("job_id", "777"),)] == 30
+
+
+# --- HTTP: listen address, TLS, basic auth --------------------------------------------------------
+
+
+@pytest.fixture
+def served_state() -> Iterator[tuple[ExporterState, CollectorRegistry]]:
+    state = ExporterState("prometheus")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ZestCollector(state, version="test"))
+    yield state, registry
+
+
+def _serve(registry: CollectorRegistry, web: WebConfig) -> tuple[str, object]:
+    server = build_server(("127.0.0.1", 0), registry, web)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"{'https' if web.tls else 'http'}://127.0.0.1:{server.server_port}/metrics", server
+
+
+def test_listen_addresses_parse() -> None:
+    assert parse_listen(":10940") == ("0.0.0.0", 10940)
+    assert parse_listen("127.0.0.1:9") == ("127.0.0.1", 9)
+    assert parse_listen("[::1]:10940") == ("::1", 10940)
+    for bad in ("10940", "host:port", "[::1]10940", "h:70000"):
+        with pytest.raises(Exception, match="ADDR:PORT"):
+            parse_listen(bad)
+
+
+def test_tls_and_basic_auth_from_a_web_config(tmp_path: Path, served_state: tuple) -> None:
+    _, registry = served_state
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+         "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    config = tmp_path / "web.yml"
+    config.write_text(
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        f"basic_auth_users:\n  prom: {hashed}\n"
+    )
+    web = load_web_config(config)
+    url, server = _serve(registry, web)
+    try:
+        verify = str(tmp_path / "cert.pem")
+        assert requests.get(url, verify=verify, timeout=5).status_code == 401
+        assert requests.get(url, verify=verify, auth=("prom", "wrong"), timeout=5).status_code == 401
+        bad_header = {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()}
+        assert requests.get(url, verify=verify, headers=bad_header, timeout=5).status_code == 401
+        answer = requests.get(url, verify=verify, auth=("prom", "s3cret"), timeout=5)
+        assert answer.status_code == 200 and "zest_build_info" in answer.text
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=5)  # the self-signed certificate is not trusted by default
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+        server.server_close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("basic_auth_users:\n  prom: plain-password\n", "not a bcrypt hash"),
+        ("tls_server_config:\n  cert_file: c.pem\n", "cert_file and key_file"),
+        ("http_server_config:\n  http2: false\n", "does not support"),
+        ("- a list\n", "must be a mapping"),
+    ],
+)
+def test_bad_web_config(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_web_config(path)
+
+
+def test_missing_tls_files_are_a_config_error(tmp_path: Path, served_state: tuple) -> None:
+    _, registry = served_state
+    with pytest.raises(ConfigError, match="TLS certificate"):
+        build_server(("127.0.0.1", 0), registry, WebConfig(tmp_path / "c.pem", tmp_path / "k.pem"))
