@@ -60,7 +60,7 @@ class SlurmPermissionDenied(CollectorError):
 
 
 class OutcomesError(CollectorError):
-    """A tuning study cannot be read (no such study, storage unreadable, multi-objective, nothing finished)."""
+    """A tuning study cannot be read: no such study, storage unreadable, multi-objective, nothing done."""
 
 
 class OptunaMissing(OutcomesError):
