@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -248,7 +249,36 @@ class _Candidate:
     matchers: tuple[tuple[str, str], ...]
 
     def describe(self) -> str:
-        return ", ".join(f"{label}={_quote(value)}" for label, value in self.matchers)
+        return ", ".join(_matcher(label, value) for label, value in self.matchers)
+
+
+class _Regex(str):
+    """A label value matched as a regular expression (``=~``) rather than exactly."""
+
+    __slots__ = ()
+
+
+def _any_of(values: Iterable[str], suffix: str = "") -> _Regex:
+    """A regex matching exactly one of ``values`` (as literals), then an optional ``suffix`` pattern."""
+    return _Regex(f"({'|'.join(re.escape(v) for v in values)}){suffix}")
+
+
+def _placement_candidates(placement: Mapping[str, Sequence[int]]) -> list[_Candidate]:
+    """Series without job labels, selected by the job's nodes (short names, with or without a domain) and,
+    where every node holds the same GPU indices, by those indices."""
+    hosts = sorted({node.split(".", 1)[0] for node in placement})
+    index_sets = {tuple(sorted(indices)) for indices in placement.values()}
+    indices = next(iter(index_sets)) if len(index_sets) == 1 else ()
+    gpu = () if not indices else ((metrics.DCGM_GPU_LABEL, _any_of(map(str, indices))),)
+    minor = () if not indices else ((metrics.JOBSTATS_GPU_LABELS[0], _any_of(map(str, indices))),)
+    found = [
+        _Candidate(_DCGM, ((label, _any_of(hosts, r"(\..*)?")), *gpu)) for label in metrics.DCGM_HOST_LABELS
+    ]
+    found += [
+        _Candidate(_JOBSTATS, ((label, _any_of(hosts, r"(\..*)?(:[0-9]+)?")), *minor))
+        for label in metrics.JOBSTATS_HOST_LABELS
+    ]
+    return found
 
 
 def _candidates(job_id: str) -> list[_Candidate]:
@@ -279,7 +309,9 @@ _Matcher = tuple[str, str | None]
 
 
 def _matcher(label: str, value: str | None) -> str:
-    return f'{label}!=""' if value is None else f"{label}={_quote(value)}"
+    if value is None:
+        return f'{label}!=""'
+    return f"{label}{'=~' if isinstance(value, _Regex) else '='}{_quote(value)}"
 
 
 def _selector(name: str, matchers: Iterable[_Matcher]) -> str:
@@ -422,7 +454,11 @@ class PrometheusSource:
         return self.url
 
     def summarize_job(
-        self, job_id: str, start: datetime | None = None, end: datetime | None = None
+        self,
+        job_id: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        placement: Mapping[str, Sequence[int]] | None = None,
     ) -> JobSummary:
         """Per-GPU window statistics of job ``job_id`` between ``start`` and ``end`` (both inclusive).
 
@@ -432,7 +468,7 @@ class PrometheusSource:
         no series of the job has a sample in the window.
         """
         tally = _Tally()
-        job = self._locate(job_id, start, end, tally)
+        job = self._locate(job_id, start, end, tally, placement)
         family, matchers = job.candidate.family, job.candidate.matchers
         chosen, anchor = job.chosen, job.anchor
         at, width = job.end, job.end - job.start
@@ -469,7 +505,11 @@ class PrometheusSource:
         return JobSummary(summary, tally.notes, tally.series, tally.queries)
 
     def job_samples(
-        self, job_id: str, start: datetime | None = None, end: datetime | None = None
+        self,
+        job_id: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        placement: Mapping[str, Sequence[int]] | None = None,
     ) -> JobSamples:
         """Every sample of job ``job_id`` in the window, as the canonical telemetry frame.
 
@@ -479,7 +519,7 @@ class PrometheusSource:
         is read as its rate at ``step_seconds`` steps.
         """
         tally = _Tally()
-        job = self._locate(job_id, start, end, tally)
+        job = self._locate(job_id, start, end, tally, placement)
         family, matchers = job.candidate.family, job.candidate.matchers
         width = _duration(job.end - job.start)
         plan: list[tuple[str, str]] = []  # (series name or signal, query)
@@ -677,7 +717,14 @@ class PrometheusSource:
 
     # --- the steps of summarize_job ----------------------------------------------------------
 
-    def _locate(self, job_id: str, start: datetime | None, end: datetime | None, tally: _Tally) -> _Located:
+    def _locate(
+        self,
+        job_id: str,
+        start: datetime | None,
+        end: datetime | None,
+        tally: _Tally,
+        placement: Mapping[str, Sequence[int]] | None = None,
+    ) -> _Located:
         """Find the job's labelling, its series and its window."""
         hi = _unix(end) if end is not None else datetime.now(UTC).timestamp()
         lo = _unix(start) if start is not None else hi - self.lookback_seconds
@@ -685,7 +732,7 @@ class PrometheusSource:
             raise SourceQueryError(
                 f"the window starts at {start} and ends at {end}; give a start before the end"
             )
-        candidate, present = self._find_job(job_id, lo, hi, tally)
+        candidate, present = self._find_job(job_id, lo, hi, tally, placement)
         family, matchers = candidate.family, candidate.matchers
         chosen = family.choose(present)
         anchor = family.anchor(present, chosen)
@@ -711,9 +758,17 @@ class PrometheusSource:
             )
         return _Located(candidate, chosen, anchor, first, last, window_start, window_end)
 
-    def _find_job(self, job_id: str, lo: float, hi: float, tally: _Tally) -> tuple[_Candidate, set[str]]:
-        """The first labelling under which the job has series in ``[lo, hi]``, and their names."""
-        tried = _candidates(job_id)
+    def _find_job(
+        self,
+        job_id: str,
+        lo: float,
+        hi: float,
+        tally: _Tally,
+        placement: Mapping[str, Sequence[int]] | None = None,
+    ) -> tuple[_Candidate, set[str]]:
+        """The first labelling under which the job has series in ``[lo, hi]``, and their names; with a
+        ``placement`` (the job's nodes and GPUs, from the scheduler), unlabelled series on them last."""
+        tried = _candidates(job_id) + (_placement_candidates(placement) if placement else [])
         for candidate in tried:
             selector = _name_selector(candidate.family.names, candidate.matchers)
             names = self._call(

@@ -77,7 +77,9 @@ def read_job(
             job_id, window_seconds, interval_seconds, nvml_factory, local, explicit=source is not None
         )
     if source.startswith(PROMETHEUS_PREFIX):
-        return _read_prometheus(source.removeprefix(PROMETHEUS_PREFIX), job_id, window_seconds, end, raw)
+        return _read_prometheus(
+            source.removeprefix(PROMETHEUS_PREFIX), job_id, window_seconds, end, raw, placement
+        )
     if source == EXAMPLE:
         path = example_dir() / f"{job_id}.parquet"
         if not path.is_file():
@@ -187,6 +189,7 @@ def _read_prometheus(
     window_seconds: float | None,
     end: datetime | None,
     raw: bool,
+    placement: Mapping[str, Sequence[int]] | None,
 ) -> Telemetry:
     from collectors.prometheus import PrometheusSource
 
@@ -198,7 +201,7 @@ def _read_prometheus(
     stop = end or datetime.now(UTC)
     start = None if window_seconds is None else stop - timedelta(seconds=window_seconds)
     if raw:
-        samples = prom.job_samples(job_id, start, stop)
+        samples = prom.job_samples(job_id, start, stop, placement)
         return Telemetry(source=prom.display_url, frame=samples.frame, notes=list(samples.notes))
-    summary = prom.summarize_job(job_id, start, stop)
+    summary = prom.summarize_job(job_id, start, stop, placement)
     return Telemetry(source=prom.display_url, summary=summary.summary, notes=list(summary.notes))
