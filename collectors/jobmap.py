@@ -168,6 +168,33 @@ def _entries(directory: Path) -> list[Path]:
         return []
 
 
+def job_ids_on_node(
+    gpu_pids: Mapping[GpuId, Sequence[int]],
+    *,
+    proc_root: Path = Path("/proc"),
+    hpc_job_dir: Path | None = None,
+    gpustat_dir: Path = Path("/run/gpustat"),
+) -> set[str]:
+    """Every job id named on this node: the Slurm jobs and pods (``pod:<uid>``) of the processes on the
+    GPUs, and the jobs of the mapping files; :func:`resolve_job_gpus` finds each one's GPUs."""
+    names: set[str] = set()
+    for pids in gpu_pids.values():
+        for pid in pids:
+            owner = cgroup_owner(pid, proc_root)
+            if owner is not None and owner.slurm_job is not None:
+                names.add(owner.slurm_job)
+            elif owner is not None and owner.pod_uid is not None:
+                names.add(f"pod:{owner.pod_uid}")
+    if hpc_job_dir is not None:
+        for path in _entries(hpc_job_dir):
+            content = _read_text(path) if _DCGM_FILE.match(path.name) else None
+            names.update(line.strip() for line in (content or "").splitlines() if line.strip())
+    for path in _entries(gpustat_dir):
+        first = (_read_text(path) or "").split()
+        names.update(first[:1])
+    return names
+
+
 # -- mapping files -----------------------------------------------------------------------------------
 
 

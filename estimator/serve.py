@@ -26,7 +26,7 @@ from typing import Protocol
 import pandas as pd
 
 from collectors.errors import CollectorError, JobNotFound
-from collectors.jobmap import GpuId, cgroup_owner, resolve_job_gpus
+from collectors.jobmap import GpuId, job_ids_on_node, resolve_job_gpus
 from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusSource
 from collectors.schema import GPU, JOB_ID, TIMESTAMP, SchemaError, conform, empty_frame
@@ -57,9 +57,6 @@ class ClusterSummaries:
         summary = self.source.summarize_jobs(self.window_seconds).summary
         # A job that ended within the window still has samples: only running ones are exported.
         return summary[summary[JOB_ID].isin(running)].reset_index(drop=True)
-
-
-_DCGM_MAPPING_FILE = re.compile(r"^\d+(?:\.\d+)?$")
 
 
 @dataclass
@@ -99,7 +96,10 @@ class NodeSummaries:
         gpu_pids = self.nvml.gpu_pids()
         uuids = {d.uuid: d.index for d in self.nvml.devices()}
         found: dict[str, tuple[GpuId, ...]] = {}
-        for job_id in sorted(self._candidates(gpu_pids)):
+        named = job_ids_on_node(
+            gpu_pids, proc_root=self.proc_root, hpc_job_dir=self.hpc_job_dir, gpustat_dir=self.gpustat_dir
+        )
+        for job_id in sorted(named):
             try:
                 mapped = resolve_job_gpus(
                     job_id,
@@ -113,38 +113,6 @@ class NodeSummaries:
                 continue  # named by a file its epilog is removing
             found[job_id] = mapped.gpu_indices
         return found
-
-    def _candidates(self, gpu_pids: Mapping[GpuId, Sequence[int]]) -> set[str]:
-        """Job ids named on this node; :func:`collectors.jobmap.resolve_job_gpus` finds their GPUs."""
-        names: set[str] = set()
-        for pids in gpu_pids.values():
-            for pid in pids:
-                owner = cgroup_owner(pid, self.proc_root)
-                if owner is not None and owner.slurm_job is not None:
-                    names.add(owner.slurm_job)
-                elif owner is not None and owner.pod_uid is not None:
-                    names.add(f"pod:{owner.pod_uid}")
-        if self.hpc_job_dir is not None:
-            for path in _files(self.hpc_job_dir):
-                if _DCGM_MAPPING_FILE.match(path.name):
-                    names.update(line.strip() for line in _lines(path) if line.strip())
-        for path in _files(self.gpustat_dir):
-            names.update(line.split()[0] for line in _lines(path)[:1] if line.split())
-        return names
-
-
-def _files(directory: Path) -> list[Path]:
-    try:
-        return sorted(p for p in directory.iterdir() if p.is_file())
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        return []  # written and removed by prolog and epilog scripts while we read
 
 
 def _tag_jobs(frame: pd.DataFrame, jobs: Mapping[str, Sequence[GpuId]]) -> pd.DataFrame:
