@@ -48,15 +48,16 @@ REFERENCE_SHARES = CaptureShares(
 )
 
 
-def capture_shares(measured: Mapping[str, float] | None) -> CaptureShares:
+def capture_shares(
+    measured: Mapping[str, float] | None, origin: str = "measured on the vTrain tuning studies"
+) -> CaptureShares:
     """The measured shares (default model metadata) when they cover every algorithm, else the reference's."""
     if not measured or any(a.name not in measured for a in DEFAULT_ALGORITHMS):
         return REFERENCE_SHARES
     listed = ", ".join(f"{a.name} {measured[a.name]:.2f}" for a in DEFAULT_ALGORITHMS)
     return CaptureShares(
         dict(measured),
-        f"Z per algorithm = its share of the thorough-search Z_e, measured on the vTrain tuning studies: "
-        f"{listed} (models/README.md)",
+        f"Z per algorithm = its share of the thorough-search Z_e, {origin}: {listed}",
     )
 
 

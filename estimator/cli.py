@@ -25,6 +25,8 @@ from collectors.errors import (
     ConfigError,
     JobNotFound,
     MalformedCapture,
+    OptunaMissing,
+    OutcomesError,
     SlurmAccountingUnavailable,
     SlurmJobNotFound,
     SlurmPermissionDenied,
@@ -33,6 +35,7 @@ from collectors.errors import (
     SourceQueryError,
     SourceUnavailable,
     SpecError,
+    StoreError,
 )
 from collectors.schema import SchemaError
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
@@ -48,8 +51,9 @@ from estimator.algorithms import (
 )
 from estimator.breakeven import Costs, InputError, Job, ZInterval, decide
 from estimator.cli_model import evaluate_command, simulate, train
+from estimator.cli_outcomes import history_command, record
 from estimator.cli_serve import serve
-from estimator.estimate import default_model, z_interval_for
+from estimator.estimate import default_model, model_origin, uses_local_model, z_interval_for
 from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
 from estimator.model import ModelError
 from estimator.options import DurationType
@@ -75,6 +79,9 @@ EXIT_CODES: dict[type[Exception], int] = {
     CaptureWriteError: 7,
     DataError: 2,
     ModelError: 8,
+    OptunaMissing: 14,
+    OutcomesError: 15,
+    StoreError: 16,
 }
 
 
@@ -305,8 +312,7 @@ def estimate(
         assert features is not None
         z_expected = z_interval_for(features.row)
         notes.append(
-            f"Z_e from the default model ({default_model().coverage:.0%} interval): trained on simulated "
-            "telemetry features and measured A100 tuning outcomes (models/README.md)"
+            f"Z_e ({default_model().coverage:.0%} interval) from {model_origin()} (models/README.md)"
         )
     if gpus is None and features is not None and math.isfinite(features.row[GPU_COUNT]):
         gpus = int(features.row[GPU_COUNT])
@@ -317,10 +323,14 @@ def estimate(
     if reuse is None:
         reuse = 1.0
         notes.append("R not given (--reuse): assumed the tuned configuration runs once")
-    shares = capture_shares(
-        default_model().capture_shares() if any(a.z_percent is None for a in chosen) else None
-    )
+    shares = capture_shares(None)
     if any(a.z_percent is None for a in chosen):
+        origin = (
+            "of the local model (this cluster's recorded studies, where there were enough)"
+            if uses_local_model()
+            else "measured on the vTrain tuning studies (models/README.md)"
+        )
+        shares = capture_shares(default_model().capture_shares(), origin)
         notes.append(shares.note)
     job = Job(duration_hours=duration_hours, gpus=gpus, reuse=reuse)
     costs = Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost)
@@ -426,6 +436,8 @@ cli.add_command(simulate)
 cli.add_command(train)
 cli.add_command(evaluate_command)
 cli.add_command(serve)
+cli.add_command(record)
+cli.add_command(history_command)
 
 
 # --- entry points -----------------------------------------------------------------

@@ -17,8 +17,11 @@ from typing import Final
 import click
 import pandas as pd
 
+from collectors.errors import OutcomesError
 from collectors.files import write_capture
+from collectors.outcomes import OutcomeStore
 from estimator import perfmodel
+from estimator.cli_outcomes import resolved_store, store_option
 from estimator.evaluation import (
     capture_share_table,
     default_capture_shares,
@@ -26,7 +29,15 @@ from estimator.evaluation import (
     render_markdown,
     update_card,
 )
-from estimator.model import DEFAULT_ARTIFACT, ModelError, save_model
+from estimator.local_model import evaluate_local, fit_local_model, local_metadata, render_local_markdown
+from estimator.model import (
+    DEFAULT_ARTIFACT,
+    ModelError,
+    load_default_model,
+    local_model_path,
+    save_model,
+)
+from estimator.outcomes import curve_capture_shares, learning_curves, local_rows
 from estimator.perfmodel import JobSpec
 from estimator.training import (
     DATA_FILE,
@@ -123,8 +134,20 @@ def simulate(spec_path: Path, job_id: str, output: Path, minutes: float, seed: i
     show_default="models/",
     help=f"Folder to write {DEFAULT_ARTIFACT}.skops and {DEFAULT_ARTIFACT}.json to.",
 )
-def train(data_dir: Path, cache_dir: Path, output_dir: Path) -> None:
+@click.option(
+    "--with-outcomes",
+    is_flag=True,
+    help="Correct the shipped model with the recorded tuning outcomes (zest record) and write a local "
+    "model to the user's data directory, which estimates then prefer; needs no vTrain data.",
+)
+@store_option
+def train(
+    data_dir: Path, cache_dir: Path, output_dir: Path, with_outcomes: bool, store_path: Path | None
+) -> None:
     """Train the default Z_e model on the measured data (deterministic) and write it with its metadata."""
+    if with_outcomes:
+        _train_local(resolved_store(store_path))
+        return
     data = read_study_data(data_dir)
     rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
     model = fit_model(rows)
@@ -140,6 +163,41 @@ def train(data_dir: Path, cache_dir: Path, output_dir: Path) -> None:
     click.echo(f"wrote {model_path} ({model_path.stat().st_size / 1024**2:.2f} MiB) and {json_path}")
 
 
+def _train_local(store_path: Path) -> None:
+    """Fit and write the local model from the store's rows alone, over the shipped model."""
+    with OutcomeStore(store_path) as store:
+        studies, trials = store.studies(), store.trials()
+    rows = local_rows(studies, trials)
+    have = int(rows["study"].nunique()) if not rows.empty else 0
+    if have < 2:
+        raise OutcomesError(
+            f"{store_path} holds trials with telemetry in {have} studies; a local model needs 2 or more: "
+            "record studies with zest record --source"
+        )
+    shipped = load_default_model()
+    model = fit_local_model(shipped.model, rows)
+    shipped_shares = shipped.metadata.get("capture_shares", {})
+    from_curves = curve_capture_shares(learning_curves(studies, trials), shipped_shares)
+    shares = from_curves if from_curves is not None else shipped_shares
+    metadata = local_metadata(model, shipped.metadata, rows, studies, shares, store=str(store_path))
+    path = local_model_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot create {path.parent} ({exc.strerror}): check the user data folder"
+        ) from None
+    model_path, json_path = save_model(model, path, metadata)
+    click.echo(
+        f"corrected the shipped model with {len(rows)} trials of {have} local studies "
+        f"(local weight {model.local_weight_:.2f}; {metadata['model']['correction']})"
+    )
+    listed = ", ".join(f"{name} {entry['share']:.2f}" for name, entry in shares.get("shares", {}).items())
+    origin = "black-box from the recorded learning curves" if from_curves is not None else "as shipped"
+    click.echo(f"capture shares {origin}: {listed}")
+    click.echo(f"wrote {model_path} and {json_path}; estimates now use it")
+
+
 @click.command("evaluate")
 @_data_options
 @click.option(
@@ -149,7 +207,8 @@ def train(data_dir: Path, cache_dir: Path, output_dir: Path) -> None:
     show_default="models/README.md",
     help="Model card whose evaluation section (between its markers) is rewritten.",
 )
-def evaluate_command(data_dir: Path, cache_dir: Path, card: Path) -> None:
+@store_option
+def evaluate_command(data_dir: Path, cache_dir: Path, card: Path, store_path: Path | None) -> None:
     """Grouped cross-validation of the Z_e model against three baselines; update the model card."""
     try:
         text = card.read_text(encoding="utf-8")
@@ -168,3 +227,18 @@ def evaluate_command(data_dir: Path, cache_dir: Path, card: Path) -> None:
         raise ModelError(f"cannot write model card {card} ({exc.strerror})") from None
     click.echo(section)
     click.echo(f"\nupdated the evaluation section of {card}")
+    local = _local_section(resolved_store(store_path))
+    if local is not None:  # this cluster's results: printed, not written into the shipped model's card
+        click.echo("\n" + local)
+
+
+def _local_section(store_path: Path) -> str | None:
+    """The evaluation on the recorded outcomes, grouped by study; None when the store has no rows."""
+    if not store_path.is_file():
+        return None
+    with OutcomeStore(store_path) as store:
+        rows = local_rows(store.studies(), store.trials())
+    if rows.empty:
+        return None
+    shipped = load_default_model().model
+    return render_local_markdown(evaluate_local(shipped, rows), float(shipped.coverage))

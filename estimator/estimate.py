@@ -14,13 +14,35 @@ import numpy as np
 import pandas as pd
 
 from estimator.breakeven import ZInterval
-from estimator.model import MODEL_FEATURES, LoadedModel, ModelError, load_default_model
+from estimator.model import (
+    MODEL_FEATURES,
+    LoadedModel,
+    ModelError,
+    load_model_for_estimates,
+    local_model_path,
+)
 
 
 @cache
 def default_model() -> LoadedModel:
-    """The model shipped with zest, loaded on first use (about 2 s) and kept."""
-    return load_default_model()
+    """The model estimates use, loaded on first use and kept: the local model of ``zest train
+    --with-outcomes`` where there is one, else the one shipped with zest."""
+    return load_model_for_estimates()
+
+
+def uses_local_model() -> bool:
+    """Whether estimates use a local model (``zest train --with-outcomes``) rather than the shipped one."""
+    return local_model_path().is_file()
+
+
+def model_origin() -> str:
+    """Where the estimates' model comes from, for the output's notes."""
+    if uses_local_model():
+        return (
+            f"the local model at {local_model_path()}: the shipped model corrected by this cluster's "
+            "recorded tuning studies (zest train --with-outcomes)"
+        )
+    return "the shipped model: trained on simulated telemetry features and measured A100 tuning outcomes"
 
 
 def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) -> list[ZInterval]:

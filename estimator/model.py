@@ -38,6 +38,7 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from collectors.errors import CollectorError
+from collectors.outcomes import user_data_dir
 from estimator.breakeven import ZInterval
 from estimator.features import (
     COVERAGE_RATIO,
@@ -49,6 +50,8 @@ from estimator.features import (
 
 __all__ = [
     "DEFAULT_ARTIFACT",
+    "LOCAL_ARTIFACT",
+    "LOCAL_TRUSTED_TYPES",
     "MODEL_FEATURES",
     "TRUSTED_TYPES",
     "Z_MAX_PERCENT",
@@ -58,6 +61,8 @@ __all__ = [
     "load_default_model",
     "load_metadata",
     "load_model",
+    "load_model_for_estimates",
+    "local_model_path",
     "predict_z_interval",
     "save_model",
 ]
@@ -90,6 +95,12 @@ TRUSTED_TYPES: Final = frozenset(
         "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     }
 )
+
+
+#: The local model of ``zest train --with-outcomes`` (:mod:`estimator.local_model`), in the user's data
+#: directory: it may hold the shipped types and its own class.
+LOCAL_ARTIFACT: Final = "ze_model_local"
+LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {"estimator.local_model.LocalZeRegressor"}
 
 
 class ModelError(CollectorError):
@@ -278,8 +289,8 @@ def save_model(model: ZeRegressor, path: Path, metadata: Mapping[str, Any]) -> t
     return path, json_path
 
 
-def load_model(path: Path) -> ZeRegressor:
-    """Load a model written by :func:`save_model`, refusing files with types outside :data:`TRUSTED_TYPES`."""
+def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeRegressor:
+    """Load a model written by :func:`save_model`, refusing files with types outside ``trusted``."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -288,7 +299,7 @@ def load_model(path: Path) -> ZeRegressor:
         found = sio.get_untrusted_types(data=data)
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path} is not a skops model file ({exc}): run zest train to rebuild it") from None
-    untrusted = sorted(set(found) - TRUSTED_TYPES)
+    untrusted = sorted(set(found) - trusted)
     if untrusted:
         raise ModelError(
             f"{path} holds type(s) zest does not trust ({', '.join(untrusted)}); "
@@ -342,3 +353,23 @@ def load_default_model() -> LoadedModel:
     """The model shipped in the ``zest_models`` package (no network); :class:`ModelError` if absent."""
     with _packaged(f"{DEFAULT_ARTIFACT}.skops") as model_path, _packaged(f"{DEFAULT_ARTIFACT}.json") as meta:
         return LoadedModel(load_model(model_path), load_metadata(meta))
+
+
+def local_model_path() -> Path:
+    """Where ``zest train --with-outcomes`` writes the local model: the user's data directory."""
+    return user_data_dir() / "models" / f"{LOCAL_ARTIFACT}.skops"
+
+
+def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
+    """The local model (``zest train --with-outcomes``) when there is one, else the shipped model.
+
+    ``local_path``: default :func:`local_model_path`. A local model that is
+    there but cannot be loaded raises :class:`ModelError` rather than being
+    passed over silently.
+    """
+    path = local_model_path() if local_path is None else local_path
+    if not path.is_file():
+        return load_default_model()
+    return LoadedModel(
+        load_model(path, trusted=LOCAL_TRUSTED_TYPES), load_metadata(path.with_suffix(".json"))
+    )

@@ -1,0 +1,269 @@
+"""A local Z_e model: the shipped model's predictions corrected by the cluster's own tuning outcomes.
+
+:class:`LocalZeRegressor` keeps the shipped :class:`~estimator.model.ZeRegressor`
+as it is and learns, from the local rows alone (``zest record``), a
+correction on top of its predictions, so it trains where the shipped model's
+training data is not at hand:
+
+1. a linear recalibration Z ≈ a + c · Z_shipped, fitted on the local rows and
+   shrunk toward the identity (a = 0, c = 1) with weight
+   S / (S + ``prior_studies``) for S local studies: the more studies, the
+   more the local cluster counts;
+2. a small gradient-boosted model of what remains, from the features, when
+   there are at least ``residual_min_rows`` rows in 3 or more studies;
+3. the shipped interval moved with the correction and re-conformalized on
+   the local rows: out-of-fold by study (a new job is a new study), widened
+   (or narrowed) by the ``coverage``-quantile of the misses (CQR).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.model_selection import GroupKFold
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from estimator.model import Z_MAX_PERCENT, ZeRegressor
+from estimator.training import STUDY, Z_PERCENT
+
+__all__ = ["LocalZeRegressor", "evaluate_local", "fit_local_model", "local_metadata", "render_local_markdown"]
+
+FloatArray = npt.NDArray[np.float64]
+MIN_STUDIES: Final = 2
+RESIDUAL_MIN_STUDIES: Final = 3
+
+
+class LocalZeRegressor(ZeRegressor):
+    """Z in [0, 100) %: a fitted ``base`` :class:`ZeRegressor` plus a correction learned on local rows.
+
+    ``base`` is not refitted. ``coverage`` (0-1) is the interval's stated
+    coverage on local studies; ``prior_studies`` how many studies' worth of
+    weight the shipped model keeps; ``residual_min_rows`` the rows needed
+    before a residual model is fitted. ``fit`` needs rows of at least two
+    studies (``groups``).
+    """
+
+    def __init__(
+        self,
+        *,
+        base: ZeRegressor | None = None,
+        coverage: float = 0.8,
+        prior_studies: float = 3.0,
+        residual_min_rows: int = 40,
+        random_state: int | None = 0,
+    ) -> None:
+        self.base = base
+        self.coverage = coverage
+        self.prior_studies = prior_studies
+        self.residual_min_rows = residual_min_rows
+        self.random_state = random_state
+
+    def _base_frame(self, X: FloatArray) -> pd.DataFrame:
+        assert self.base is not None
+        return pd.DataFrame(X, columns=list(self.base.feature_names_in_))
+
+    def _fit_correction(
+        self, X: FloatArray, y: FloatArray, b_mid: FloatArray, studies: int
+    ) -> dict[str, Any]:
+        """Intercept, slope, weight and residual model fitted on these rows."""
+        weight = studies / (studies + self.prior_studies)
+        if len(y) >= 2 and np.ptp(b_mid) > 1e-9:
+            slope, intercept = np.polyfit(b_mid, y, 1)
+        else:  # shipped predictions all alike: only a shift can be learned
+            slope, intercept = 1.0, float(np.mean(y - b_mid))
+        a = weight * float(intercept)
+        c = weight * float(slope) + (1.0 - weight)
+        residual = None
+        if len(y) >= self.residual_min_rows and studies >= RESIDUAL_MIN_STUDIES:
+            remaining = y - (a + c * b_mid)
+            residual = HistGradientBoostingRegressor(
+                learning_rate=0.1 * weight,
+                max_iter=50,
+                max_leaf_nodes=4,
+                min_samples_leaf=max(10, len(y) // 10),
+                early_stopping=False,
+                random_state=self.random_state,
+            ).fit(X, remaining)
+        return {"a": a, "c": c, "weight": weight, "residual": residual}
+
+    @staticmethod
+    def _corrected(fit: dict[str, Any], X: FloatArray, b_mid: FloatArray) -> FloatArray:
+        mid = fit["a"] + fit["c"] * b_mid
+        if fit["residual"] is not None:
+            mid = mid + fit["residual"].predict(X)
+        return np.asarray(mid, dtype=np.float64)
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> LocalZeRegressor:
+        """Learn the correction and re-conformalize the interval; ``groups``: the study of each row."""
+        if self.base is None:
+            raise ValueError("LocalZeRegressor needs a fitted base model")
+        check_is_fitted(self.base)
+        if not 0.0 < self.coverage < 1.0:
+            raise ValueError(f"coverage must be between 0 and 1, got {self.coverage!r}")
+        if groups is None:
+            raise ValueError("groups (the study of each row) are needed to calibrate by study")
+        names = list(self.base.feature_names_in_)
+        if isinstance(X, pd.DataFrame):
+            X = X[names]
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        groups = np.asarray(groups)
+        studies = len(np.unique(groups))
+        if studies < MIN_STUDIES:
+            raise ValueError(f"rows of at least {MIN_STUDIES} studies are needed, got {studies}")
+        b_low, b_mid, b_high = self.base.predict_interval(self._base_frame(X))
+        fitted = self._fit_correction(X, y, b_mid, studies)
+        self.intercept_ = float(fitted["a"])
+        self.slope_ = float(fitted["c"])
+        self.local_weight_ = float(fitted["weight"])
+        self.residual_ = fitted["residual"]
+        self.quantiles_ = self.base.quantiles_
+        self.n_studies_ = studies
+        scores = np.empty(len(y))
+        for train, test in GroupKFold(n_splits=min(5, studies)).split(X, y, groups):
+            part = self._fit_correction(X[train], y[train], b_mid[train], len(np.unique(groups[train])))
+            shift = self._corrected(part, X[test], b_mid[test]) - b_mid[test]
+            scores[test] = np.maximum(b_low[test] + shift - y[test], y[test] - b_high[test] - shift)
+        level = min(1.0, math.ceil((len(y) + 1) * self.coverage) / len(y))
+        self.interval_adjustment_ = float(np.quantile(scores, level, method="higher"))
+        self.n_iter_ = 0 if self.residual_ is None else int(self.residual_.n_iter_)
+        return self
+
+    def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
+        check_is_fitted(self)
+        assert self.base is not None
+        if isinstance(X, pd.DataFrame):
+            X = X[list(self.feature_names_in_)]
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        b_low, b_mid, b_high = self.base.predict_interval(self._base_frame(X))
+        fit = {"a": self.intercept_, "c": self.slope_, "residual": self.residual_}
+        raw = self._corrected(fit, X, b_mid)
+        shift = raw - b_mid
+        mid = np.clip(raw, 0.0, Z_MAX_PERCENT)
+        low = np.clip(b_low + shift - self.interval_adjustment_, 0.0, mid)
+        high = np.clip(b_high + shift + self.interval_adjustment_, mid, Z_MAX_PERCENT)
+        return low, mid, high
+
+    def predict(self, X: Any) -> FloatArray:
+        """Z in % for each row, in [0, 100)."""
+        return self.predict_interval(X)[1]
+
+
+def fit_local_model(shipped: ZeRegressor, rows: pd.DataFrame) -> LocalZeRegressor:
+    """A :class:`LocalZeRegressor` over ``shipped`` fitted on ``rows`` (features, STUDY, Z_PERCENT)."""
+    names = list(shipped.feature_names_in_)
+    model = LocalZeRegressor(base=shipped, coverage=float(shipped.coverage))
+    return model.fit(rows[names], rows[Z_PERCENT], groups=rows[STUDY])
+
+
+def local_metadata(
+    model: LocalZeRegressor,
+    shipped_metadata: Mapping[str, Any],
+    rows: pd.DataFrame,
+    studies: pd.DataFrame,
+    capture_shares: Mapping[str, Any],
+    *,
+    store: str,
+) -> dict[str, Any]:
+    """The local model's card (JSON beside it): what it corrects, what it was trained on, its shares."""
+    used = studies[studies["study_id"].isin(rows[STUDY].unique())]
+    return {
+        "about": (
+            "Local Z_e model of zest: the shipped model's prediction corrected by this cluster's recorded "
+            "tuning outcomes (zest record, zest train --with-outcomes). Estimates prefer it to the shipped "
+            "model; delete this file and its .skops to go back."
+        ),
+        "zest_version": metadata.version("zest"),
+        "model": {
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "coverage": float(model.coverage),
+            "correction": (
+                f"Z = {model.intercept_:.4g} + {model.slope_:.4g} · Z_shipped"
+                + (" + a residual boosting model of the features" if model.residual_ is not None else "")
+                + f"; local weight {model.local_weight_:.2f} = S / (S + {model.prior_studies:g}) for "
+                f"S = {model.n_studies_} studies"
+            ),
+            "interval": (
+                "the shipped interval moved with the correction, re-conformalized out-of-fold by study on "
+                f"the local rows: {model.interval_adjustment_:+.3g} pp"
+            ),
+        },
+        "features": list(model.feature_names_in_),
+        "target": "z_percent: 100 * (1 - t_best / t_c) within a recorded tuning study, measured",
+        "training_data": {
+            "store": store,
+            "rows": len(rows),
+            "studies": int(rows[STUDY].nunique()),
+            "study_names": sorted(str(n) for n in used["name"]),
+            "labels": "measured objective values of the COMPLETE trials of local tuning studies",
+            "features": "job features of each trial's telemetry over its time window (zest record --source)",
+        },
+        "base_model": {
+            "about": str(shipped_metadata.get("about", "")),
+            "zest_version": shipped_metadata.get("zest_version"),
+            "training_data": shipped_metadata.get("training_data", {}),
+        },
+        "capture_shares": dict(capture_shares),
+    }
+
+
+def evaluate_local(shipped: ZeRegressor, rows: pd.DataFrame) -> pd.DataFrame:
+    """MAE (pp) and interval coverage on the local rows, cross-validated by study (GroupKFold).
+
+    Methods: the shipped model as it is, the shipped model with a local
+    correction fitted on the other studies (needs 3 or more studies), and
+    the mean Z of the other studies. Columns ``method``, ``mae_pp``,
+    ``coverage_ratio`` (NaN where a method has no interval), ``rows``, ``studies``.
+    """
+    names = list(shipped.feature_names_in_)
+    X, y, groups = rows[names], rows[Z_PERCENT].to_numpy(dtype=np.float64), rows[STUDY].to_numpy()
+    studies = len(np.unique(groups))
+    low, mid, high = shipped.predict_interval(X)
+    entries: list[tuple[str, FloatArray, FloatArray | None, FloatArray | None]] = [
+        ("zest, shipped model", mid, low, high)
+    ]
+    if studies >= MIN_STUDIES + 1:
+        c_low, c_mid, c_high, mean = (np.full(len(y), np.nan) for _ in range(4))
+        for train, test in GroupKFold(n_splits=min(5, studies)).split(X, y, groups):
+            model = fit_local_model(shipped, rows.iloc[train])
+            c_low[test], c_mid[test], c_high[test] = model.predict_interval(X.iloc[test])
+            mean[test] = y[train].mean()
+        entries.append(("zest + local correction (other studies)", c_mid, c_low, c_high))
+        entries.append(("mean Z of the other studies", mean, None, None))
+    table = []
+    for label, predicted, lo, hi in entries:
+        coverage = math.nan if lo is None or hi is None else float(np.mean((lo <= y) & (y <= hi)))
+        table.append(
+            {
+                "method": label,
+                "mae_pp": float(np.mean(np.abs(predicted - y))),
+                "coverage_ratio": coverage,
+                "rows": len(y),
+                "studies": studies,
+            }
+        )
+    return pd.DataFrame(table)
+
+
+def render_local_markdown(table: pd.DataFrame, coverage: float) -> str:
+    """The local outcomes' column of the evaluation, as a Markdown table."""
+    rows, studies = int(table["rows"].iloc[0]), int(table["studies"].iloc[0])
+    lines = [
+        f"Local outcomes (zest record): {rows} trials with telemetry in {studies} studies, folds grouped by "
+        f"study; interval at {100 * coverage:.0f} % stated coverage.",
+        "",
+        "| method | MAE on local outcomes (pp) | interval coverage on local outcomes |",
+        "|---|---:|---:|",
+    ]
+    for _, row in table.iterrows():
+        cover = "n/a" if not math.isfinite(row["coverage_ratio"]) else f"{100 * row['coverage_ratio']:.1f} %"
+        lines.append(f"| {row['method']} | {row['mae_pp']:.2f} | {cover} |")
+    return "\n".join(lines)
