@@ -1,25 +1,22 @@
 """Z_e of many jobs from their features through the shipped model, in one prediction call.
 
-:func:`z_intervals_for` is :func:`estimator.model.predict_z_interval` for a
-whole features frame (the exporter estimates thousands of jobs a cycle: one
-``predict_interval`` call instead of one per job); :func:`z_interval_for`
-is the same for one row. The default model is loaded once per process.
+:func:`z_intervals_for` estimates a whole features frame in one prediction
+call (the exporter estimates thousands of jobs a cycle); :func:`z_interval_for`
+one row. The model is loaded once per process.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
-import numpy as np
 import pandas as pd
 
 from estimator.breakeven import ZInterval
 from estimator.model import (
-    MODEL_FEATURES,
     LoadedModel,
-    ModelError,
     load_model_for_estimates,
     local_model_path,
+    predict_z_intervals,
 )
 
 
@@ -51,19 +48,7 @@ def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) ->
     One prediction call for all rows. Raises :class:`estimator.model.ModelError`
     if the features lack one the model needs.
     """
-    loaded = model if model is not None else default_model()
-    names = list(getattr(loaded.model, "feature_names_in_", MODEL_FEATURES))
-    missing = [n for n in names if n not in features.columns]
-    if missing:
-        raise ModelError(
-            f"the model needs feature(s) {', '.join(missing)} that the job's features lack; "
-            "retrain it with zest train"
-        )
-    if features.empty:
-        return []
-    frame = pd.DataFrame(features[names].to_numpy(dtype=np.float64), columns=names)
-    low, mid, high = loaded.model.predict_interval(frame)
-    return [ZInterval(float(a), float(b), float(c)) for a, b, c in zip(low, mid, high, strict=True)]
+    return predict_z_intervals((model if model is not None else default_model()).model, features)
 
 
 def z_interval_for(features_row: pd.Series, model: LoadedModel | None = None) -> ZInterval:

@@ -64,6 +64,7 @@ __all__ = [
     "load_model_for_estimates",
     "local_model_path",
     "predict_z_interval",
+    "predict_z_intervals",
     "save_model",
 ]
 
@@ -212,18 +213,26 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         return low, mid, high
 
 
-def predict_z_interval(model: ZeRegressor, row: pd.Series) -> ZInterval:
-    """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
+def predict_z_intervals(model: ZeRegressor, features: pd.DataFrame) -> list[ZInterval]:
+    """Z_e of each job (row) of ``features`` (columns: feature names; extra ones are ignored), in one
+    prediction call: the exporter estimates thousands of jobs a cycle."""
     names = list(getattr(model, "feature_names_in_", MODEL_FEATURES))
-    missing = [n for n in names if n not in row.index]
+    missing = [n for n in names if n not in features.columns]
     if missing:
         raise ModelError(
             f"the model needs feature(s) {', '.join(missing)} that the job's features lack; "
             "retrain it with zest train"
         )
-    frame = pd.DataFrame([row[names].to_numpy(dtype=np.float64)], columns=names)
+    if features.empty:
+        return []
+    frame = pd.DataFrame(features[names].to_numpy(dtype=np.float64), columns=names)
     low, mid, high = model.predict_interval(frame)
-    return ZInterval(float(low[0]), float(mid[0]), float(high[0]))
+    return [ZInterval(float(a), float(b), float(c)) for a, b, c in zip(low, mid, high, strict=True)]
+
+
+def predict_z_interval(model: ZeRegressor, row: pd.Series) -> ZInterval:
+    """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
+    return predict_z_intervals(model, row.to_frame().T)[0]
 
 
 # --- persistence ------------------------------------------------------------------
