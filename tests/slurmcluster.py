@@ -107,12 +107,17 @@ class SlurmCluster:
         self.wait_state(job_id, frozenset({"RUNNING"}))
         return job_id
 
-    def wait_accounted(self, job_id: str, state: str, timeout_seconds: float = 20.0) -> None:
-        """Waits until ``sacct`` shows the job in ``state`` (slurmctld reports to slurmdbd asynchronously)."""
+    def wait_accounted(
+        self, job_id: str, state: str, timeout_seconds: float = 20.0, *, name: str | None = None
+    ) -> None:
+        """Waits until ``sacct`` shows the job in ``state`` (and under ``name``): slurmctld reports to
+        slurmdbd asynchronously, and a job that ends within a second can first be recorded under
+        slurmdbd's placeholder name "allocation"."""
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:
-            done = self.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"])
-            if done.stdout.strip().split(" ")[0] == state:
+            done = self.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State,JobName"])
+            got_state, _, got_name = done.stdout.strip().partition("|")
+            if got_state.split(" ")[0] == state and name in (None, got_name):
                 return
             time.sleep(0.3)
         pytest.fail(f"sacct does not show job {job_id} {state} after {timeout_seconds} s\n{self.logs()}")

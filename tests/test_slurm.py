@@ -154,7 +154,7 @@ def test_ended_job_gives_its_run_time_and_whole_run(slurm_cluster: SlurmCluster)
 def test_job_the_controller_forgot_is_read_from_accounting(slurm_cluster: SlurmCluster) -> None:
     job_id = slurm_cluster.submit("--gres=gpu:1", "--time=2:00:00", "-J", "zest-forgotten", command="sleep 1")
     slurm_cluster.wait_state(job_id, frozenset({"COMPLETED"}))
-    slurm_cluster.wait_accounted(job_id, "COMPLETED")
+    slurm_cluster.wait_accounted(job_id, "COMPLETED", name="zest-forgotten")
     real = subprocess_runner(env=slurm_cluster.env)
 
     def forgetful(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
