@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from estimator.cli_serve import RenderedMetrics
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from promserver import SCRAPE_SECONDS, dcgm_gpu, dcgm_labels, start_prometheus, write_openmetrics
 
@@ -85,6 +87,18 @@ def bench_render(jobs: int) -> None:
     print(f"  zest /metrics render: {zest_seconds:.2f} s (best of 3)")
     ratio = zest_seconds / plain_seconds
     print(f"  plain Gauge, {count} samples: {plain_seconds:.2f} s; ratio zest / plain = {ratio:.2f}")
+    # zest serve renders once a cycle (RenderedMetrics); a scrape only hands over the bytes.
+    rendered = RenderedMetrics(registry)
+    calls: list[bytes] = []
+    scrape_seconds = _best_of(3, lambda: calls.append(b"".join(rendered({"PATH_INFO": "/metrics"}, _ignore))))
+    print(
+        f"  a scrape of zest serve (rendered once per cycle): {scrape_seconds * 1e3:.2f} ms; "
+        f"ratio to rendering per scrape = {scrape_seconds / zest_seconds:.2g}"
+    )
+
+
+def _ignore(*_: object) -> None:
+    """A WSGI start_response that discards the status and headers."""
 
 
 def bench_cycle(jobs: int, gpus: int, minutes: float, per_job_sample: int, keep: bool) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import click
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
 
 from collectors.errors import ConfigError, SourceUnavailable
 from collectors.sources import NVML, PROMETHEUS_PREFIX
@@ -189,9 +189,36 @@ def parse_listen(text: str) -> tuple[str, int]:
     return match[1].strip("[]") or "0.0.0.0", int(match[2])
 
 
-def build_server(listen: tuple[str, int], registry: CollectorRegistry, web: WebConfig) -> WSGIServer:
-    """The HTTP server of ``registry`` on ``listen`` (port 0: any free port), with TLS and basic auth."""
-    app: WsgiApp = make_wsgi_app(registry)
+class RenderedMetrics:
+    """The /metrics body of ``registry``, rendered once per estimation cycle instead of once per scrape.
+
+    Rendering 10,000 jobs takes seconds (bench/bench_exporter.py); the estimates
+    change only once a cycle, so every scrape between two cycles gets the same
+    complete rendering at once, and a scrape during a cycle the previous one.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._body = generate_latest(registry)
+
+    def refresh(self) -> None:
+        self._body = generate_latest(self.registry)  # one reference swap: a scrape sees old or new whole
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: zest serves /metrics\n"]
+        body = self._body
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def build_server(
+    listen: tuple[str, int], registry: CollectorRegistry | RenderedMetrics, web: WebConfig
+) -> WSGIServer:
+    """The HTTP server of ``registry`` (rendered per scrape) or of a :class:`RenderedMetrics` (rendered per
+    cycle) on ``listen`` (port 0: any free port), with TLS and basic auth."""
+    app: WsgiApp = registry if isinstance(registry, RenderedMetrics) else make_wsgi_app(registry)
     if web.basic_auth_users:
         app = with_basic_auth(app, web.basic_auth_users)
     host, port = listen
@@ -328,7 +355,9 @@ def serve(
         capture_shares(model.capture_shares()),
         interval,
     )
-    server = build_server(address, registry, web)
+    rendered = RenderedMetrics(registry)
+    runner.after_cycle = rendered.refresh
+    server = build_server(address, rendered, web)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

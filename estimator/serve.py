@@ -144,6 +144,7 @@ class Runner:
     interval_seconds: float
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
+    after_cycle: Callable[[], None] | None = None  # e.g. render /metrics once for the new estimates
 
     def run_once(self) -> bool:
         """One cycle; True when it succeeded. Expected errors of the source and model are counted."""
@@ -155,9 +156,15 @@ class Runner:
             )
         except (CollectorError, SchemaError) as exc:
             self.state.fail(failure_reason(exc), self.clock() - started, self.source.kind)
+            self._after_cycle()
             return False
         self.state.publish(snapshot, self.clock() - started)
+        self._after_cycle()
         return True
+
+    def _after_cycle(self) -> None:
+        if self.after_cycle is not None:
+            self.after_cycle()
 
     def run_forever(self, stop: threading.Event) -> None:
         """Cycles every ``interval_seconds`` (a cycle's own time counts) until ``stop`` is set."""

@@ -28,7 +28,7 @@ from collectors.prometheus import PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
 from estimator.algorithms import capture_shares
-from estimator.cli_serve import WebConfig, build_server, load_web_config, parse_listen
+from estimator.cli_serve import RenderedMetrics, WebConfig, build_server, load_web_config, parse_listen
 from estimator.estimate import default_model, z_interval_for, z_intervals_for
 from estimator.exporter import ExporterState, ZestCollector, estimate_jobs
 from estimator.features import features_frame, summarize_gpus
@@ -420,3 +420,29 @@ def test_missing_tls_files_are_a_config_error(tmp_path: Path, served_state: tupl
     _, registry = served_state
     with pytest.raises(ConfigError, match="TLS certificate"):
         build_server(("127.0.0.1", 0), registry, WebConfig(tmp_path / "c.pem", tmp_path / "k.pem"))
+
+
+def test_metrics_are_rendered_once_a_cycle_and_served_as_rendered() -> None:
+    """zest serve renders /metrics after each cycle; scrapes between cycles get that rendering as is."""
+    source = FakeSummaries()
+    source.answers = [example_summary(), example_summary(example_jobs()[:1])]
+    runner = runner_for(source)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ZestCollector(runner.state, version="test"))
+    rendered = RenderedMetrics(registry)
+    runner.after_cycle = rendered.refresh
+    server = build_server(("127.0.0.1", 0), rendered, WebConfig())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    try:
+        assert jobs_in(requests.get(url, timeout=5).text) == set()  # rendered at start: no cycle yet
+        assert runner.run_once()
+        first = requests.get(url, timeout=5)
+        assert first.headers["Content-Type"].startswith("text/plain")
+        assert jobs_in(first.text) == set(example_jobs())
+        assert requests.get(url, timeout=5).text == first.text  # no new cycle, the same rendering
+        assert runner.run_once()
+        assert jobs_in(requests.get(url, timeout=5).text) == set(example_jobs()[:1])
+        assert requests.get(url.replace("/metrics", "/other"), timeout=5).status_code == 404
+    finally:
+        server.shutdown()
