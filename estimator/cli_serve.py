@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import hashlib
 import re
 import signal
@@ -199,17 +200,27 @@ class RenderedMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self._body = generate_latest(registry)
+        self._bodies = self._render()
+
+    def _render(self) -> tuple[bytes, bytes]:
+        """The exposition text, plain and gzip-compressed (Prometheus asks for gzip)."""
+        text = generate_latest(self.registry)
+        return text, gzip.compress(text, compresslevel=6)
 
     def refresh(self) -> None:
-        self._body = generate_latest(self.registry)  # one reference swap: a scrape sees old or new whole
+        self._bodies = self._render()  # one reference swap: a scrape sees the old or the new rendering whole
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: zest serves /metrics\n"]
-        body = self._body
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        plain, compressed = self._bodies
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        body = plain
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = compressed
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
 

@@ -437,8 +437,11 @@ def test_metrics_are_rendered_once_a_cycle_and_served_as_rendered() -> None:
     try:
         assert jobs_in(requests.get(url, timeout=5).text) == set()  # rendered at start: no cycle yet
         assert runner.run_once()
-        first = requests.get(url, timeout=5)
+        first = requests.get(url, timeout=5)  # requests asks for gzip and inflates it
         assert first.headers["Content-Type"].startswith("text/plain")
+        assert first.headers["Content-Encoding"] == "gzip"
+        plain = requests.get(url, timeout=5, headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers and plain.text == first.text
         assert jobs_in(first.text) == set(example_jobs())
         assert requests.get(url, timeout=5).text == first.text  # no new cycle, the same rendering
         assert runner.run_once()
