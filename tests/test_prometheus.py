@@ -105,8 +105,10 @@ def _utc(unix_seconds: float) -> pd.Timestamp:
     return pd.Timestamp(unix_seconds, unit="s", tz="UTC")
 
 
-def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.inf) -> pd.DataFrame:
-    """The GPU summary of ``job`` over its samples in ``[start, end]``, by numpy."""
+def _gpu_samples(
+    job: SimJob, start: float, end: float
+) -> dict[tuple[str, str, str], tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per GPU identity of ``job``: its sample times in ``[start, end]`` and its canonical signals there."""
     gpus: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     times: dict[tuple[str, str, str], np.ndarray] = {}
     for series in job.series:
@@ -116,17 +118,24 @@ def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.in
         keep = (series.times >= start) & (series.times <= end)
         gpus.setdefault(key, {})[series.name] = series.values[keep]
         times[key] = series.times[keep]
+    return {
+        key: (times[key], (_dcgm_signals if job.family == "dcgm" else _jobstats_signals)(raw))
+        for key, raw in gpus.items()
+    }
+
+
+def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.inf) -> pd.DataFrame:
+    """The GPU summary of ``job`` over its samples in ``[start, end]``, by numpy."""
     rows = []
-    for key, raw in gpus.items():
-        signals = (_dcgm_signals if job.family == "dcgm" else _jobstats_signals)(raw)
+    for key, (stamps, signals) in _gpu_samples(job, start, end).items():
         row: dict[str, object] = {
             HOST: key[0],
             GPU: key[1],
             JOB_ID: job.job_id,
             GPU_MODEL: key[2],
-            SAMPLES: len(times[key]),
-            WINDOW_START: _utc(times[key][0]),
-            WINDOW_END: _utc(times[key][-1]),
+            SAMPLES: len(stamps),
+            WINDOW_START: _utc(stamps[0]),
+            WINDOW_END: _utc(stamps[-1]),
         }
         if "sm_active_ratio" in signals:
             row[IDLE_SHARE] = np.mean(signals["sm_active_ratio"] < 0.05)
@@ -142,19 +151,9 @@ def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.in
 
 def expected_samples(job: SimJob, start: float = -math.inf, end: float = math.inf) -> pd.DataFrame:
     """The canonical telemetry frame of ``job``'s samples in ``[start, end]``."""
-    gpus: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-    times: dict[tuple[str, str, str], np.ndarray] = {}
-    for series in job.series:
-        if series.name == ENERGY_COUNTER:
-            continue
-        key = _identity(series.labels)
-        keep = (series.times >= start) & (series.times <= end)
-        gpus.setdefault(key, {})[series.name] = series.values[keep]
-        times[key] = series.times[keep]
     frames = []
-    for key, raw in gpus.items():
-        signals = (_dcgm_signals if job.family == "dcgm" else _jobstats_signals)(raw)
-        frame = pd.DataFrame({TIMESTAMP: pd.to_datetime(times[key], unit="s", utc=True), **signals})
+    for key, (stamps, signals) in _gpu_samples(job, start, end).items():
+        frame = pd.DataFrame({TIMESTAMP: pd.to_datetime(stamps, unit="s", utc=True), **signals})
         frame[[HOST, GPU, GPU_MODEL]] = key
         frame[JOB_ID] = job.job_id
         frames.append(frame)
