@@ -46,6 +46,7 @@ from estimator.algorithms import (
     DEFAULT_CHOICES,
     DEFAULT_TRIAL_MINUTES,
     AlgorithmChoice,
+    CaptureShares,
     candidates,
     capture_shares,
 )
@@ -273,19 +274,9 @@ def estimate(
             f"each algorithm may be given once, got {', '.join(names)}", param_hint="'--algorithm'"
         )
     scheduler = _slurm_defaults(job_id, slurm, notes)
-    given = {"gpus": gpus, "duration_hours": duration_hours, "window": window}
     end: datetime | None = None
     if scheduler is not None:
-        defaults = scheduler.defaults
-        notes.extend(note for key, note in defaults.notes.items() if given.get(key) is None)
-        gpus = gpus if gpus is not None else defaults.gpus
-        duration_hours = duration_hours if duration_hours is not None else defaults.duration_hours
-        if window is None and defaults.window_start is not None and defaults.window_end is not None:
-            window = max((defaults.window_end - defaults.window_start).total_seconds(), 1.0)
-            end = defaults.window_end
-        if reuse is None and scheduler.reuse is not None:
-            reuse = float(max(scheduler.reuse.count, 1))
-            notes.append(scheduler.reuse.note)
+        gpus, duration_hours, window, end, reuse = scheduler.fill(gpus, duration_hours, window, reuse, notes)
     if duration_hours is None:
         raise click.UsageError("--duration-hours is required: the job's training duration T in hours (> 0)")
     if engineer_hours > 0 and (gpu_hour_cost is None or engineer_hour_cost is None):
@@ -323,15 +314,7 @@ def estimate(
     if reuse is None:
         reuse = 1.0
         notes.append("R not given (--reuse): assumed the tuned configuration runs once")
-    shares = capture_shares(None)
-    if any(a.z_percent is None for a in chosen):
-        origin = (
-            "of the local model (this cluster's recorded studies, where there were enough)"
-            if uses_local_model()
-            else "measured on the vTrain tuning studies (models/README.md)"
-        )
-        shares = capture_shares(default_model().capture_shares(), origin)
-        notes.append(shares.note)
+    shares = _shares(chosen, notes)
     job = Job(duration_hours=duration_hours, gpus=gpus, reuse=reuse)
     costs = Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost)
     decision = decide(candidates(chosen, z_expected, shares, trial_minutes / 60.0), job, costs)
@@ -354,6 +337,20 @@ def estimate(
         click.echo(json.dumps(document, indent=2))
     else:
         render_table(document, Console(width=max(Console().width, 132)))
+
+
+def _shares(chosen: Sequence[AlgorithmChoice], notes: list[str]) -> CaptureShares:
+    """The capture shares of the model estimates use, noted, when an algorithm takes its Z from Z_e."""
+    if all(a.z_percent is not None for a in chosen):
+        return capture_shares(None)  # unused: every Z was given
+    origin = (
+        "of the local model (this cluster's recorded studies, where there were enough)"
+        if uses_local_model()
+        else "measured on the vTrain tuning studies (models/README.md)"
+    )
+    shares = capture_shares(default_model().capture_shares(), origin)
+    notes.append(shares.note)
+    return shares
 
 
 def _features(telemetry: Telemetry, window: float | None) -> Features:
@@ -381,6 +378,27 @@ class _Scheduler:
     defaults: SlurmDefaults
     placement: dict[str, tuple[int, ...]]  # the job's nodes and GPU indices on each
     reuse: ReuseCount | None
+
+    def fill(
+        self,
+        gpus: int | None,
+        duration_hours: float | None,
+        window: float | None,
+        reuse: float | None,
+        notes: list[str],
+    ) -> tuple[int | None, float | None, float | None, datetime | None, float | None]:
+        """G, T, the window (length and end) and R: each as given, else from the scheduler, noted."""
+        given = {"gpus": gpus, "duration_hours": duration_hours, "window": window}
+        d = self.defaults
+        notes.extend(note for key, note in d.notes.items() if given.get(key) is None)
+        end = None
+        if window is None and d.window_start is not None and d.window_end is not None:
+            window, end = max((d.window_end - d.window_start).total_seconds(), 1.0), d.window_end
+        if reuse is None and self.reuse is not None:
+            reuse = float(max(self.reuse.count, 1))
+            notes.append(self.reuse.note)
+        gpus = gpus if gpus is not None else d.gpus
+        return gpus, duration_hours if duration_hours is not None else d.duration_hours, window, end, reuse
 
 
 def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -> _Scheduler | None:
