@@ -50,6 +50,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 FAKE_GPUS = 4
 CPUS = 8  # more than this VM has (config_overrides), so several test jobs run at once
 _JOB_STATE = re.compile(r"(?:^|\s)JobState=(\S+)")
+_OUTPUT = "job-{job_id}.out"  # each job's output file under work_dir (sbatch --output, %j = the id)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class SlurmCluster:
                 "sbatch",
                 "--parsable",
                 f"--chdir={self.work_dir}",
-                f"--output={self.work_dir}/job-%j.out",
+                f"--output={self.work_dir}/{_OUTPUT.replace('{job_id}', '%j')}",
                 *sbatch_args,
                 "--wrap",
                 command,
@@ -106,6 +107,17 @@ class SlurmCluster:
         job_id = self.submit(*sbatch_args, command=command)
         self.wait_state(job_id, frozenset({"RUNNING"}))
         return job_id
+
+    def output(self, job_id: str, timeout_seconds: float = 20.0) -> str:
+        """The job's first line of output, once its batch script wrote it: the controller says
+        RUNNING before slurmd has started the script, so the file can be missing or empty at first."""
+        path = self.work_dir / _OUTPUT.format(job_id=job_id)
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if path.exists() and path.read_text().endswith("\n"):
+                return path.read_text()
+            time.sleep(0.2)
+        pytest.fail(f"job {job_id} wrote no line to {path} after {timeout_seconds} s\n{self.logs()}")
 
     def wait_accounted(
         self, job_id: str, state: str, timeout_seconds: float = 20.0, *, name: str | None = None

@@ -113,8 +113,7 @@ def test_running_job_has_its_gpus_indices_and_limit(slurm_cluster: SlurmCluster,
     assert 0 <= job.run_time_seconds < 120
     assert not job.ended and job.source == "scontrol"
     # the indices are those Slurm gave the job's processes
-    output = slurm_cluster.work_dir / f"job-{running_job}.out"
-    assert output.read_text().split() == ["0,1"]
+    assert slurm_cluster.output(running_job).split() == ["0,1"]
 
 
 def test_defaults_of_the_running_job(slurm_cluster: SlurmCluster, running_job: str) -> None:
