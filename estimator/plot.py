@@ -14,6 +14,8 @@ import numpy as np
 
 from estimator.breakeven import Decision, implementation_hours, total_speedup_hours
 
+_LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0}
+
 
 def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) -> None:
     """Draw, per algorithm, R · T · Z/100 against R (band: Z low to high), its cost as a dotted line,
@@ -50,6 +52,7 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
                 xytext=(6, 6),
                 fontsize=8,
                 color=color,
+                bbox=_LABEL_BOX,
             )
     ax.axvline(job.reuse, color="black", linestyle="--", linewidth=1)
     ax.annotate(
@@ -59,6 +62,7 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
         textcoords="offset points",
         xytext=(4, -12),
         fontsize=8,
+        bbox=_LABEL_BOX,
     )
     ax.set_xlim(0, r_max)
     ax.set_ylim(bottom=0)
@@ -66,8 +70,15 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
     ax.set_ylabel("hours per GPU")
     ax.set_title(title or f"Cumulative speedup vs exploration cost (T = {job.duration_hours:g} h)")
     cost_label = "exploration + engineering" if engineering else "exploration cost"
+    # below the axes, so that it hides neither the curves nor the labels
     ax.legend(
-        loc="upper left", fontsize=8, title=f"solid: R·T·Z/100   dotted: {cost_label}", title_fontsize=8
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.13),
+        ncols=min(3, len(decision.assessments)),
+        fontsize=8,
+        title=f"solid: R·T·Z/100 (band: Z low to high)   dotted: {cost_label}",
+        title_fontsize=8,
+        frameon=False,
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
