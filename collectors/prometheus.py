@@ -28,7 +28,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -653,27 +653,29 @@ class PrometheusSource:
             for column, edge, which in ((WINDOW_START, "min", "first"), (WINDOW_END, "max", "last"))
         ]
 
-        def one(item: tuple[str, str, str]) -> list[dict[str, Any]]:
-            return self._query(item[1], hi, item[2], tally)
-
-        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
-            answers = list(pool.map(one, plan))
         columns: dict[str, dict[tuple[str, ...], float]] = {}
         tagged_values: list[tuple[str, int, tuple[str, ...], float]] = []  # statistic, rank, GPU, value
         best: dict[tuple[str, tuple[str, ...]], int] = {}  # (signal, GPU) -> best rank it has
-        for (column, _, _), answer in zip(plan, answers, strict=True):
-            for item in answer:
-                labels: Mapping[str, str] = item["metric"]
-                key = tuple(labels.get(label, "") for label in keys)
-                value = _parse_value(item["value"])
-                if column not in STATISTICS:
-                    columns.setdefault(column, {})[key] = value
-                    continue
-                rank = int(labels.get(_SIGNAL_TAG, "-1"))
-                if 0 <= rank < len(readings):
-                    tagged_values.append((column, rank, key, value))
-                    signal_key = (readings[rank].signal, key)
-                    best[signal_key] = min(rank, best.get(signal_key, rank))
+        absent = ("",) * len(keys)
+        with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
+            asked = {
+                pool.submit(self._query, query, hi, purpose, tally): column for column, query, purpose in plan
+            }
+            # Each answer is taken apart as it comes, while Prometheus works on the others.
+            for done in as_completed(asked):
+                column = asked[done]
+                for item in done.result():
+                    labels: Mapping[str, str] = item["metric"]
+                    key = tuple(map(labels.get, keys, absent))
+                    value = _parse_value(item["value"])
+                    if column not in STATISTICS:
+                        columns.setdefault(column, {})[key] = value
+                        continue
+                    rank = int(labels.get(_SIGNAL_TAG, "-1"))
+                    if 0 <= rank < len(readings):
+                        tagged_values.append((column, rank, key, value))
+                        signal_key = (readings[rank].signal, key)
+                        best[signal_key] = min(rank, best.get(signal_key, rank))
         for statistic, rank, key, value in tagged_values:
             reading = readings[rank]
             if best[(reading.signal, key)] == rank:
