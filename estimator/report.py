@@ -121,8 +121,8 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
         "saved h/run",
         "R_break",
         "Z_break %",
-        "net GPU-h",
-        *(["net cost"] if has_cost else []),
+        "net saving GPU-h",
+        *(["net saving (currency)"] if has_cost else []),
         "verdict",
     ):
         table.add_column(title, justify="left" if title in ("algorithm", "verdict") else "right")
@@ -142,6 +142,12 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
         ]
         table.add_row(*row)
     console.print(table)
+    console.print(
+        f"net saving: GPU-hours saved over R = {fmt(inputs['reuse_count'])} runs at the mid Z, minus "
+        "exploration and engineering; negative: tuning costs more than it saves",
+        highlight=False,
+        soft_wrap=True,
+    )
     recommendation = document["recommendation"]
     console.print(
         f"recommendation: {recommendation}"

@@ -124,8 +124,13 @@ def test_table_output_is_readable() -> None:
         "208.3",
         "proceed",
         "recommendation: black-box",
+        "net saving GPU-h",
+        "GPU-hours saved over R = 16 runs",
     ):
         assert text in result.stdout
+    assert "net saving (currency)" not in result.stdout  # no price given
+    priced = run(*REFERENCE, "--reuse", "16", "--gpu-hour-cost", "2")
+    assert "net saving (currency)" in priced.stdout and "783.3" in priced.stdout  # 2 x 391.7 GPU-h
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
