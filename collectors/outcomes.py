@@ -370,7 +370,8 @@ TRIAL_COLUMNS: Final = (
 
 @dataclass(frozen=True)
 class RecordResult:
-    """What recording one study changed: a new study row, new trials, trials given telemetry, new runs."""
+    """What recording one study changed: a new study row, new trials, trials given telemetry, new runs,
+    and the stored T or R of a study recorded before (``updated``: their column names)."""
 
     study: str
     new_study: bool
@@ -378,10 +379,13 @@ class RecordResult:
     added_features: int
     added_runs: int
     trials_with_features: int
+    updated: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return self.new_study or bool(self.added_trials or self.added_features or self.added_runs)
+        return self.new_study or bool(
+            self.added_trials or self.added_features or self.added_runs or self.updated
+        )
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -464,9 +468,15 @@ class OutcomeStore:
                 study_id = self._db.execute(
                     "SELECT id FROM studies WHERE name = ? AND started_at = ?", (study.name, started)
                 ).fetchone()[0]
+                updated = []
                 for column, value in (("duration_hours", duration_hours), ("reuse", reuse)):
                     if value is not None and not new_study:
-                        self._db.execute(f"UPDATE studies SET {column} = ? WHERE id = ?", (value, study_id))
+                        cursor = self._db.execute(
+                            f"UPDATE studies SET {column} = ? WHERE id = ? AND {column} IS NOT ?",
+                            (value, study_id, value),
+                        )
+                        if cursor.rowcount:
+                            updated.append(column)
                 before = self._counts(study_id)
                 self._db.executemany(
                     "INSERT INTO trials (study_id, number, state, value, started_at, completed_at, params, "
@@ -492,6 +502,7 @@ class OutcomeStore:
             added_features=after[1] - before[1],
             added_runs=after[2] - before[2],
             trials_with_features=after[1],
+            updated=tuple(updated),
         )
 
     def _counts(self, study_id: int) -> tuple[int, int, int]:

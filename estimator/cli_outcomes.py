@@ -71,14 +71,18 @@ def _with_telemetry(study: StudyRecord, source: str, job_id: str | None) -> Stud
     )
 
 
+_STORED_INPUT = {"duration_hours": "T (--duration-hours)", "reuse": "R (--reuse)"}
+
+
 def _describe(result: RecordResult, study: StudyRecord) -> str:
     if not result.changed:
-        return f"{study.name}: already recorded, nothing added"
+        return f"{study.name}: already recorded, nothing changed"
     parts = [f"{result.added_trials} new trial(s)"]
     if result.added_features:
         parts.append(f"{result.added_features} given telemetry")
     if result.added_runs:
         parts.append(f"{result.added_runs} run(s) of the tuned job")
+    parts += [f"{_STORED_INPUT[column]} replaced" for column in result.updated]
     head = "recorded" if result.new_study else "updated"
     return (
         f"{head} {study.name} ({study.objective}, {len(study.trials)} finished trial(s), "

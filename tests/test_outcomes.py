@@ -191,9 +191,18 @@ def test_zenithtune_dir_with_capture_folders_records_once(tmp_path: Path) -> Non
     # trial 0 and 1 have captures and completed; 2 failed (no telemetry read); 3 has no capture
     assert by_number.to_dict() == {0: 2, 1: 2, 2: 0, 3: 0}
     second = invoke(record, args)
-    assert second.count("already recorded, nothing added") == 2
+    assert second.count("already recorded, nothing changed") == 2
     with OutcomeStore(store) as opened:
         assert len(opened.trials()) == 8 and len(opened.studies()) == 2
+    # T and R given later replace the stored ones, and the command says so; given again, no change
+    third = invoke(record, [*args, "--duration-hours", "40", "--reuse", "3"])
+    assert third.count("0 new trial(s), T (--duration-hours) replaced, R (--reuse) replaced") == 2
+    fourth = invoke(record, [*args, "--duration-hours", "40", "--reuse", "5"])
+    assert fourth.count("0 new trial(s), R (--reuse) replaced") == 2
+    with OutcomeStore(store) as opened:
+        studies = opened.studies()
+    assert studies["duration_hours"].tolist() == [40.0, 40.0] and studies["reuse"].tolist() == [5.0, 5.0]
+    assert invoke(record, [*args, "--reuse", "5"]).count("nothing changed") == 2
 
 
 # --- a real Prometheus -----------------------------------------------------------------------------
