@@ -227,18 +227,20 @@ def evaluate_command(data_dir: Path, cache_dir: Path, card: Path, store_path: Pa
         raise ModelError(f"cannot write model card {card} ({exc.strerror})") from None
     click.echo(section)
     click.echo(f"\nupdated the evaluation section of {card}")
-    local = _local_section(resolved_store(store_path))
-    if local is not None:  # this cluster's results: printed, not written into the shipped model's card
-        click.echo("\n" + local)
+    # this cluster's results: printed, not written into the shipped model's card
+    click.echo("\n" + local_outcomes_section(resolved_store(store_path)))
 
 
-def _local_section(store_path: Path) -> str | None:
-    """The evaluation on the recorded outcomes, grouped by study; None when the store has no rows."""
+def local_outcomes_section(store_path: Path) -> str:
+    """The evaluation on the recorded outcomes, grouped by study, or why there is none."""
     if not store_path.is_file():
-        return None
+        return f"Local outcomes: none; no outcomes store at {store_path} (zest record writes one)."
     with OutcomeStore(store_path) as store:
         rows = local_rows(store.studies(), store.trials())
     if rows.empty:
-        return None
+        return (
+            f"Local outcomes: none; {store_path} holds no trial with telemetry "
+            "(zest record --source gives trials their telemetry)."
+        )
     shipped = load_default_model().model
     return render_local_markdown(evaluate_local(shipped, rows), float(shipped.coverage))

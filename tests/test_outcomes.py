@@ -26,7 +26,7 @@ from collectors.errors import OptunaMissing, OutcomesError
 from collectors.files import write_capture
 from collectors.outcomes import OutcomeStore, read_optuna_study
 from estimator import perfmodel
-from estimator.cli_model import train
+from estimator.cli_model import local_outcomes_section, train
 from estimator.cli_outcomes import history_command, record
 from estimator.features import GPU_COUNT, SAMPLES_PER_GPU_MIN, WINDOW_SECONDS
 from estimator.local_model import LocalZeRegressor, evaluate_local
@@ -144,6 +144,7 @@ def test_maximize_reads_as_throughput_and_z_of_the_default(tmp_path: Path) -> No
     # the first trial is the default: Z = 100 · (1 − 100/125) = 20 %, an improvement rate k = 1.25
     assert table["z_percent"].iloc[0] == pytest.approx(20.0)
     assert table["z_percent"].iloc[0] == pytest.approx(100 * (1 - 1 / 1.25))
+    assert "holds no trial with telemetry" in local_outcomes_section(store_path)  # zest evaluate says why not
 
 
 def test_missing_study_and_missing_file_are_one_line_errors(tmp_path: Path) -> None:
@@ -415,5 +416,10 @@ def test_train_with_outcomes_without_the_training_data(
         "mean Z of the other studies",
     ]
     assert (table["rows"] == 12).all() and (table["studies"] == 3).all()
+    section = local_outcomes_section(
+        tmp_path / "xdg" / "zest" / "outcomes.sqlite"
+    )  # as zest evaluate prints it
+    assert section.startswith("Local outcomes (zest record): 12 trials with telemetry in 3 studies")
+    assert "| zest + local correction (other studies) |" in section
     low, mid, high = loaded.model.predict_interval(rows[names])
     assert (low <= mid).all() and (mid <= high).all() and not math.isnan(float(mid.sum()))

@@ -285,7 +285,11 @@ def test_train_and_evaluate_commands_on_a_small_copy_of_the_data(tmp_path: Path,
 
     card = tmp_path / "README.md"
     card.write_text(f"# card\n{CARD_BEGIN}\n{CARD_END}\n", encoding="utf-8")
-    result = CliRunner().invoke(evaluate_cli, ["--data", str(data_dir), "--card", str(card), *cache])
+    no_store = tmp_path / "outcomes.sqlite"
+    result = CliRunner().invoke(
+        evaluate_cli, ["--data", str(data_dir), "--card", str(card), "--store", str(no_store), *cache]
+    )
     assert result.exit_code == 0, result.output
+    assert f"Local outcomes: none; no outcomes store at {no_store}" in result.output
     text = card.read_text(encoding="utf-8")
     assert "| zest (Z_e model) |" in text and text.startswith("# card\n") and text.endswith(f"{CARD_END}\n")
