@@ -416,9 +416,8 @@ def test_train_with_outcomes_without_the_training_data(
         "mean Z of the other studies",
     ]
     assert (table["rows"] == 12).all() and (table["studies"] == 3).all()
-    section = local_outcomes_section(
-        tmp_path / "xdg" / "zest" / "outcomes.sqlite"
-    )  # as zest evaluate prints it
+    # zest evaluate prints this section for the store
+    section = local_outcomes_section(tmp_path / "xdg" / "zest" / "outcomes.sqlite")
     assert section.startswith("Local outcomes (zest record): 12 trials with telemetry in 3 studies")
     assert "| zest + local correction (other studies) |" in section
     low, mid, high = loaded.model.predict_interval(rows[names])
