@@ -26,6 +26,7 @@ import csv
 import gzip
 import json
 import math
+import os
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -162,6 +163,8 @@ def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ())
     """Write ``frame`` (put in the canonical schema first) as a zest Parquet capture, zstd-compressed.
 
     ``notes`` are kept in the file and returned again by :func:`read_capture`.
+    The file appears whole or not at all: it is written beside ``path`` and
+    renamed over it, so a failed write leaves a file already there as it was.
     Raises :class:`collectors.schema.SchemaError` if ``frame`` lacks a
     timestamp column, :class:`CaptureWriteError` if the file cannot be written.
     """
@@ -169,9 +172,12 @@ def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ())
     header = {"format_version": FORMAT_VERSION, "columns": list(COLUMNS), "notes": list(notes)}
     schema_metadata = dict(table.schema.metadata or {})
     schema_metadata[METADATA_KEY] = json.dumps(header).encode()
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        pq.write_table(table.replace_schema_metadata(schema_metadata), path, compression="zstd")
+        pq.write_table(table.replace_schema_metadata(schema_metadata), partial, compression="zstd")
+        os.replace(partial, path)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise CaptureWriteError(
             f"{path}: cannot write capture ({exc}): check the directory and space"
         ) from None

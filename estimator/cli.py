@@ -57,7 +57,7 @@ from estimator.cli_serve import serve
 from estimator.estimate import default_model, model_origin, uses_local_model, z_interval_for
 from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
 from estimator.model import ModelError
-from estimator.options import DurationType
+from estimator.options import DurationType, capture_output_options, check_output
 from estimator.report import render_table, to_document
 from estimator.training import DataError
 
@@ -429,16 +429,14 @@ def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -
 @cli.command("capture")
 @click.option("--job-id", required=True, help="Job whose telemetry to record.")
 @_telemetry_options
-@click.option(
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Parquet file to write (zest's capture format, read back by --source FILE).",
-)
-def capture(job_id: str, source: str | None, window: float | None, interval: float, output: Path) -> None:
+@capture_output_options("Parquet file to write (zest's capture format, read back by --source FILE).")
+def capture(
+    job_id: str, source: str | None, window: float | None, interval: float, output: Path, force: bool
+) -> None:
     """Record a job's telemetry from any source into a zest capture file."""
     from collectors.files import write_capture
 
+    check_output(output, force)
     telemetry = read_job(source, job_id, window_seconds=window, interval_seconds=interval, raw=True)
     frame = _require_frame(telemetry)
     if frame.empty:

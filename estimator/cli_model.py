@@ -37,6 +37,7 @@ from estimator.model import (
     local_model_path,
     save_model,
 )
+from estimator.options import capture_output_options, check_output
 from estimator.outcomes import curve_capture_shares, learning_curves, local_rows
 from estimator.perfmodel import JobSpec
 from estimator.training import (
@@ -84,12 +85,7 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     help="Job spec JSON: gpu, num_gpus, model shape, batch and parallel layout.",
 )
 @click.option("--job-id", required=True, help="Job id the capture's samples carry.")
-@click.option(
-    "--output",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Capture file to write (zest Parquet).",
-)
+@capture_output_options("Capture file to write (zest Parquet).")
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0, min_open=True),
@@ -105,8 +101,11 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     show_default=True,
     help="Time of the first sample, UTC.",
 )
-def simulate(spec_path: Path, job_id: str, output: Path, minutes: float, seed: int, start: datetime) -> None:
+def simulate(
+    spec_path: Path, job_id: str, output: Path, force: bool, minutes: float, seed: int, start: datetime
+) -> None:
     """Simulate the telemetry a training job would show, from the performance model, as a capture file."""
+    check_output(output, force)
     spec = JobSpec.from_json(spec_path)
     constants = perfmodel.load_constants(spec.gpu)
     frame = perfmodel.simulate_telemetry(

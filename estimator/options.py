@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -21,3 +23,29 @@ class DurationType(click.ParamType):
         if not match or float(match[1]) <= 0:
             self.fail(f"{value!r} is not a duration > 0 such as 90, 30s, 30m, 2h or 1d", param, ctx)
         return float(match[1]) * self._UNITS[match[2]]
+
+
+def capture_output_options(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--output FILE`` for a command that writes a capture, and ``--force`` to replace one.
+
+    A capture can hold telemetry that cannot be sampled again, so an existing
+    file is refused before any telemetry is read (see :func:`check_output`).
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--force", is_flag=True, help="Replace the --output file if it exists (default: refuse)."
+        )(command)
+        return click.option(
+            "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help=help_text
+        )(command)
+
+    return decorate
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse to replace an existing ``--output`` without ``--force`` (exit code 2)."""
+    if output.exists() and not force:
+        raise click.BadParameter(
+            f"{output} exists; pass --force to replace it, or choose another file", param_hint="'--output'"
+        )

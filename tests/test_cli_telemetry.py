@@ -81,6 +81,14 @@ def test_capture_round_trip_keeps_the_features(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout and out.is_file()
     assert features(out) == features(DCGM)
+    # a second capture to the same file is refused before any telemetry is read; --force replaces it
+    before = out.read_bytes()
+    again = zest("capture", "--job-id", "4242", "--source", str(SMI), "--output", str(out))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert f"{out} exists; pass --force to replace it" in again.stderr and out.read_bytes() == before
+    forced = zest("capture", "--job-id", "4242", "--source", str(SMI), "--output", str(out), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert features(out) == features(SMI)
 
 
 def test_window_reads_the_last_part_of_a_capture() -> None:

@@ -378,6 +378,23 @@ def test_write_into_a_missing_directory_raises_capture_write_error(tmp_path: Pat
         write_capture(read_capture(ZEST).frame, tmp_path / "no" / "such" / "dir.parquet")
 
 
+def test_a_write_that_fails_midway_leaves_the_old_capture_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "job.parquet"
+    write_capture(read_capture(SMI).frame, path)
+    before = path.read_bytes()
+
+    def disk_full(table: pa.Table, where: Path, **_: object) -> None:
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(CaptureWriteError, match=r"No space left on device"):
+        write_capture(read_capture(ZEST).frame, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["job.parquet"]
+
+
 # --- any format ----------------------------------------------------------------
 
 

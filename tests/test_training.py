@@ -249,7 +249,9 @@ def test_simulate_writes_a_capture_the_file_source_reads(tmp_path: Path) -> None
     assert len(capture.frame) == 8 * 120
     assert set(capture.frame["job_id"]) == {"j1"}
     assert any("simulated by zest simulate" in note for note in capture.notes)
-    assert CliRunner().invoke(simulate, args).exit_code == 0
+    refused = CliRunner().invoke(simulate, args)  # an existing capture is kept
+    assert refused.exit_code == 2 and "exists; pass --force to replace it" in refused.output
+    assert CliRunner().invoke(simulate, [*args, "--force"]).exit_code == 0
     pdt.assert_frame_equal(read_capture(out).frame, capture.frame)  # the same seed, the same samples
 
 
