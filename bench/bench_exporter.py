@@ -2,7 +2,7 @@
 
 1. Render: a snapshot of ``--render-jobs`` jobs (10,000; one GPU each, per-GPU
    series off, as a cluster service exports them) through
-   :class:`estimator.exporter.ZestCollector` and ``generate_latest``, against
+   :class:`estimator.serving.collector.ZestCollector` and ``generate_latest``, against
    prometheus_client rendering the same number of samples of one plain
    labelled ``Gauge``.
 2. Cycle: ``--jobs`` running jobs x ``--gpus`` GPUs (1,000 x 8) of
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from estimator.cli_serve import RenderedMetrics
+from estimator.cli.serve import RenderedMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from promserver import SCRAPE_SECONDS, dcgm_gpu, dcgm_labels, start_prometheus, write_openmetrics
@@ -38,12 +38,12 @@ from promserver import SCRAPE_SECONDS, dcgm_gpu, dcgm_labels, start_prometheus, 
 from collectors.prometheus import PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
-from estimator.algorithms import capture_shares
-from estimator.estimate import default_model, z_intervals_for
-from estimator.exporter import ExporterState, ZestCollector, estimate_jobs
-from estimator.features import summarize_gpus
-from estimator.serve import ClusterSummaries
-from estimator.serve_config import ServeConfig
+from estimator.decision.algorithms import capture_shares
+from estimator.features.extract import summarize_gpus
+from estimator.model.default import default_model, z_intervals_for
+from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
+from estimator.serving.config import ServeConfig
+from estimator.serving.runner import ClusterSummaries
 
 
 def _best_of(runs: int, action: object) -> float:

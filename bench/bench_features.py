@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from collectors.files import FORMAT_VERSION, METADATA_KEY, read_capture
 from collectors.schema import COLUMNS, GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, TIMESTAMP
-from estimator.features import job_features, summarize_gpus
+from estimator.features.extract import job_features, summarize_gpus
 
 OUT = Path(__file__).resolve().parent / "out"
 SECONDS_PER_DAY = 86_400

@@ -182,7 +182,7 @@ ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"  # G · T · R: the GPU
 
 
 def zest_feature_metric(feature: str) -> str:
-    """The per-job series of a feature of ``estimator.features.FEATURES`` (its name carries its unit)."""
+    """The per-job series of a feature of the features module (its name carries its unit)."""
     return f"zest_job_{feature}"
 
 

@@ -59,6 +59,7 @@ from collectors.schema import (
     conform_summary,
     summary_column,
 )
+from collectors.util import iso_utc, one_line
 
 USER_ENV = "ZEST_PROMETHEUS_USER"
 PASSWORD_ENV = "ZEST_PROMETHEUS_PASSWORD"
@@ -578,7 +579,7 @@ class PrometheusSource:
             if columns:
                 frames.append(_jobs_frame(columns, family))
         if not frames:
-            tally.notes.append(f"no job has GPU series between {_iso(lo)} and {_iso(hi)}")
+            tally.notes.append(f"no job has GPU series between {iso_utc(lo)} and {iso_utc(hi)}")
             return JobsSummary(
                 conform_summary(pd.DataFrame({GPU: []})), tally.notes, tally.series, tally.queries
             )
@@ -755,7 +756,7 @@ class PrometheusSource:
         window_end = hi if end is not None else max(last.values())
         if start is None or end is None:
             tally.notes.append(
-                f"window taken from the data: {_iso(window_start)} to {_iso(window_end)} "
+                f"window taken from the data: {iso_utc(window_start)} to {iso_utc(window_end)} "
                 f"(first and last sample)"
             )
         return _Located(candidate, chosen, anchor, first, last, window_start, window_end)
@@ -964,7 +965,7 @@ class PrometheusSource:
                 "check that the URL points at the Prometheus server"
             )
         if response.status_code >= 400 or body.get("status") != "success":
-            detail = _one_line(f"{body.get('errorType', 'error')}: {body.get('error', 'no error text')}")
+            detail = one_line(f"{body.get('errorType', 'error')}: {body.get('error', 'no error text')}")
             hint = (
                 f"; check {USER_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}"
                 if response.status_code in (401, 403)
@@ -973,13 +974,13 @@ class PrometheusSource:
             raise SourceQueryError(
                 f"{where} answered HTTP {response.status_code} while {purpose}: {detail}{hint}"
             )
-        tally.count(notes=[f"Prometheus warned: {_one_line(str(w))}" for w in body.get("warnings") or ()])
+        tally.count(notes=[f"Prometheus warned: {one_line(str(w))}" for w in body.get("warnings") or ()])
         return body.get("data")
 
     def _not_found(self, job_id: str, tried: Sequence[_Candidate], lo: float, hi: float, what: str) -> str:
         labels = "; ".join(f"{c.family.name} {c.describe()}" for c in tried)
         return (
-            f"job {job_id!r} {what} in Prometheus at {self.url} between {_iso(lo)} and {_iso(hi)} "
+            f"job {job_id!r} {what} in Prometheus at {self.url} between {iso_utc(lo)} and {iso_utc(hi)} "
             f"(labels tried: {labels}); check the job id and the time window"
         )
 
@@ -990,15 +991,6 @@ class PrometheusSource:
 def _name_regex(names: Iterable[str]) -> str:
     # Metric names hold only [a-zA-Z0-9_:], so the alternation needs no escaping.
     return _quote("|".join(names))
-
-
-def _iso(unix_seconds: float) -> str:
-    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="seconds")
-
-
-def _one_line(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= _ERROR_TEXT_CHARS else flat[: _ERROR_TEXT_CHARS - 1] + "…"
 
 
 def _connection_reason(exc: requests.ConnectionError) -> str:

@@ -6,7 +6,7 @@ Two shapes cross the boundary between ``collectors`` and ``estimator``:
 * the *GPU summary*: one row per GPU and job with window statistics of each
   signal (:data:`SUMMARY_COLUMNS`). Sources that aggregate at the server
   (Prometheus) produce it directly; for the others
-  :func:`estimator.features.summarize_gpus` derives it from the frame.
+  :func:`estimator.features.extract.summarize_gpus` derives it from the frame.
 
 Signals are floats in base units; a signal a source lacks is NaN, never zero.
 """
@@ -14,6 +14,8 @@ Signals are floats in base units; a signal a source lacks is NaN, never zero.
 from __future__ import annotations
 
 import pandas as pd
+
+from collectors.errors import MalformedCapture
 
 TIMESTAMP = "timestamp"
 HOST = "host"
@@ -78,7 +80,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 
 
-class SchemaError(ValueError):
+class SchemaError(MalformedCapture):
     """A frame handed across the collector boundary lacks what the schema demands."""
 
 

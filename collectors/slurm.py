@@ -36,6 +36,7 @@ from collectors.errors import (
     SlurmQueryError,
     SlurmUnavailable,
 )
+from collectors.util import iso_utc, one_line, short_host
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 """Runs one command (argv) and returns its exit status, stdout and stderr as text."""
@@ -141,9 +142,9 @@ class SlurmJob:
     def gpu_indices_on(self, node: str) -> tuple[int, ...] | None:
         """This job's GPU indices on ``node`` (short names compared); None if the node is not the job's
         or Slurm gave no indices."""
-        short = _short_host(node)
+        short = short_host(node)
         for entry in self.gpus_per_node:
-            if _short_host(entry.node) == short:
+            if short_host(entry.node) == short:
                 return entry.indices or None
         return None
 
@@ -298,7 +299,7 @@ class Slurm:
             ) from None
         if done.returncode == 0:
             return done
-        message = _one_line(done.stderr or done.stdout) or f"exit status {done.returncode}"
+        message = one_line(done.stderr or done.stdout) or f"exit status {done.returncode}"
         if _ACCESS_DENIED.lower() in message.lower():
             raise SlurmPermissionDenied(
                 f"Slurm denied {command}: {message}; ask for the job as its owner or an operator"
@@ -334,7 +335,7 @@ def parse_scontrol_job(
     fields = dict(pairs)  # the last of repeated per-node keys wins; those are read from `pairs`
     state = fields.get("JobState", "")
     if not state:
-        raise SlurmQueryError(f"scontrol show job {job_id} printed no JobState: {_one_line(line)[:200]}")
+        raise SlurmQueryError(f"scontrol show job {job_id} printed no JobState: {one_line(line, 200)}")
     array_job, array_task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
     shown_id = f"{array_job}_{array_task}" if array_job and array_task else fields.get("JobId", job_id)
 
@@ -376,7 +377,7 @@ def parse_sacct(text: str, *, local_tz: tzinfo | None = None) -> list[SacctJob]:
         cells = line.split("|", len(SACCT_FIELDS) - 1)
         if len(cells) != len(SACCT_FIELDS):
             raise SlurmQueryError(
-                f"sacct printed {len(cells)} columns, expected {len(SACCT_FIELDS)}: {_one_line(line)[:200]}"
+                f"sacct printed {len(cells)} columns, expected {len(SACCT_FIELDS)}: {one_line(line, 200)}"
             )
         row = dict(zip(SACCT_FIELDS, cells, strict=True))
         limit = row["TimelimitRaw"]
@@ -465,7 +466,8 @@ def defaults_from_slurm(job: SlurmJob, now: datetime, *, hostname: str | None = 
     if window_start is not None:
         window_end = job.end_time if job.ended and job.end_time is not None else now.astimezone(UTC)
         span = "its whole run" if job.ended else f"its run so far ({job.state})"
-        notes["window"] = f"telemetry window {_iso(window_start)} to {_iso(window_end)} from {where}: {span}"
+        window = f"{iso_utc(window_start)} to {iso_utc(window_end)}"
+        notes["window"] = f"telemetry window {window} from {where}: {span}"
 
     if job.nodes:
         notes["nodes"] = f"nodes {','.join(job.nodes)} from {where}"
@@ -474,7 +476,7 @@ def defaults_from_slurm(job: SlurmJob, now: datetime, *, hostname: str | None = 
     local = job.gpu_indices_on(host)
     if local is not None:
         notes["local_gpu_indices"] = (
-            f"GPU indices {','.join(map(str, local))} on {_short_host(host)} from {where} (gres IDX)"
+            f"GPU indices {','.join(map(str, local))} on {short_host(host)} from {where} (gres IDX)"
         )
     return SlurmDefaults(
         gpus=gpus,
@@ -665,17 +667,5 @@ def _array_base(job_id: str) -> str:
     return re.split(r"[_+.]", job_id, maxsplit=1)[0]
 
 
-def _short_host(host: str) -> str:
-    return host.split(".", 1)[0]
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _when(when: datetime | None) -> str:
-    return "" if when is None else f" at {_iso(when)}"
+    return "" if when is None else f" at {iso_utc(when)}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from collectors.errors import JobNotFound, SourceUnavailable
+from collectors.util import short_host
 
 NVML = "nvml"
 EXAMPLE = "example"
@@ -72,7 +73,7 @@ def read_job(
     them.
     """
     if source is None or source == NVML:
-        local = None if placement is None else placement.get(_short(socket.gethostname()))
+        local = None if placement is None else placement.get(short_host(socket.gethostname()))
         return _read_nvml(
             job_id, window_seconds, interval_seconds, nvml_factory, local, explicit=source is not None
         )
@@ -88,10 +89,6 @@ def read_job(
             )
         return _read_file(path, job_id, window_seconds, end, placement, name=f"example {job_id}")
     return _read_file(Path(source), job_id, window_seconds, end, placement, name=source)
-
-
-def _short(host: str) -> str:
-    return host.split(".", 1)[0]
 
 
 def _read_file(
@@ -133,10 +130,10 @@ def _placed(placement: Mapping[str, Sequence[int]]) -> str:
 def _on_placement(frame: pd.DataFrame, placement: Mapping[str, Sequence[int]]) -> pd.DataFrame:
     """The rows of ``frame`` on the job's nodes and GPUs; a file that names no host is taken as the job's node
     when the job has one."""
-    hosts = frame["host"].fillna("").map(_short)
+    hosts = frame["host"].fillna("").map(short_host)
     keep = pd.Series(False, index=frame.index)
     for node, indices in placement.items():
-        on_node = hosts.eq(_short(node)) | (hosts.eq("") & (len(placement) == 1))
+        on_node = hosts.eq(short_host(node)) | (hosts.eq("") & (len(placement) == 1))
         gpu_ok = frame["gpu"].str.split("/").str[0].isin([str(i) for i in indices]) if indices else True
         keep |= on_node & gpu_ok
     return frame[keep].reset_index(drop=True)

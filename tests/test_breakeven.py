@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from estimator import breakeven as be
-from estimator.breakeven import Candidate, Costs, InputError, Job, Verdict, ZInterval, decide
+from estimator.decision import breakeven as be
+from estimator.decision.breakeven import Candidate, Costs, InputError, Job, Verdict, ZInterval, decide
 
 T25 = 25 / 60  # 25 minutes in hours
 

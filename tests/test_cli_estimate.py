@@ -16,7 +16,7 @@ REFERENCE = [
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    code = "from estimator.cli import estimate_z_main; estimate_z_main()"
+    code = "from estimator.cli.main import estimate_z_main; estimate_z_main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )
@@ -44,7 +44,7 @@ def test_plain_calculator_reproduces_the_reference_example() -> None:
 
 
 def test_z_expected_is_split_by_the_measured_shares() -> None:
-    from estimator.model import load_default_model
+    from estimator.model.regressor import load_default_model
 
     shares = load_default_model().capture_shares()
     result = run("--duration-hours", "150", "--z-expected", "35", "--reuse", "16", "--output", "json")
@@ -59,8 +59,8 @@ def test_z_expected_is_split_by_the_measured_shares() -> None:
 
 def test_reference_shares_reproduce_example_3() -> None:
     """The fallback shares (no measured ones) are the reference example's 10/35, 25/35, 35/35."""
-    from estimator.algorithms import DEFAULT_CHOICES, REFERENCE_SHARES, candidates, capture_shares
-    from estimator.breakeven import Job, ZInterval, decide
+    from estimator.decision.algorithms import DEFAULT_CHOICES, REFERENCE_SHARES, candidates, capture_shares
+    from estimator.decision.breakeven import Job, ZInterval, decide
 
     assert capture_shares(None) is REFERENCE_SHARES
     assert capture_shares({"heuristic": 0.5}) is REFERENCE_SHARES  # must cover every algorithm
@@ -182,7 +182,7 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
 
 
 def test_zest_estimate_is_the_same_command() -> None:
-    code = "from estimator.cli import main; main()"
+    code = "from estimator.cli.main import main; main()"
     alias = subprocess.run(
         [sys.executable, "-c", code, "estimate", *REFERENCE, "--output", "json"],
         capture_output=True,

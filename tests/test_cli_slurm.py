@@ -17,7 +17,7 @@ from collectors.slurm import Slurm, subprocess_runner
 
 
 def estimate(cluster: SlurmCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "from estimator.cli import estimate_z_main; estimate_z_main()"
+    code = "from estimator.cli.main import estimate_z_main; estimate_z_main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=cluster.env, timeout=120
     )

@@ -23,7 +23,7 @@ CALCULATOR = ["--duration-hours", "150", "--z-expected", "30"]
 
 
 def zest(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    code = "from estimator.cli import main; main()"
+    code = "from estimator.cli.main import main; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=120
     )

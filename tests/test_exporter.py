@@ -27,13 +27,13 @@ from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
-from estimator.algorithms import capture_shares
-from estimator.cli_serve import RenderedMetrics, WebConfig, build_server, load_web_config, parse_listen
-from estimator.estimate import default_model, z_interval_for, z_intervals_for
-from estimator.exporter import ExporterState, ZestCollector, estimate_jobs
-from estimator.features import features_frame, summarize_gpus
-from estimator.serve import NodeSummaries, Runner, failure_reason
-from estimator.serve_config import ServeConfig, load_config, parse_config
+from estimator.cli.serve import RenderedMetrics, WebConfig, build_server, load_web_config, parse_listen
+from estimator.decision.algorithms import capture_shares
+from estimator.features.extract import features_frame, summarize_gpus
+from estimator.model.default import default_model, z_interval_for, z_intervals_for
+from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
+from estimator.serving.config import ServeConfig, load_config, parse_config
+from estimator.serving.runner import NodeSummaries, Runner, failure_reason
 
 EXAMPLE_TOML = Path(__file__).parent.parent / "grafana" / "zest.example.toml"
 

@@ -29,9 +29,9 @@ from collectors.schema import (
     conform_summary,
     summary_column,
 )
-from estimator import features as ft
-from estimator.features import FEATURES, features_frame, job_features, summarize_gpus
-from estimator.hardware import GB, link_peaks
+from estimator.features import extract as ft
+from estimator.features.extract import FEATURES, features_frame, job_features, summarize_gpus
+from estimator.features.links import GB, link_peaks
 
 H100 = "NVIDIA H100 80GB HBM3"
 T0 = pd.Timestamp("2026-03-02T10:00:00Z")

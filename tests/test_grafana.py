@@ -66,7 +66,7 @@ def test_job_dashboard_has_a_job_variable_used_by_every_query() -> None:
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_every_metric_a_dashboard_reads_is_one_zest_exports(name: str) -> None:
     from collectors.schema import SIGNALS
-    from estimator.features import FEATURES
+    from estimator.features.extract import FEATURES
 
     exported = ZEST_NAMES | {metrics.zest_feature_metric(f) for f in FEATURES}
     exported |= {metrics.zest_gpu_metric(s) for s in SIGNALS}

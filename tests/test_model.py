@@ -15,11 +15,10 @@ import pytest
 import skops.io as sio
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from estimator import perfmodel
-from estimator.algorithms import ALGORITHMS_BY_NAME
-from estimator.breakeven import ZInterval
-from estimator.features import job_features, summarize_gpus
-from estimator.model import (
+from estimator.decision.algorithms import ALGORITHMS_BY_NAME
+from estimator.decision.breakeven import ZInterval
+from estimator.features.extract import job_features, summarize_gpus
+from estimator.model.regressor import (
     MODEL_FEATURES,
     TRUSTED_TYPES,
     Z_MAX_PERCENT,
@@ -31,7 +30,8 @@ from estimator.model import (
     predict_z_interval,
     save_model,
 )
-from estimator.perfmodel import JobSpec
+from estimator.perfmodel import iteration as perfmodel
+from estimator.perfmodel.iteration import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024**2

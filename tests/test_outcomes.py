@@ -24,15 +24,15 @@ from promserver import backfill, dcgm_gpu, dcgm_labels, require_binaries, start_
 
 from collectors.errors import OptunaMissing, OutcomesError
 from collectors.files import write_capture
-from collectors.outcomes import OutcomeStore, read_optuna_study
-from estimator import perfmodel
-from estimator.cli_model import local_outcomes_section, train
-from estimator.cli_outcomes import history_command, record
-from estimator.features import GPU_COUNT, SAMPLES_PER_GPU_MIN, WINDOW_SECONDS
-from estimator.local_model import LocalZeRegressor, evaluate_local
-from estimator.model import load_default_model, load_model_for_estimates, local_model_path
-from estimator.outcomes import MIN_CURVE_STUDIES, curve_capture_shares, learning_curves, local_rows
-from estimator.perfmodel import JobSpec
+from collectors.studies.store import OutcomeStore, read_optuna_study
+from estimator.cli.model import local_outcomes_section, train
+from estimator.cli.outcomes import history_command, record
+from estimator.features.extract import GPU_COUNT, SAMPLES_PER_GPU_MIN, WINDOW_SECONDS
+from estimator.model.local import LocalZeRegressor, evaluate_local
+from estimator.model.regressor import load_default_model, load_model_for_estimates, local_model_path
+from estimator.perfmodel import iteration as perfmodel
+from estimator.perfmodel.iteration import JobSpec
+from estimator.training.outcomes import MIN_CURVE_STUDIES, curve_capture_shares, learning_curves, local_rows
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 T0 = datetime(2026, 3, 2, 9, 0, 0)  # naive local time, as Optuna stores it
@@ -138,7 +138,7 @@ def test_maximize_reads_as_throughput_and_z_of_the_default(tmp_path: Path) -> No
     store_path = tmp_path / "o.sqlite"
     with OutcomeStore(store_path) as store:
         store.record(study, duration_hours=10.0, reuse=3)
-        from estimator.outcomes import history
+        from estimator.training.outcomes import history
 
         table = history(store.studies(), store.trials())
     # the first trial is the default: Z = 100 · (1 − 100/125) = 20 %, an improvement rate k = 1.25
@@ -255,7 +255,7 @@ WRITER = textwrap.dedent(
     import sys
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from collectors.outcomes import OutcomeStore, StudyRecord, TrialRecord
+    from collectors.studies.store import OutcomeStore, StudyRecord, TrialRecord
 
     def study(name, n):
         t0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import pandas.testing as pdt
 import pytest
 
-from collectors import schema
-from estimator import gpuspecs
-from estimator import perfmodel as pm
-from estimator.perfmodel import JobSpec, PerfConstants, SpecError
+from collectors import gpuspecs, schema
+from estimator.perfmodel import calibration
+from estimator.perfmodel import iteration as pm
+from estimator.perfmodel.iteration import JobSpec, PerfConstants, SpecError
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTANTS_FILE = REPO / "models" / "perfmodel_constants.json"
@@ -371,15 +368,7 @@ def test_short_iterations_read_smooth_and_long_ones_oscillate(
 # --- calibration -----------------------------------------------------------------------------------
 
 
-def _calibration_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "calibrate_perfmodel", REPO / "models" / "calibrate_perfmodel.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+VTRAIN = REPO.parent / "shared" / "data" / "vtrain"
 
 
 def test_constants_file_holds_every_gpu_and_says_which_are_derived() -> None:
@@ -393,10 +382,10 @@ def test_constants_file_holds_every_gpu_and_says_which_are_derived() -> None:
 
 
 def test_calibrated_constants_reproduce_the_recorded_fit(a100: PerfConstants) -> None:
-    calibrate = _calibration_module()
-    if not (calibrate.DEFAULT_DATA / calibrate.DATA_FILE).is_file():
-        pytest.skip(f"measured data not at {calibrate.DEFAULT_DATA}")
-    frame = calibrate.read_measurements(calibrate.DEFAULT_DATA)
+    calibrate = calibration
+    if not (VTRAIN / calibrate.DATA_FILE).is_file():
+        pytest.skip(f"measured data not at {VTRAIN}")
+    frame = calibrate.read_measurements(VTRAIN)
     scores = calibrate.score(frame, calibrate.predict_seconds(calibrate.specs_of(frame), a100))
     recorded = json.loads(CONSTANTS_FILE.read_text(encoding="utf-8"))["fit"]["in_sample"]
     print(
@@ -413,7 +402,7 @@ def test_calibrated_constants_reproduce_the_recorded_fit(a100: PerfConstants) ->
 
 
 def test_derived_constants_scale_with_machine_balance(a100: PerfConstants, h100: PerfConstants) -> None:
-    calibrate = _calibration_module()
+    calibrate = calibration
     derived = calibrate.derive(a100, gpuspecs.H100_SXM)
     assert derived.matmul_half_size_elements == pytest.approx(h100.matmul_half_size_elements, rel=1e-5)
     assert derived.layer_host_seconds == a100.layer_host_seconds

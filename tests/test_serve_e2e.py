@@ -198,7 +198,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     zest_log = work / "zest.log"
     with zest_log.open("wb") as log:
         zest = subprocess.Popen(
-            [sys.executable, "-m", "estimator.cli_serve", "--source", f"prometheus={source.url}",
+            [sys.executable, "-m", "estimator.cli", "serve", "--source", f"prometheus={source.url}",
              "--listen", f"127.0.0.1:{zest_port}", "--interval", "1s", "--window", "2h", "--step", "1s",
              "--config", str(config)],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,

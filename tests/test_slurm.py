@@ -19,8 +19,8 @@ import pytest
 from slurmcluster import SlurmCluster
 
 from collectors.errors import (
-    CollectorError,
     JobNotFound,
+    SchedulerError,
     SlurmAccountingUnavailable,
     SlurmJobNotFound,
     SlurmPermissionDenied,
@@ -191,13 +191,14 @@ def test_reuse_counts_earlier_jobs_of_the_same_name(slurm_cluster: SlurmCluster)
 def test_unknown_job_id_is_its_own_error(slurm_cluster: SlurmCluster) -> None:
     with pytest.raises(SlurmJobNotFound, match=r"^Slurm knows no job 987654: ") as caught:
         _slurm(slurm_cluster).job("987654")
-    assert isinstance(caught.value, JobNotFound) and "\n" not in str(caught.value)
+    assert isinstance(caught.value, SchedulerError) and "\n" not in str(caught.value)
+    assert caught.value.exit_code == 10
 
 
 def test_a_timed_out_command_is_a_query_error(slurm_cluster: SlurmCluster, running_job: str) -> None:
     with pytest.raises(SlurmQueryError, match=r"^scontrol show job gave no answer within 0\.001 s") as caught:
         _slurm(slurm_cluster, timeout_seconds=0.001).job(running_job)
-    assert isinstance(caught.value, SourceQueryError)
+    assert isinstance(caught.value, SchedulerError) and caught.value.exit_code == 12
 
 
 def test_without_slurm_on_path_slurm_is_unavailable(slurm_cluster: SlurmCluster) -> None:
@@ -206,7 +207,8 @@ def test_without_slurm_on_path_slurm_is_unavailable(slurm_cluster: SlurmCluster)
         SlurmUnavailable, match=r"^Slurm's scontrol is not installed here: .*apt-get"
     ) as caught:
         Slurm(subprocess_runner(env=env)).job("1")
-    assert isinstance(caught.value, SourceUnavailable) and "\n" not in str(caught.value)
+    assert isinstance(caught.value, SchedulerError) and "\n" not in str(caught.value)
+    assert caught.value.exit_code == 11
 
 
 # --- faults as Slurm reports them
@@ -226,7 +228,7 @@ def test_permission_denied_is_its_own_error() -> None:
     ) as caught:
         Slurm(runner).job("42")
     assert not isinstance(caught.value, (SourceQueryError, SourceUnavailable, JobNotFound))
-    assert isinstance(caught.value, CollectorError)
+    assert isinstance(caught.value, SchedulerError)
 
 
 def test_controller_down_is_a_query_error() -> None:

@@ -62,7 +62,7 @@ def test_default_source_without_driver_says_what_to_give() -> None:
 @pytest.mark.parametrize("env", [{}, {"ZEST_PROMETHEUS_USER": "alice", "ZEST_PROMETHEUS_PASSWORD": "s3cret"}])
 def test_prometheus_down_is_exit_3_and_hides_credentials(env: dict[str, str]) -> None:
     url = f"http://bob:hunter2@127.0.0.1:{free_port()}" if not env else f"http://127.0.0.1:{free_port()}"
-    code = "from estimator.cli import main; main()"
+    code = "from estimator.cli.main import main; main()"
     args = ["estimate", "--job-id", "4242", "--source", f"prometheus={url}", "--duration-hours", "150"]
     result = subprocess.run(
         [sys.executable, "-c", code, *args],

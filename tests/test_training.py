@@ -16,11 +16,13 @@ import pandas.testing as pdt
 import pytest
 from click.testing import CliRunner
 
-from collectors.errors import SpecError
 from collectors.files import read_capture
-from estimator.cli_model import evaluate_command as evaluate_cli
-from estimator.cli_model import simulate, train
-from estimator.evaluation import (
+from estimator.cli.model import evaluate_command as evaluate_cli
+from estimator.cli.model import simulate, train
+from estimator.features.extract import FEATURES
+from estimator.model.regressor import MODEL_FEATURES, ZeRegressor, load_model
+from estimator.perfmodel.iteration import SpecError
+from estimator.training.evaluation import (
     CARD_BEGIN,
     CARD_END,
     METHODS,
@@ -33,11 +35,8 @@ from estimator.evaluation import (
     render_markdown,
     update_card,
 )
-from estimator.features import FEATURES
-from estimator.model import MODEL_FEATURES, ZeRegressor, load_model
-from estimator.training import (
+from estimator.training.rows import (
     DATA_FILE,
-    DEFAULT_DATA_DIR,
     ITERATION_SECONDS,
     STUDY,
     Z_PERCENT,
@@ -73,10 +72,6 @@ def subset(data: StudyData, studies: int) -> StudyData:
 
 
 # --- the data ----------------------------------------------------------------------------------------
-
-
-def test_default_data_dir_is_beside_the_repository() -> None:
-    assert DEFAULT_DATA_DIR.resolve() == DATA_DIR.resolve()
 
 
 def test_measured_data_has_108_studies_and_z_is_zero_at_each_best(data: StudyData) -> None:

@@ -7,10 +7,10 @@ configurations. Within a study, Z(c) = 100 · (1 − t_best / t_c) is what tunin
 from configuration c to the study's best measured configuration gained.
 
 The table has no telemetry, so each configuration's telemetry is *simulated*
-by :mod:`estimator.perfmodel` under the assumptions its calibration made
+by :mod:`estimator.perfmodel.iteration` under the assumptions its calibration made
 (A100 SXM4 80 GB, full recomputation, GPT-2 vocabulary padded for TP; see
 ``models/calibrate_perfmodel.py``) and turned into features by
-:mod:`estimator.features`. Features are simulated, labels measured.
+:mod:`estimator.features.extract`. Features are simulated, labels measured.
 """
 
 from __future__ import annotations
@@ -25,18 +25,18 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
-from zest_models import calibrate_perfmodel as calibration
 
 from collectors import schema
-from collectors.errors import CollectorError
-from estimator import features, perfmodel
-from estimator.features import FEATURES, job_features, summarize_gpus
-from estimator.model import MODEL_FEATURES, ZeRegressor
-from estimator.perfmodel import JobSpec, PerfConstants
+from collectors.errors import InputError
+from estimator.features import extract as features
+from estimator.features.extract import FEATURES, job_features, summarize_gpus
+from estimator.model.regressor import MODEL_FEATURES, ZeRegressor
+from estimator.perfmodel import calibration
+from estimator.perfmodel import iteration as perfmodel
+from estimator.perfmodel.iteration import JobSpec, PerfConstants
 
 __all__ = [
     "DATA_FILE",
-    "DEFAULT_DATA_DIR",
     "GROUP_KEYS",
     "STUDY",
     "Z_PERCENT",
@@ -60,9 +60,6 @@ TENSOR_PARALLEL: Final = "tensor parallelism"
 DATA_PARALLEL: Final = "data parallelism"
 PIPELINE_PARALLEL: Final = "pipeline parallelism"
 LAYOUT_COLUMNS: Final = (MICRO_BATCH, TENSOR_PARALLEL, DATA_PARALLEL, PIPELINE_PARALLEL)
-#: ``<repository>/../shared/data/vtrain``, where CI keeps the data beside the checkout.
-DEFAULT_DATA_DIR: Final = calibration.DEFAULT_DATA
-
 STUDY: Final = "study"  # integer id of a study (rows sharing GROUP_KEYS), in sorted key order
 Z_PERCENT: Final = "z_percent"  # measured Z(c) in % of training time
 ITERATION_SECONDS: Final = "iteration_seconds"
@@ -76,7 +73,7 @@ _START: Final = pd.Timestamp("2024-01-01T00:00:00Z")
 _RECIPE_VERSION: Final = 1
 
 
-class DataError(CollectorError):
+class DataError(InputError):
     """The measured data is missing or malformed; the message names the file and what to do."""
 
 
@@ -93,7 +90,7 @@ class StudyData:
         return int(self.frame[STUDY].nunique())
 
 
-def read_study_data(data_dir: str | Path = DEFAULT_DATA_DIR) -> StudyData:
+def read_study_data(data_dir: str | Path) -> StudyData:
     """Read the measured table from ``data_dir``; add study ids and the measured Z of each row.
 
     Raises :class:`DataError` when the file is missing, lacks a column, or
@@ -140,7 +137,7 @@ def job_specs(frame: pd.DataFrame) -> list[JobSpec]:
 def simulate_features(
     spec: JobSpec, constants: PerfConstants, *, job_id: str, minutes: float, seed: int
 ) -> pd.Series:
-    """The :data:`estimator.features.FEATURES` of ``minutes`` of 1 Hz telemetry simulated for ``spec``."""
+    """The features of ``minutes`` of 1 Hz telemetry simulated for ``spec``."""
     frame = perfmodel.simulate_telemetry(
         spec, constants, job_id=job_id, minutes=minutes, seed=seed, start=_START
     )
@@ -197,7 +194,7 @@ def training_rows(
         ignore = cache_file.parent / ".gitignore"
         if not ignore.exists():
             ignore.write_text(
-                "# rows simulated by estimator.training; rebuilt on demand\n*\n", encoding="utf-8"
+                "# rows simulated by estimator.training.rows; rebuilt on demand\n*\n", encoding="utf-8"
             )
         for stale in cache_file.parent.glob("training_rows_*.parquet"):
             stale.unlink()  # rows of older code or data: never read again
@@ -229,7 +226,7 @@ def artifact_metadata(
         "about": (
             "Z_e model of zest: Z, the share of training time a thorough tuning search saves, in % "
             "(0-100), with a low/mid/high interval, from a job's telemetry features. Features simulated "
-            "by estimator.perfmodel, labels measured (vTrain). Built by zest train."
+            "by estimator.perfmodel.iteration, labels measured (vTrain). Built by zest train."
         ),
         "zest_version": metadata.version("zest"),
         "model": {
@@ -251,7 +248,7 @@ def artifact_metadata(
             "studies": data.studies,
             "labels": "measured iteration times (A100, Megatron-DeepSpeed, 2-8 GPUs in one node)",
             "features": (
-                f"simulated: {minutes:g} min of 1 Hz telemetry per configuration from estimator.perfmodel "
+                f"simulated: {minutes:g} min of 1 Hz telemetry per configuration from the performance model "
                 f"({calibration.FITTED_GPU.key}, full recomputation, GPT-2 vocabulary padded for TP, as "
                 f"models/calibrate_perfmodel.py assumes), seeds {seed} + row number"
             ),

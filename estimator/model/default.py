@@ -11,12 +11,13 @@ from functools import cache
 
 import pandas as pd
 
-from estimator.breakeven import ZInterval
-from estimator.model import (
+from estimator.decision.breakeven import ZInterval
+from estimator.model.regressor import (
     LoadedModel,
     load_model_for_estimates,
     local_model_path,
     predict_z_intervals,
+    trained_model_path,
 )
 
 
@@ -39,13 +40,15 @@ def model_origin() -> str:
             f"the local model at {local_model_path()}: the shipped model corrected by this cluster's "
             "recorded tuning studies (zest train --with-outcomes)"
         )
+    if trained_model_path().is_file():
+        return f"the model trained with zest train at {trained_model_path()}"
     return "the shipped model: trained on simulated telemetry features and measured A100 tuning outcomes"
 
 
 def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) -> list[ZInterval]:
     """Z_e (% of training time, low/mid/high) of each row of ``features`` (columns: feature names).
 
-    One prediction call for all rows. Raises :class:`estimator.model.ModelError`
+    One prediction call for all rows. Raises :class:`estimator.model.regressor.ModelError`
     if the features lack one the model needs.
     """
     return predict_z_intervals((model if model is not None else default_model()).model, features)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from collectors.errors import ConfigError
-from estimator.algorithms import ALGORITHMS_BY_NAME, DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES
-from estimator.breakeven import Costs, InputError, Job
+from collectors.errors import ConfigError, InputError
+from estimator.decision.algorithms import ALGORITHMS_BY_NAME, DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES
+from estimator.decision.breakeven import Costs, Job
 
 #: Labels an override may match on.
 MATCH_LABELS: tuple[str, ...] = ("job_id", "namespace", "name")

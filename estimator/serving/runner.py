@@ -9,7 +9,7 @@ One code path, two sources of the GPU summary:
   per job.
 
 :class:`Runner` runs a cycle at an interval and publishes into an
-:class:`~estimator.exporter.ExporterState`; a failed cycle keeps the last
+:class:`~estimator.serving.collector.ExporterState`; a failed cycle keeps the last
 snapshot, marked stale, and the next one recovers by itself.
 """
 
@@ -25,15 +25,15 @@ from typing import Protocol
 
 import pandas as pd
 
-from collectors.errors import CollectorError, JobNotFound
+from collectors.errors import JobNotFound, ModelError, SchedulerError, TelemetryError
 from collectors.jobmap import GpuId, job_ids_on_node, resolve_job_gpus
 from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusSource
-from collectors.schema import GPU, JOB_ID, TIMESTAMP, SchemaError, conform, empty_frame
-from estimator.algorithms import CaptureShares
-from estimator.exporter import ExporterState, ZEstimator, estimate_jobs
-from estimator.features import summarize_gpus
-from estimator.serve_config import ServeConfig
+from collectors.schema import GPU, JOB_ID, TIMESTAMP, conform, empty_frame
+from estimator.decision.algorithms import CaptureShares
+from estimator.features.extract import summarize_gpus
+from estimator.serving.collector import ExporterState, ZEstimator, estimate_jobs
+from estimator.serving.config import ServeConfig
 
 
 class SummarySource(Protocol):
@@ -154,7 +154,7 @@ class Runner:
             snapshot = estimate_jobs(
                 summary, self.config, self.z_estimator, self.shares, taken_at_seconds=self.wall_clock()
             )
-        except (CollectorError, SchemaError) as exc:
+        except (TelemetryError, SchedulerError, ModelError) as exc:  # the source or the model, not a bug
             self.state.fail(failure_reason(exc), self.clock() - started, self.source.kind)
             self._after_cycle()
             return False

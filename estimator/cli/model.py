@@ -1,7 +1,7 @@
 """Commands of the Z_e model: ``zest simulate``, ``zest train`` and ``zest evaluate``.
 
 Thin: parse, call the stages, print. The project's errors (:class:`SpecError`,
-:class:`estimator.training.DataError`, :class:`estimator.model.ModelError`,
+:class:`estimator.training.rows.DataError`, :class:`estimator.model.regressor.ModelError`,
 :class:`CaptureWriteError`) propagate to the ``zest`` group, which maps them to
 exit codes. The group adds these commands with ``cli.add_command``.
 """
@@ -10,39 +10,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from importlib import resources
 from pathlib import Path
 from typing import Final
 
 import click
 import pandas as pd
 
-from collectors.errors import OutcomesError
+from collectors.errors import InputError, OutcomesError, OutputError
 from collectors.files import write_capture
-from collectors.outcomes import OutcomeStore
-from estimator import perfmodel
-from estimator.cli_outcomes import resolved_store, store_option
-from estimator.evaluation import (
+from collectors.studies.store import OutcomeStore
+from collectors.util import user_cache_dir
+from estimator.cli.options import capture_output_options, check_output
+from estimator.cli.outcomes import resolved_store, store_option
+from estimator.model.local import evaluate_local, fit_local_model, local_metadata, render_local_markdown
+from estimator.model.regressor import (
+    DEFAULT_ARTIFACT,
+    load_base_model,
+    load_default_model,
+    local_model_path,
+    save_model,
+    trained_model_path,
+)
+from estimator.perfmodel import iteration as perfmodel
+from estimator.perfmodel.iteration import JobSpec
+from estimator.training.evaluation import (
     capture_share_table,
     default_capture_shares,
     evaluate,
     render_markdown,
     update_card,
 )
-from estimator.local_model import evaluate_local, fit_local_model, local_metadata, render_local_markdown
-from estimator.model import (
-    DEFAULT_ARTIFACT,
-    ModelError,
-    load_default_model,
-    local_model_path,
-    save_model,
-)
-from estimator.options import capture_output_options, check_output
-from estimator.outcomes import curve_capture_shares, learning_curves, local_rows
-from estimator.perfmodel import JobSpec
-from estimator.training import (
+from estimator.training.outcomes import curve_capture_shares, learning_curves, local_rows
+from estimator.training.rows import (
     DATA_FILE,
-    DEFAULT_DATA_DIR,
     DEFAULT_MINUTES,
     DEFAULT_SEED,
     artifact_metadata,
@@ -51,9 +51,8 @@ from estimator.training import (
     training_rows,
 )
 
-#: Where the model lives: the ``zest_models`` package, i.e. ``models/`` of a checkout.
-MODELS_DIR: Final = Path(str(resources.files("zest_models")))
-CACHE_DIR_NAME: Final = ".cache"
+#: Where ``zest train`` caches its simulated rows by default; never inside the installed package.
+CACHE_DIR: Final = user_cache_dir() / "training-rows"
 #: A fixed default start keeps ``zest simulate`` deterministic for a seed.
 DEFAULT_START: Final = "2026-11-01T00:00:00"
 
@@ -62,17 +61,15 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option(
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        default=MODELS_DIR / CACHE_DIR_NAME,
-        show_default="models/.cache",
+        default=CACHE_DIR,
+        show_default="training-rows in the user's cache directory",
         help="Folder for the simulated training rows (rebuilt when the data, constants or code change).",
     )(command)
     return click.option(
         "--data",
         "data_dir",
         type=click.Path(file_okay=False, path_type=Path),
-        default=DEFAULT_DATA_DIR,
-        show_default="../shared/data/vtrain beside the repository",
-        help=f"Folder holding the measured vTrain table {DATA_FILE}.",
+        help=f"Folder holding the measured vTrain table {DATA_FILE} (in a checkout: ../shared/data/vtrain).",
     )(command)
 
 
@@ -129,9 +126,10 @@ def simulate(
 @click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=MODELS_DIR,
-    show_default="models/",
-    help=f"Folder to write {DEFAULT_ARTIFACT}.skops and {DEFAULT_ARTIFACT}.json to.",
+    default=None,
+    show_default="models in the user's data directory, which estimates then use",
+    help=f"Folder to write {DEFAULT_ARTIFACT}.skops and {DEFAULT_ARTIFACT}.json to (created if missing); "
+    "models/ of a checkout rebuilds the shipped model.",
 )
 @click.option(
     "--with-outcomes",
@@ -141,25 +139,45 @@ def simulate(
 )
 @store_option
 def train(
-    data_dir: Path, cache_dir: Path, output_dir: Path, with_outcomes: bool, store_path: Path | None
+    data_dir: Path | None,
+    cache_dir: Path,
+    output_dir: Path | None,
+    with_outcomes: bool,
+    store_path: Path | None,
 ) -> None:
-    """Train the default Z_e model on the measured data (deterministic) and write it with its metadata."""
+    """Train the Z_e model on the measured data (deterministic) and write it with its metadata."""
     if with_outcomes:
         _train_local(resolved_store(store_path))
         return
-    data = read_study_data(data_dir)
+    data = read_study_data(_required_data(data_dir))
+    output_dir = trained_model_path().parent if output_dir is None else output_dir
     rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
     model = fit_model(rows)
     shares = default_capture_shares(capture_share_table(data.frame))
     metadata = artifact_metadata(data, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
-    if not output_dir.is_dir():
-        raise ModelError(f"output folder {output_dir} does not exist: create it or pass --output-dir")
+    _make_folder(output_dir)
     model_path, json_path = save_model(model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata)
     click.echo(
         f"trained on {len(rows)} configurations of {data.studies} studies "
         f"(interval widened by {model.interval_adjustment_:.2f} pp for {100 * model.coverage:.0f} % coverage)"
     )
     click.echo(f"wrote {model_path} ({model_path.stat().st_size / 1024**2:.2f} MiB) and {json_path}")
+
+
+def _required_data(data_dir: Path | None) -> Path:
+    if data_dir is None:
+        raise click.UsageError(
+            f"--data DIR is required: the folder holding the measured vTrain table {DATA_FILE} "
+            "(in a checkout of zest: ../shared/data/vtrain)"
+        )
+    return data_dir
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder} ({exc.strerror}): pass another --output-dir") from None
 
 
 def _train_local(store_path: Path) -> None:
@@ -173,19 +191,14 @@ def _train_local(store_path: Path) -> None:
             f"{store_path} holds trials with telemetry in {have} studies; a local model needs 2 or more: "
             "record studies with zest record --source"
         )
-    shipped = load_default_model()
+    shipped = load_base_model()
     model = fit_local_model(shipped.model, rows)
     shipped_shares = shipped.metadata.get("capture_shares", {})
     from_curves = curve_capture_shares(learning_curves(studies, trials), shipped_shares)
     shares = from_curves if from_curves is not None else shipped_shares
     metadata = local_metadata(model, shipped.metadata, rows, studies, shares, store=str(store_path))
     path = local_model_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(
-            f"cannot create {path.parent} ({exc.strerror}): check the user data folder"
-        ) from None
+    _make_folder(path.parent)
     model_path, json_path = save_model(model, path, metadata)
     click.echo(
         f"corrected the shipped model with {len(rows)} trials of {have} local studies "
@@ -202,30 +215,34 @@ def _train_local(store_path: Path) -> None:
 @click.option(
     "--card",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=MODELS_DIR / "README.md",
-    show_default="models/README.md",
-    help="Model card whose evaluation section (between its markers) is rewritten.",
+    help="Model card whose evaluation section (between its markers) is rewritten (models/README.md of a "
+    "checkout); without it the evaluation is only printed.",
 )
 @store_option
-def evaluate_command(data_dir: Path, cache_dir: Path, card: Path, store_path: Path | None) -> None:
-    """Grouped cross-validation of the Z_e model against three baselines; update the model card."""
-    try:
-        text = card.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
-    data = read_study_data(data_dir)
+def evaluate_command(
+    data_dir: Path | None, cache_dir: Path, card: Path | None, store_path: Path | None
+) -> None:
+    """Grouped cross-validation of the Z_e model against three baselines; print it, update a model card."""
+    text = None
+    if card is not None:
+        try:
+            text = card.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
+    data = read_study_data(_required_data(data_dir))
     rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
     section = render_markdown(evaluate(data, rows))
-    try:
-        updated = update_card(text, section)
-    except ValueError as exc:
-        raise ModelError(f"{card}: {exc}; add them where the evaluation belongs") from None
-    try:
-        card.write_text(updated, encoding="utf-8")
-    except OSError as exc:
-        raise ModelError(f"cannot write model card {card} ({exc.strerror})") from None
     click.echo(section)
-    click.echo(f"\nupdated the evaluation section of {card}")
+    if card is not None and text is not None:
+        try:
+            updated = update_card(text, section)
+        except ValueError as exc:
+            raise InputError(f"{card}: {exc}; add them where the evaluation belongs") from None
+        try:
+            card.write_text(updated, encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write model card {card} ({exc.strerror})") from None
+        click.echo(f"\nupdated the evaluation section of {card}")
     # this cluster's results: printed, not written into the shipped model's card
     click.echo("\n" + local_outcomes_section(resolved_store(store_path)))
 

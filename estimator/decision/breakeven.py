@@ -17,12 +17,9 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from collectors.errors import InputError
+
 _Reuse = TypeVar("_Reuse", float, npt.NDArray[np.float64])
-
-
-class InputError(ValueError):
-    """A break-even input is outside its accepted range; the message names the input and the range."""
-
 
 # --- the formulas -----------------------------------------------------------
 

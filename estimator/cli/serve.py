@@ -4,7 +4,7 @@ The HTTP side follows the Prometheus exporters' conventions: ``/metrics`` on
 a listen address, TLS and basic auth switched on by a web configuration file
 in exporter-toolkit's format (``--web-config``; bcrypt password hashes) or TLS
 alone by ``--tls-cert``/``--tls-key``. Registered in the ``zest`` group by
-:mod:`estimator.cli`; ``python -m estimator.cli_serve`` runs it alone.
+:mod:`estimator.cli.main`; ``python -m estimator.cli.serve`` runs it alone.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from collectors.errors import ConfigError, SourceUnavailable
 from collectors.sources import NVML, PROMETHEUS_PREFIX
-from estimator.algorithms import capture_shares
-from estimator.estimate import default_model, z_intervals_for
-from estimator.exporter import ExporterState, ZestCollector
-from estimator.options import DurationType
-from estimator.serve import ClusterSummaries, NodeSummaries, Runner, SummarySource
-from estimator.serve_config import ServeConfig, load_config
+from collectors.util import one_line
+from estimator.cli.options import DurationType
+from estimator.decision.algorithms import capture_shares
+from estimator.model.default import default_model, z_intervals_for
+from estimator.serving.collector import ExporterState, ZestCollector
+from estimator.serving.config import ServeConfig, load_config
+from estimator.serving.runner import ClusterSummaries, NodeSummaries, Runner, SummarySource
 
 #: Outside 9100-9999, which the Prometheus wiki's default port allocations list as taken in full
 #: (dcgm-exporter 9400, jobstats 9445, nvidia_gpu_exporter 9835 among them).
@@ -78,7 +79,7 @@ def load_web_config(path: Path) -> WebConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read web config {path} ({exc.strerror}); check the path") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"web config {path} is not valid YAML ({_one_line(str(exc))})") from None
+        raise ConfigError(f"web config {path} is not valid YAML ({one_line(str(exc))})") from None
     if not isinstance(document, dict):
         raise ConfigError(f"web config {path} must be a mapping of tls_server_config, basic_auth_users")
     unknown = sorted(set(document) - {"tls_server_config", "basic_auth_users"})
@@ -118,10 +119,6 @@ def _require_bcrypt() -> None:
         import bcrypt  # noqa: F401
     except ImportError:
         raise ConfigError(f"basic_auth_users needs bcrypt: {WEB_CONFIG_EXTRA}") from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def with_basic_auth(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
@@ -389,18 +386,3 @@ def serve(
         signal.signal(signal.SIGTERM, previous)
         server.shutdown()
         server.server_close()
-
-
-if __name__ == "__main__":
-    import sys
-
-    from collectors.errors import CollectorError
-
-    try:
-        serve.main(standalone_mode=False, prog_name="zest serve")
-    except click.ClickException as exc:
-        click.echo(f"zest serve: error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except CollectorError as exc:
-        click.echo(f"zest serve: error: {exc}", err=True)
-        sys.exit(3)

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from collectors.errors import JobNotFound
-from collectors.outcomes import (
+from collectors.studies.store import (
     COMPLETE,
     OBJECTIVES,
     OutcomeStore,
@@ -30,7 +30,7 @@ from collectors.outcomes import (
     trial_telemetry,
     with_features,
 )
-from estimator.outcomes import history, telemetry_features
+from estimator.training.outcomes import history, telemetry_features
 
 __all__ = ["history_command", "record", "store_option"]
 

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from estimator.breakeven import Assessment, Decision, ZInterval
+from estimator.decision.breakeven import Assessment, Decision, ZInterval
 
 SCHEMA_VERSION = 1
 

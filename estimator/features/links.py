@@ -2,7 +2,7 @@
 
 Telemetry reports link traffic summed over both directions (PCIe TX + RX,
 NVLink TX + RX), so the peaks here are *bidirectional* bytes per second, as
-datasheets quote them. The SXM parts :mod:`estimator.gpuspecs` models take
+datasheets quote them. The SXM parts :mod:`collectors.gpuspecs` models take
 their figures from there (one copy of each figure); the PCIe and NVL cards
 are listed here with their sources:
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from estimator import gpuspecs
+from collectors import gpuspecs
 
 GB = gpuspecs.GB  # datasheets quote decimal gigabytes per second
 

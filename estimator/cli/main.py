@@ -1,8 +1,8 @@
 """The command line: ``zest`` and its ``estimate-z`` alias. Thin: parse, call the stages, print.
 
-Errors of the project's own classes are caught here, and only here, and become
-one line on stderr and the exit code of :data:`EXIT_CODES` (documented in the
-README).
+zest's errors (:class:`collectors.errors.ZestError`) are caught here, and only
+here, and become one line on stderr and the exit code each class carries
+(documented in the README).
 """
 
 from __future__ import annotations
@@ -21,26 +21,20 @@ import click
 from rich.console import Console
 
 from collectors.errors import (
-    CaptureWriteError,
-    ConfigError,
+    InputError,
     JobNotFound,
-    MalformedCapture,
-    OptunaMissing,
-    OutcomesError,
-    SlurmAccountingUnavailable,
     SlurmJobNotFound,
-    SlurmPermissionDenied,
     SlurmQueryError,
     SlurmUnavailable,
-    SourceQueryError,
-    SourceUnavailable,
-    SpecError,
-    StoreError,
+    ZestError,
 )
-from collectors.schema import SchemaError
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
 from collectors.sources import SOURCE_HELP, Telemetry, read_job
-from estimator.algorithms import (
+from estimator.cli.model import evaluate_command, simulate, train
+from estimator.cli.options import DurationType, capture_output_options, check_output
+from estimator.cli.outcomes import history_command, record
+from estimator.cli.serve import serve
+from estimator.decision.algorithms import (
     ALGORITHMS_BY_NAME,
     DEFAULT_ALGORITHMS,
     DEFAULT_CHOICES,
@@ -50,41 +44,10 @@ from estimator.algorithms import (
     candidates,
     capture_shares,
 )
-from estimator.breakeven import Costs, InputError, Job, ZInterval, decide
-from estimator.cli_model import evaluate_command, simulate, train
-from estimator.cli_outcomes import history_command, record
-from estimator.cli_serve import serve
-from estimator.estimate import default_model, model_origin, uses_local_model, z_interval_for
-from estimator.features import GPU_COUNT, Features, job_features, summarize_gpus
-from estimator.model import ModelError
-from estimator.options import DurationType, capture_output_options, check_output
-from estimator.report import render_table, to_document
-from estimator.training import DataError
-
-#: Exit codes, by the exception that leads to them (the first class that matches: subclasses first).
-#: 2 is also click's code for a bad option.
-EXIT_CODES: dict[type[Exception], int] = {
-    SlurmJobNotFound: 10,
-    SlurmAccountingUnavailable: 11,
-    SlurmUnavailable: 11,
-    SlurmQueryError: 12,
-    SlurmPermissionDenied: 13,
-    InputError: 2,
-    SpecError: 2,
-    ConfigError: 2,
-    SourceUnavailable: 3,
-    SourceQueryError: 4,
-    JobNotFound: 5,
-    MalformedCapture: 6,
-    SchemaError: 6,
-    CaptureWriteError: 7,
-    DataError: 2,
-    ModelError: 8,
-    OptunaMissing: 14,
-    OutcomesError: 15,
-    StoreError: 16,
-}
-
+from estimator.decision.breakeven import Costs, Job, ZInterval, decide
+from estimator.features.extract import GPU_COUNT, Features, job_features, summarize_gpus
+from estimator.model.default import default_model, model_origin, uses_local_model, z_interval_for
+from estimator.reports.table import render_table, to_document
 
 # --- option types -------------------------------------------------------------
 
@@ -321,7 +284,7 @@ def estimate(
     if any(a.r_break == float("inf") for a in decision.assessments):
         notes.append("an algorithm with Z = 0 never pays back: its R_break is null")
     if plot is not None:
-        from estimator.plot import plot_breakeven  # matplotlib only when asked for
+        from estimator.reports.chart import plot_breakeven  # matplotlib only when asked for
 
         plot_breakeven(decision, plot, title=f"job {job_id}" if job_id else None)
         notes.append(f"chart written to {plot}")
@@ -471,13 +434,9 @@ def _run(command: click.Command, prog: str, argv: Sequence[str] | None) -> NoRet
         _fail(prog, "aborted", 130)
     except click.ClickException as exc:  # bad options: one line, not click's usage block
         _fail(prog, exc.format_message(), exc.exit_code)
-    except tuple(EXIT_CODES) as exc:
-        _fail(prog, str(exc), _code_of(exc))
+    except ZestError as exc:  # by meaning: each class carries its documented exit code
+        _fail(prog, str(exc), exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-def _code_of(exc: Exception) -> int:
-    return next(code for kind, code in EXIT_CODES.items() if isinstance(exc, kind))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from estimator.breakeven import Candidate, ZInterval
+from estimator.decision.breakeven import Candidate, ZInterval
 
 
 @dataclass(frozen=True)

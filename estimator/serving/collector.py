@@ -32,10 +32,10 @@ from prometheus_client.registry import Collector
 
 from collectors import metrics as m
 from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, summary_column
-from estimator.algorithms import AlgorithmChoice, CaptureShares, candidates
-from estimator.breakeven import Decision, Verdict, ZInterval, decide
-from estimator.features import FEATURES, GPU_COUNT, features_frame
-from estimator.serve_config import BreakEven, ServeConfig
+from estimator.decision.algorithms import AlgorithmChoice, CaptureShares, candidates
+from estimator.decision.breakeven import Decision, Verdict, ZInterval, decide
+from estimator.features.extract import FEATURES, GPU_COUNT, features_frame
+from estimator.serving.config import BreakEven, ServeConfig
 
 SECONDS_PER_HOUR = 3600.0
 PERCENT_PER_RATIO = 100.0
@@ -100,7 +100,7 @@ def estimate_jobs(
 ) -> Snapshot:
     """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs).
 
-    ``shares``: each algorithm's share of Z_e (:func:`estimator.algorithms.capture_shares`).
+    ``shares``: each algorithm's share of Z_e (:func:`estimator.decision.algorithms.capture_shares`).
     Per-GPU means are kept when ``config.gpu_series`` is set.
     """
     if summary.empty:

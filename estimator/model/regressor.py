@@ -37,10 +37,10 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from collectors.errors import CollectorError
-from collectors.outcomes import user_data_dir
-from estimator.breakeven import ZInterval
-from estimator.features import (
+from collectors.errors import ModelError, OutputError
+from collectors.util import user_data_dir
+from estimator.decision.breakeven import ZInterval
+from estimator.features.extract import (
     COVERAGE_RATIO,
     FEATURES,
     HOST_COUNT,
@@ -86,7 +86,7 @@ DEFAULT_ARTIFACT: Final = "ze_model"
 #: Every type a model file may hold. Anything else makes :func:`load_model` refuse the file.
 TRUSTED_TYPES: Final = frozenset(
     {
-        "estimator.model.ZeRegressor",
+        "estimator.model.regressor.ZeRegressor",
         "sklearn._loss.link.IdentityLink",
         "sklearn._loss.link.Interval",
         "sklearn._loss.loss.HalfSquaredError",
@@ -98,14 +98,10 @@ TRUSTED_TYPES: Final = frozenset(
 )
 
 
-#: The local model of ``zest train --with-outcomes`` (:mod:`estimator.local_model`), in the user's data
+#: The local model of ``zest train --with-outcomes`` (:mod:`estimator.model.local`), in the user's data
 #: directory: it may hold the shipped types and its own class.
 LOCAL_ARTIFACT: Final = "ze_model_local"
-LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {"estimator.local_model.LocalZeRegressor"}
-
-
-class ModelError(CollectorError):
-    """A model file is missing, unreadable or holds types zest does not trust; the message says what to do."""
+LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {"estimator.model.local.LocalZeRegressor"}
 
 
 class ZeRegressor(RegressorMixin, BaseEstimator):
@@ -294,7 +290,7 @@ def save_model(model: ZeRegressor, path: Path, metadata: Mapping[str, Any]) -> t
         path.write_bytes(_canonical(buffer.getvalue()))
         json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise ModelError(f"cannot write model to {path.parent} ({exc.strerror}): check the folder") from None
+        raise OutputError(f"cannot write model to {path.parent} ({exc.strerror}): check the folder") from None
     return path, json_path
 
 
@@ -364,13 +360,26 @@ def load_default_model() -> LoadedModel:
         return LoadedModel(load_model(model_path), load_metadata(meta))
 
 
+def trained_model_path() -> Path:
+    """Where ``zest train`` writes by default: the user's data directory, never the installed package."""
+    return user_data_dir() / "models" / f"{DEFAULT_ARTIFACT}.skops"
+
+
+def load_base_model() -> LoadedModel:
+    """The model a user trained (``zest train``, default folder) when there is one, else the shipped one."""
+    path = trained_model_path()
+    if not path.is_file():
+        return load_default_model()
+    return LoadedModel(load_model(path), load_metadata(path.with_suffix(".json")))
+
+
 def local_model_path() -> Path:
     """Where ``zest train --with-outcomes`` writes the local model: the user's data directory."""
     return user_data_dir() / "models" / f"{LOCAL_ARTIFACT}.skops"
 
 
 def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
-    """The local model (``zest train --with-outcomes``) when there is one, else the shipped model.
+    """The local model (``zest train --with-outcomes``) when there is one, else :func:`load_base_model`.
 
     ``local_path``: default :func:`local_model_path`. A local model that is
     there but cannot be loaded raises :class:`ModelError` rather than being
@@ -378,7 +387,7 @@ def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
     """
     path = local_model_path() if local_path is None else local_path
     if not path.is_file():
-        return load_default_model()
+        return load_base_model()
     return LoadedModel(
         load_model(path, trusted=LOCAL_TRUSTED_TYPES), load_metadata(path.with_suffix(".json"))
     )

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from estimator.breakeven import Decision, implementation_hours, total_speedup_hours
+from estimator.decision.breakeven import Decision, implementation_hours, total_speedup_hours
 
 _LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0}
 

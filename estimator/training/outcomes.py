@@ -1,12 +1,12 @@
 """What recorded tuning studies say: measured Z per trial, learning curves, capture shares, paid-off checks.
 
-Pure: the frames of :class:`collectors.outcomes.OutcomeStore` in, DataFrames
+Pure: the frames of :class:`collectors.studies.store.OutcomeStore` in, DataFrames
 and dicts out. Within a study, trial c's measured improvement is
 Z(c) = 100 · (1 − t_best / t_c) for a time objective and
 100 · (1 − v_c / v_best) for a throughput (so for an improvement rate k over
 the default, Z = 100 · (1 − 1/k)). The study's first finished trial is the
 job's default; the study's measured Z is Z(default). The break-even check
-looking back uses :mod:`estimator.breakeven`'s formulas.
+looking back uses :mod:`estimator.decision.breakeven`'s formulas.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from estimator.algorithms import ALGORITHMS_BY_NAME
-from estimator.breakeven import exploration_hours, r_explore, total_speedup_hours
-from estimator.features import FEATURES, job_features, summarize_gpus
-from estimator.training import STUDY, Z_PERCENT
+from estimator.decision.algorithms import ALGORITHMS_BY_NAME
+from estimator.decision.breakeven import exploration_hours, r_explore, total_speedup_hours
+from estimator.features.extract import FEATURES, job_features, summarize_gpus
+from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = [
     "MIN_CURVE_STUDIES",

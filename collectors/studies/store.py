@@ -29,11 +29,11 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
-import platformdirs
 
 from collectors.errors import JobNotFound, OptunaMissing, OutcomesError, SourceUnavailable, StoreError
 from collectors.files import read_capture
 from collectors.sources import PROMETHEUS_PREFIX, Telemetry, read_job
+from collectors.util import one_line, user_data_dir
 
 __all__ = [
     "COMPLETE",
@@ -182,7 +182,7 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
         # ValueError: a malformed URL; RuntimeError: a schema from another Optuna version; ImportError:
         # the URL's database driver is not installed.
         raise OutcomesError(
-            f"cannot read {display_url(storage)} ({_one_line(exc)}); check the URL, or run "
+            f"cannot read {display_url(storage)} ({one_line(exc)}); check the URL, or run "
             f"optuna storage upgrade --storage URL for an older study"
         ) from None
     if len(directions) != 1:
@@ -223,10 +223,6 @@ def _study_names(optuna: Any, storage: str) -> list[str]:
         return sorted(str(n) for n in optuna.get_all_study_names(storage=storage))
     except (ValueError, RuntimeError, optuna.exceptions.StorageInternalError):
         return []
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def find_zenithtune_studies(directory: Path) -> list[tuple[str, str]]:
@@ -299,11 +295,6 @@ def trial_telemetry(source: str, study: str, trial: TrialRecord, *, job_id: str 
 
 
 # --- the store --------------------------------------------------------------------
-
-
-def user_data_dir() -> Path:
-    """zest's folder in the user's data directory (``platformdirs``; XDG_DATA_HOME on Linux)."""
-    return Path(platformdirs.user_data_dir("zest", appauthor=False))
 
 
 def default_store_path() -> Path:
@@ -388,7 +379,12 @@ class RecordResult:
         )
 
 
-def _iso(moment: datetime | None) -> str | None:
+def _stored(moment: datetime | None) -> str | None:
+    """A moment in the store's text form (schema 1: ``isoformat`` in UTC, ``+00:00``, as recorded so far).
+
+    Not :func:`collectors.util.iso_utc`: a study's identity is (name, started_at) as text, so the
+    form must stay that of the rows already recorded.
+    """
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
@@ -449,7 +445,7 @@ class OutcomeStore:
         stored ones; ``reused_by`` adds job ids of later runs with the tuned
         configuration.
         """
-        started = _iso(study.started_at)
+        started = _stored(study.started_at)
         if started is None:
             raise OutcomesError(
                 f"study {study.name!r} has no finished trial with a start time: nothing to record"
@@ -579,8 +575,8 @@ def _trial_row(study_id: int, trial: TrialRecord) -> tuple[Any, ...]:
         trial.number,
         trial.state,
         trial.value,
-        _iso(trial.started_at),
-        _iso(trial.completed_at),
+        _stored(trial.started_at),
+        _stored(trial.completed_at),
         json.dumps(dict(trial.params), sort_keys=True),
         trial.job_id,
         features,

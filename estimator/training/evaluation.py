@@ -2,7 +2,7 @@
 
 Pure: DataFrames in, DataFrames and dataclasses out. :func:`evaluate` runs
 cross-validation grouped by study (a study never straddles train and test) on
-the training rows of :mod:`estimator.training` and scores zest beside three
+the training rows of :mod:`estimator.training.rows` and scores zest beside three
 baselines: the training mean, the rule Z = 100 · (1 − mean SM active), and the
 performance model's own Z. :func:`capture_share_table` measures, on the same
 studies, the share of the exhaustive search's gain that random search with N
@@ -21,14 +21,14 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.stats import rankdata
 from sklearn.model_selection import GroupKFold
-from zest_models import calibrate_perfmodel as calibration
 
-from estimator import perfmodel
-from estimator.algorithms import ALGORITHMS_BY_NAME, DEFAULT_TRIAL_MINUTES
-from estimator.breakeven import Candidate, Costs, Job, Verdict, ZInterval, assess
-from estimator.features import ratio_feature
-from estimator.model import MODEL_FEATURES, Z_MAX_PERCENT, ZeRegressor
-from estimator.training import (
+from estimator.decision.algorithms import ALGORITHMS_BY_NAME, DEFAULT_TRIAL_MINUTES
+from estimator.decision.breakeven import Candidate, Costs, Job, Verdict, ZInterval, assess
+from estimator.features.extract import ratio_feature
+from estimator.model.regressor import MODEL_FEATURES, Z_MAX_PERCENT, ZeRegressor
+from estimator.perfmodel import calibration
+from estimator.perfmodel import iteration as perfmodel
+from estimator.training.rows import (
     ITERATION_SECONDS,
     MICRO_BATCH,
     PIPELINE_PARALLEL,
@@ -102,7 +102,7 @@ def cross_validated_predictions(
 ) -> pd.DataFrame:
     """Held-out predictions of every method for every row, by :class:`GroupKFold` over studies.
 
-    ``rows``: :func:`estimator.training.training_rows`; ``perfmodel_z``: the
+    ``rows``: :func:`estimator.training.rows.training_rows`; ``perfmodel_z``: the
     performance model's Z per row (same order). Returns STUDY, Z_PERCENT,
     ``zest_low``, one column per method of :data:`METHODS` and ``zest_high``.
     """
@@ -260,7 +260,7 @@ def capture_share_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Share of exhaustive search's gain that each algorithm captures, per study.
 
     ``frame``: the measured table with STUDY and ITERATION_SECONDS (as
-    :func:`estimator.training.read_study_data` gives it). Every configuration
+    :func:`estimator.training.rows.read_study_data` gives it). Every configuration
     of a study is taken in turn as the starting point c; an algorithm's gain
     from c is 1 − min(t_c, t_found)/t_c, and its share in a study is the sum
     of its gains over the sum of exhaustive search's (Σ Z(c)). Random search
@@ -295,7 +295,7 @@ def capture_share_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def default_capture_shares(shares: pd.DataFrame) -> dict[str, Any]:
-    """Measured shares of the default algorithms of :mod:`estimator.algorithms`, with how each is derived.
+    """Measured capture shares of the default algorithms and how each is derived.
 
     heuristic: the named heuristic's mean share over studies; black-box:
     random search at the defaults' trial ratio N_black-box / N_exhaustive

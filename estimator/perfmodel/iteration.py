@@ -45,9 +45,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from collectors import schema
-from collectors.errors import SpecError
-from estimator import gpuspecs
+from collectors import gpuspecs, schema
+from collectors.errors import InputError
 
 __all__ = [
     "RECOMPUTE_MODES",
@@ -65,6 +64,11 @@ __all__ = [
     "simulate_telemetry",
     "tokens_per_second",
 ]
+
+
+class SpecError(InputError):
+    """A job spec for ``zest simulate`` is invalid or cannot run; the message names the field and why."""
+
 
 # The canonical signal names, in the schema's order (never retyped here).
 (
@@ -138,7 +142,7 @@ GIB = 1024**3
 class JobSpec:
     """A training job: model shape, batch and parallel layout, on ``num_gpus`` GPUs of type ``gpu``.
 
-    ``gpu`` is a key of :mod:`estimator.gpuspecs` ("a100-80gb") or an NVML name;
+    ``gpu`` is a key of :mod:`collectors.gpuspecs` ("a100-80gb") or an NVML name;
     it is stored as the key. Construction checks the layout (products and
     divisibility); :meth:`from_json` also refuses jobs that do not fit in memory.
     """

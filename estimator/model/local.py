@@ -1,6 +1,6 @@
 """A local Z_e model: the shipped model's predictions corrected by the cluster's own tuning outcomes.
 
-:class:`LocalZeRegressor` keeps the shipped :class:`~estimator.model.ZeRegressor`
+:class:`LocalZeRegressor` keeps the shipped :class:`~estimator.model.regressor.ZeRegressor`
 as it is and learns, from the local rows alone (``zest record``), a
 correction on top of its predictions, so it trains where the shipped model's
 training data is not at hand:
@@ -30,8 +30,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from estimator.model import Z_MAX_PERCENT, ZeRegressor
-from estimator.training import STUDY, Z_PERCENT
+from estimator.model.regressor import Z_MAX_PERCENT, ZeRegressor
+from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = ["LocalZeRegressor", "evaluate_local", "fit_local_model", "local_metadata", "render_local_markdown"]
 

@@ -49,7 +49,7 @@ from collectors.schema import (
     conform_summary,
     summary_column,
 )
-from estimator.hardware import link_peaks
+from estimator.features.links import link_peaks
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -349,7 +349,7 @@ def _check_summary(summary: pd.DataFrame) -> None:
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise SchemaError(
-            f"GPU summary lacks column(s) {shown}: build it with estimator.features.summarize_gpus "
+            f"GPU summary lacks column(s) {shown}: build it with estimator.features.extract.summarize_gpus "
             "or collectors.schema.conform_summary"
         )
     for column in (WINDOW_START, WINDOW_END):

@@ -1,0 +1,1 @@
+"""Tuning studies (Optuna, ZenithTune) and the SQLite store of their outcomes."""

@@ -1,0 +1,43 @@
+"""Small helpers every stage shares, each written once: one-line texts, ISO times, host names, folders."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import platformdirs
+
+#: Longest text of another program's answer quoted in one of zest's one-line errors.
+QUOTED_CHARS = 300
+
+
+def one_line(text: object, limit: int | None = QUOTED_CHARS) -> str:
+    """``text`` (or an exception's message) on one line, whitespace collapsed, cut to ``limit`` chars."""
+    flat = " ".join(str(text).split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[: limit - 1] + "…"
+
+
+def iso_utc(moment: datetime | float, timespec: str = "seconds") -> str:
+    """A moment (aware datetime or Unix seconds) as ISO 8601 in UTC: ``2026-11-24T08:00:01Z``.
+
+    ``timespec`` as :meth:`datetime.isoformat` takes it (``microseconds`` to keep all of it).
+    """
+    when = datetime.fromtimestamp(moment, UTC) if isinstance(moment, int | float) else moment.astimezone(UTC)
+    return when.isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def short_host(host: str) -> str:
+    """A host name without its domain (``node01.cluster.example`` → ``node01``), as schedulers name nodes."""
+    return host.split(".", 1)[0]
+
+
+def user_data_dir() -> Path:
+    """zest's folder in the user's data directory (``platformdirs``; XDG_DATA_HOME on Linux)."""
+    return Path(platformdirs.user_data_dir("zest", appauthor=False))
+
+
+def user_cache_dir() -> Path:
+    """zest's folder in the user's cache directory (``platformdirs``; XDG_CACHE_HOME on Linux)."""
+    return Path(platformdirs.user_cache_dir("zest", appauthor=False))

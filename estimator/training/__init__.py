@@ -1,0 +1,1 @@
+"""Training and evaluation of the Z_e model: measured rows, grouped evaluation, recorded studies."""
