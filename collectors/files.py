@@ -22,6 +22,7 @@ written. Every such assumption is returned in :attr:`Capture.notes`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import json
@@ -177,9 +178,13 @@ def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ())
         pq.write_table(table.replace_schema_metadata(schema_metadata), partial, compression="zstd")
         os.replace(partial, path)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # no folder, or not one: there is no partial file to remove
+            partial.unlink(missing_ok=True)
+        # pyarrow's message names the partial file; the reason of the errno names what the user can fix
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CaptureWriteError(
-            f"{path}: cannot write capture ({exc}): check the directory and space"
+            f"{path}: cannot write capture ({reason}): check that its folder exists and is writable, "
+            "and the disk has space"
         ) from None
 
 

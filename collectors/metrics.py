@@ -2,7 +2,8 @@
 
 The one place that names dcgm-exporter's and the jobstats exporter's series
 and their labels; the Prometheus source and the capture-file parsers both
-read from here. Facts from ``shared/reference/telemetry.md``.
+read from here. Facts from ``shared/reference/telemetry.md``. The series zest
+exports itself are named in :mod:`estimator.serving.metrics`.
 """
 
 from __future__ import annotations
@@ -140,52 +141,3 @@ NVIDIA_SMI_TIMESTAMP = "timestamp"  # local time of the node, no zone: "2026/11/
 NVIDIA_SMI_TIMESTAMP_FORMATS = ("%Y/%m/%d %H:%M:%S.%f", "%Y/%m/%d %H:%M:%S")
 NVIDIA_SMI_GPU_FIELDS = ("index", "uuid")  # first present names the GPU
 NVIDIA_SMI_MODEL = "name"
-
-
-# --- zest's own exporter (``zest serve``) ---------------------------------------------------------
-# One prefix, base units (ratios 0-1, seconds, bytes), counters ending in _total. GPU time is
-# in GPU-seconds (seconds of one GPU), the base unit of GPU-hours: divide by 3600 for GPU-hours.
-
-ZEST_PREFIX = "zest_"
-#: Label of every per-job series: the job id as the source names it (not ``job``, which the
-#: scrape configuration sets to the scrape job's name).
-ZEST_JOB_LABEL = "job_id"
-ZEST_ALGORITHM_LABEL = "algorithm"
-ZEST_BOUND_LABEL = "bound"  # low, mid, high of the Z_e interval
-ZEST_VERDICT_LABEL = "verdict"
-ZEST_SOURCE_LABEL = "source"
-ZEST_REASON_LABEL = "reason"
-ZEST_HOST_LABEL = "host"
-ZEST_GPU_LABEL = "gpu"
-ZEST_GPU_MODEL_LABEL = "gpu_model"
-
-ZEST_BUILD_INFO = "zest_build_info"
-ZEST_CYCLE_DURATION = "zest_cycle_duration_seconds"
-ZEST_CYCLES = "zest_cycles_total"
-ZEST_SOURCE_ERRORS = "zest_source_errors_total"
-ZEST_LAST_SUCCESS = "zest_last_success_timestamp_seconds"
-ZEST_STALE = "zest_estimates_stale"
-ZEST_RUNNING_JOBS = "zest_running_jobs"
-
-ZEST_Z_EXPECTED = "zest_job_z_expected_ratio"
-ZEST_Z_COVERAGE = "zest_z_interval_coverage_ratio"  # of the model, not per job
-ZEST_DURATION = "zest_job_duration_seconds"  # T, the job's training duration the break-even assumes
-ZEST_REUSE = "zest_job_reuse_runs"  # R
-ZEST_BREAKEVEN_GPUS = "zest_job_breakeven_gpus"  # G the break-even uses (the GPUs seen, or the config's)
-ZEST_Z_BREAK = "zest_job_z_break_ratio"
-ZEST_R_BREAK = "zest_job_r_break_runs"
-ZEST_EXPLORATION = "zest_job_exploration_gpu_seconds"
-ZEST_NET_SAVING = "zest_job_net_saving_gpu_seconds"
-ZEST_VERDICT = "zest_job_verdict"
-ZEST_RECOMMENDED = "zest_job_recommended"
-ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"  # G · T · R: the GPU time tuning acts on
-
-
-def zest_feature_metric(feature: str) -> str:
-    """The per-job series of a feature of the features module (its name carries its unit)."""
-    return f"zest_job_{feature}"
-
-
-def zest_gpu_metric(signal: str) -> str:
-    """The per-GPU series of a canonical signal's window mean (the signal's name carries its unit)."""
-    return f"zest_gpu_{signal}"

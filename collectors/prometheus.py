@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -61,10 +60,6 @@ from collectors.schema import (
 )
 from collectors.util import iso_utc, one_line
 
-USER_ENV = "ZEST_PROMETHEUS_USER"
-PASSWORD_ENV = "ZEST_PROMETHEUS_PASSWORD"
-TOKEN_ENV = "ZEST_PROMETHEUS_TOKEN"
-
 DEFAULT_LOOKBACK_SECONDS = 30 * 24 * 3600.0
 # Prometheus' default --query.lookback-delta: a sample stays visible this long, so a
 # subquery at this step sees every sample at least once.
@@ -79,6 +74,29 @@ _MEM_TOTAL = canonical_signal("mem_total_bytes")
 _NVLINK = canonical_signal("nvlink_bytes_per_second")
 _QUANTILES: Mapping[str, float] = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
 assert set(_QUANTILES) | {"mean", "min", "max"} == set(STATISTICS)
+
+
+@dataclass(frozen=True)
+class PrometheusAuth:
+    """Credentials for a Prometheus: basic auth (``user`` and ``password``, both or neither) or a bearer
+    ``token``. Their repr shows neither the password nor the token."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.user is None) != (self.password is None):
+            missing = "password" if self.password is None else "user"
+            raise SourceUnavailable(
+                f"Prometheus basic auth needs a user and a password, but the {missing} is missing; "
+                "give both or neither"
+            )
+
+    @property
+    def basic(self) -> tuple[str, str] | None:
+        """(user, password) for basic auth; None when there is none."""
+        return None if self.user is None or self.password is None else (self.user, self.password)
 
 
 @dataclass(frozen=True)
@@ -404,10 +422,10 @@ class PrometheusSource:
     """A Prometheus server holding dcgm-exporter or jobstats-exporter series.
 
     ``url`` is the server's base URL (``http://host:9090``, a path prefix allowed).
-    Basic-auth credentials in it (``http://user:pass@host:9090``) or in
-    ``ZEST_PROMETHEUS_USER``/``ZEST_PROMETHEUS_PASSWORD`` are sent with every request,
-    else a bearer token from ``ZEST_PROMETHEUS_TOKEN``; none of them is ever shown:
-    after construction ``url`` holds the address without credentials.
+    Basic-auth credentials in it (``http://user:pass@host:9090``), else those of
+    ``auth``, are sent with every request, else ``auth``'s bearer token; none of
+    them is ever shown: after construction ``url`` holds the address without
+    credentials.
     ``timeout_seconds`` bounds each request; ``step_seconds`` is the subquery
     resolution (the exporter's scrape interval, 30 s by default in dcgm-exporter);
     ``lookback_seconds`` is how far back a job is looked for when no window is given;
@@ -420,6 +438,7 @@ class PrometheusSource:
     step_seconds: float = 30.0
     lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS
     max_concurrent_queries: int = 4
+    auth: PrometheusAuth | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -431,16 +450,13 @@ class PrometheusSource:
             )
         self._auth: tuple[str, str] | None = None
         self._headers: dict[str, str] = {}
-        user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-        token = os.environ.get(TOKEN_ENV)
+        auth = self.auth or PrometheusAuth()
         if parts.username is not None:
             self._auth = (unquote(parts.username), unquote(parts.password or ""))
-        elif user is not None or password is not None:
-            if user is None or password is None:
-                raise SourceUnavailable(f"set both {USER_ENV} and {PASSWORD_ENV} for basic auth, or neither")
-            self._auth = (user, password)
-        elif token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        elif auth.basic is not None:
+            self._auth = auth.basic
+        elif auth.token:
+            self._headers["Authorization"] = f"Bearer {auth.token}"
         if self.session is None:
             self.session = requests.Session()
 
@@ -967,7 +983,7 @@ class PrometheusSource:
         if response.status_code >= 400 or body.get("status") != "success":
             detail = one_line(f"{body.get('errorType', 'error')}: {body.get('error', 'no error text')}")
             hint = (
-                f"; check {USER_ENV}/{PASSWORD_ENV} or {TOKEN_ENV}"
+                "; check the credentials given for it (basic-auth user and password, or bearer token)"
                 if response.status_code in (401, 403)
                 else ""
             )

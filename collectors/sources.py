@@ -9,25 +9,26 @@ per-GPU summary of :mod:`collectors.schema`.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from collectors.errors import JobNotFound, SourceUnavailable
 from collectors.util import short_host
+
+if TYPE_CHECKING:  # pandas loads with the first telemetry read, not with the command line
+    import pandas as pd
+
+    from collectors.prometheus import PrometheusAuth
 
 NVML = "nvml"
 EXAMPLE = "example"
 PROMETHEUS_PREFIX = "prometheus="
 SOURCE_HELP = "nvml, prometheus=URL, example (the bundled captures) or the path of a capture file"
-#: dcgm-exporter's job-mapping directory, where a site sets one (no standard path exists).
-HPC_JOB_DIR_ENV = "DCGM_HPC_JOB_MAPPING_DIR"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ def read_job(
     end: datetime | None = None,
     raw: bool = False,
     placement: Mapping[str, Sequence[int]] | None = None,
+    prometheus_auth: PrometheusAuth | None = None,
+    hpc_job_dir: Path | None = None,
     nvml_factory: Callable[[], object] | None = None,
 ) -> Telemetry:
     """Read ``job_id``'s telemetry from ``source`` (None: NVML where a driver is present).
@@ -70,17 +73,24 @@ def read_job(
     rather than summaries (for ``zest capture``). ``placement``: the job's
     nodes and GPU indices on each, known from the scheduler: NVML samples the
     job's GPUs on this node without job mapping, and a capture is narrowed to
-    them.
+    them. ``prometheus_auth``: credentials for a Prometheus. ``hpc_job_dir``:
+    dcgm-exporter's job mapping directory, where NVML looks for the job's GPUs
+    (None: not looked at).
     """
     if source is None or source == NVML:
         local = None if placement is None else placement.get(short_host(socket.gethostname()))
         return _read_nvml(
-            job_id, window_seconds, interval_seconds, nvml_factory, local, explicit=source is not None
+            job_id,
+            window_seconds,
+            interval_seconds,
+            nvml_factory,
+            local,
+            explicit=source is not None,
+            hpc_job_dir=hpc_job_dir,
         )
     if source.startswith(PROMETHEUS_PREFIX):
-        return _read_prometheus(
-            source.removeprefix(PROMETHEUS_PREFIX), job_id, window_seconds, end, raw, placement
-        )
+        url = source.removeprefix(PROMETHEUS_PREFIX)
+        return _read_prometheus(url, job_id, window_seconds, end, raw, placement, prometheus_auth)
     if source == EXAMPLE:
         path = example_dir() / f"{job_id}.parquet"
         if not path.is_file():
@@ -100,6 +110,8 @@ def _read_file(
     *,
     name: str,
 ) -> Telemetry:
+    import pandas as pd
+
     from collectors.files import read_capture
 
     if path.is_dir():
@@ -130,6 +142,8 @@ def _placed(placement: Mapping[str, Sequence[int]]) -> str:
 def _on_placement(frame: pd.DataFrame, placement: Mapping[str, Sequence[int]]) -> pd.DataFrame:
     """The rows of ``frame`` on the job's nodes and GPUs; a file that names no host is taken as the job's node
     when the job has one."""
+    import pandas as pd
+
     hosts = frame["host"].fillna("").map(short_host)
     keep = pd.Series(False, index=frame.index)
     for node, indices in placement.items():
@@ -147,6 +161,7 @@ def _read_nvml(
     gpu_indices: Sequence[int | str] | None,
     *,
     explicit: bool,
+    hpc_job_dir: Path | None,
 ) -> Telemetry:
     from collectors.jobmap import resolve_job_gpus
     from collectors.nvml import NvmlSource
@@ -160,11 +175,10 @@ def _read_nvml(
     if gpu_indices is not None:
         indices, notes = tuple(gpu_indices), [f"job {job_id} on GPU(s) {_listed(gpu_indices)} of this host"]
     else:
-        mapping_dir = os.environ.get(HPC_JOB_DIR_ENV)
         gpus = resolve_job_gpus(
             job_id,
             gpu_pids=nvml.gpu_pids(),
-            hpc_job_dir=Path(mapping_dir) if mapping_dir else None,
+            hpc_job_dir=hpc_job_dir,
             gpu_uuids={d.uuid: d.index for d in nvml.devices()},
         )
         indices = gpus.gpu_indices
@@ -187,6 +201,7 @@ def _read_prometheus(
     end: datetime | None,
     raw: bool,
     placement: Mapping[str, Sequence[int]] | None,
+    auth: PrometheusAuth | None,
 ) -> Telemetry:
     from collectors.prometheus import PrometheusSource
 
@@ -194,7 +209,7 @@ def _read_prometheus(
         raise SourceUnavailable(
             "--source prometheus=URL needs the URL of a Prometheus, e.g. prometheus=http://host:9090"
         )
-    prom = PrometheusSource(url)
+    prom = PrometheusSource(url, auth=auth)
     stop = end or datetime.now(UTC)
     start = None if window_seconds is None else stop - timedelta(seconds=window_seconds)
     if raw:

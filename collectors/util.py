@@ -7,6 +7,8 @@ from pathlib import Path
 
 import platformdirs
 
+#: zest's distribution name on PyPI (``pip install zest-gpu``); the import packages and commands keep theirs.
+DISTRIBUTION = "zest-gpu"
 #: Longest text of another program's answer quoted in one of zest's one-line errors.
 QUOTED_CHARS = 300
 
@@ -31,6 +33,16 @@ def iso_utc(moment: datetime | float, timespec: str = "seconds") -> str:
 def short_host(host: str) -> str:
     """A host name without its domain (``node01.cluster.example`` → ``node01``), as schedulers name nodes."""
     return host.split(".", 1)[0]
+
+
+def zest_version() -> str:
+    """The installed zest's version, or ``unknown`` when run from a tree that was never installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def user_data_dir() -> Path:

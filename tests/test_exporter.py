@@ -7,6 +7,8 @@ bundled captures) or fake only at their boundary (the NVML driver, /proc).
 from __future__ import annotations
 
 import base64
+import errno
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -22,18 +24,29 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from promserver import Dataset, prometheus_dataset, require_binaries  # noqa: F401  (a fixture)
 
-from collectors.errors import ConfigError, SourceQueryError, SourceUnavailable
+from collectors.errors import ConfigError, InputError, PortInUse, SourceQueryError, SourceUnavailable
 from collectors.nvml import NvmlSource
-from collectors.prometheus import PrometheusSource
+from collectors.prometheus import PrometheusAuth, PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
-from estimator.cli.serve import RenderedMetrics, WebConfig, build_server, load_web_config, parse_listen
+from estimator.cli import serve as serve_module
+from estimator.cli.main import main
+from estimator.cli.serve import (
+    HPC_JOB_MAPPING_DIR_ENV,
+    RenderedMetrics,
+    WebConfig,
+    build_server,
+    load_web_config,
+    make_source,
+    parse_listen,
+    serve,
+)
 from estimator.decision.algorithms import capture_shares
 from estimator.features.extract import features_frame, summarize_gpus
 from estimator.model.default import default_model, z_interval_for, z_intervals_for
 from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
 from estimator.serving.config import ServeConfig, load_config, parse_config
-from estimator.serving.runner import NodeSummaries, Runner, failure_reason
+from estimator.serving.runner import ClusterSummaries, NodeSummaries, Runner, failure_reason
 
 EXAMPLE_TOML = Path(__file__).parent.parent / "grafana" / "zest.example.toml"
 
@@ -414,6 +427,71 @@ def test_bad_web_config(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_web_config(path)
+
+
+def test_a_port_in_use_is_port_in_use(served_state: tuple) -> None:
+    _, registry = served_state
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUse, match=rf"127\.0\.0\.1:{port}: the port is in use.*--listen") as caught:
+            build_server(("127.0.0.1", port), registry, WebConfig())
+    assert caught.value.exit_code == 9
+    assert "\n" not in str(caught.value)
+
+
+def test_a_port_without_permission_is_port_in_use(
+    served_state: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Binding a port below 1024 needs privileges (the tests may run as root, so the refusal is faked)."""
+    _, registry = served_state
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(serve_module, "make_server", refuse)
+    with pytest.raises(PortInUse, match=r"0\.0\.0\.0:80: no permission.*--listen"):
+        build_server(("0.0.0.0", 80), registry, WebConfig())
+
+
+def test_an_address_not_of_this_host_is_bad_input(
+    served_state: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, registry = served_state
+
+    def refuse(*args: object, **kwargs: object) -> None:  # Linux's answer unless ip_nonlocal_bind is set
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    monkeypatch.setattr(serve_module, "make_server", refuse)
+    with pytest.raises(InputError, match=r"192\.0\.2\.1:10940 \(Cannot assign.*--listen") as caught:
+        build_server(("192.0.2.1", 10940), registry, WebConfig())
+    assert not isinstance(caught.value, PortInUse)
+
+
+def test_zest_serve_on_a_port_in_use_exits_9_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["serve", "--source", "prometheus=http://127.0.0.1:9", "--listen", f"127.0.0.1:{port}"]
+        with pytest.raises(SystemExit) as ended:
+            main(argv)
+    assert ended.value.code == 9
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"127.0.0.1:{port}" in err
+
+
+def test_serve_hands_its_source_options_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(HPC_JOB_MAPPING_DIR_ENV, str(tmp_path))
+    assert serve.make_context("serve", ["--source", "nvml"]).params["hpc_job_dir"] == tmp_path
+    config = load_config(None)
+    timing = {"interval_seconds": 60.0, "sample_seconds": 1.0, "step_seconds": 30.0}
+    node = make_source("nvml", config, hpc_job_dir=tmp_path, **timing)
+    assert isinstance(node, NodeSummaries) and node.hpc_job_dir == tmp_path
+    auth = PrometheusAuth(token="t")
+    cluster = make_source("prometheus=http://127.0.0.1:9", config, prometheus_auth=auth, **timing)
+    assert isinstance(cluster, ClusterSummaries) and cluster.source.auth == auth
 
 
 def test_missing_tls_files_are_a_config_error(tmp_path: Path, served_state: tuple) -> None:

@@ -14,7 +14,7 @@ import requests
 import yaml
 from promserver import Dataset, prometheus_dataset, require_binaries  # noqa: F401  (a fixture)
 
-from collectors import metrics
+from estimator.serving import metrics
 
 GRAFANA = Path(__file__).parent.parent / "grafana"
 DASHBOARDS = {p.name: json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))}

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME
 from estimator.decision.breakeven import ZInterval
@@ -40,12 +39,6 @@ MIB = 1024**2
 def quick(**params: Any) -> ZeRegressor:
     """A small, fast ZeRegressor for tests that check behaviour, not accuracy."""
     return ZeRegressor(max_iter=30, min_samples_leaf=5, calibration_folds=3, **params)
-
-
-# All checks apply: positive_only (Z >= 0) keeps the checks' targets in the model's range, and NaN is allowed.
-@parametrize_with_checks([ZeRegressor(max_iter=10, calibration_folds=2)])
-def test_scikit_learn_contract(estimator: ZeRegressor, check: Any) -> None:
-    check(estimator)
 
 
 def synthetic(n_rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ def test_wheel_installs_a_working_estimate_z(tmp_path: Path) -> None:
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = dist.glob("zest-*.whl")
+    (wheel,) = dist.glob("zest_gpu-*.whl")
     subprocess.run(
         [
             sys.executable,

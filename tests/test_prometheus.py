@@ -17,10 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
     ENERGY_COUNTER,
     ENERGY_POWER_WATTS,
@@ -33,7 +35,7 @@ from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
 
 from collectors import prometheus as prometheus_module
 from collectors.errors import JobNotFound, SourceQueryError, SourceUnavailable
-from collectors.prometheus import PrometheusSource
+from collectors.prometheus import PrometheusAuth, PrometheusSource
 from collectors.schema import (
     GPU,
     GPU_MODEL,
@@ -50,6 +52,8 @@ from collectors.schema import (
     conform_summary,
     summary_column,
 )
+from estimator.cli.main import cli, main
+from estimator.cli.serve import PROMETHEUS_PASSWORD_ENV, PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV
 
 MIB = 1024 * 1024
 
@@ -470,11 +474,10 @@ def _no_secret(*texts: str) -> None:
 
 @pytest.fixture
 def no_credentials_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (prometheus_module.USER_ENV, prometheus_module.PASSWORD_ENV, prometheus_module.TOKEN_ENV):
+    for name in (PROMETHEUS_USER_ENV, PROMETHEUS_PASSWORD_ENV, PROMETHEUS_TOKEN_ENV):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.mark.usefixtures("no_credentials_env")
 def test_credentials_in_url_are_sent_but_never_shown() -> None:
     body = json.dumps({"status": "error", "errorType": "internal", "error": "boom"}).encode()
     reply = Reply(500, body)
@@ -491,34 +494,89 @@ def test_credentials_in_url_are_sent_but_never_shown() -> None:
     _no_secret(str(down.value))
 
 
-def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch, no_credentials_env: None) -> None:
+def test_credentials_given_as_arguments() -> None:
     reply = Reply()
     with fake_server(reply) as url:
-        monkeypatch.setenv(prometheus_module.USER_ENV, "bob")
-        monkeypatch.setenv(prometheus_module.PASSWORD_ENV, PASSWORD)
-        basic = PrometheusSource(url)
+        basic = PrometheusSource(url, auth=PrometheusAuth("bob", PASSWORD))
         with pytest.raises(JobNotFound):
             basic.summarize_job("slurm-4242")
-        monkeypatch.delenv(prometheus_module.USER_ENV)
-        monkeypatch.delenv(prometheus_module.PASSWORD_ENV)
-        monkeypatch.setenv(prometheus_module.TOKEN_ENV, TOKEN)
-        bearer = PrometheusSource(url)
+        bearer = PrometheusSource(url, auth=PrometheusAuth(token=TOKEN))
         with pytest.raises(JobNotFound) as caught:
             bearer.summarize_job("slurm-4242")
     assert reply.seen[0]["Authorization"] == _basic("bob", PASSWORD)
     assert reply.seen[-1]["Authorization"] == f"Bearer {TOKEN}"
-    _no_secret(repr(basic), repr(bearer), str(caught.value))
+    _no_secret(repr(basic), repr(bearer), str(caught.value), repr(basic.auth), repr(bearer.auth))
+
+
+def test_half_of_basic_auth_is_refused() -> None:
+    with pytest.raises(SourceUnavailable, match="password"):
+        PrometheusSource("http://127.0.0.1:9090", auth=PrometheusAuth(user="bob"))
+
+
+def _zest(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the ``zest`` command line in this process: its exit code and its stderr."""
+    with pytest.raises(SystemExit) as ended:
+        main(argv)
+    return int(ended.value.code or 0), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "authorization"),
+    [
+        ({PROMETHEUS_USER_ENV: "bob", PROMETHEUS_PASSWORD_ENV: PASSWORD}, _basic("bob", PASSWORD)),
+        ({PROMETHEUS_TOKEN_ENV: TOKEN}, f"Bearer {TOKEN}"),
+    ],
+)
+def test_credentials_from_the_environment(
+    env: dict[str, str],
+    authorization: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_credentials_env: None,
+    tmp_path: Path,
+) -> None:
+    """The command line reads the credentials from the same variables as ever and hands them down."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reply = Reply()
+    with fake_server(reply) as url:
+        argv = ["--job-id", "slurm-4242", "--source", f"prometheus={url}"]
+        code, err = _zest(["capture", *argv, "--output", str(tmp_path / "c.parquet")], capsys)
+    assert code == JobNotFound.exit_code, err
+    assert reply.seen and all(seen["Authorization"] == authorization for seen in reply.seen)
+    _no_secret(err)
 
 
 def test_half_of_basic_auth_in_the_environment_is_refused(
-    monkeypatch: pytest.MonkeyPatch, no_credentials_env: None
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], no_credentials_env: None
 ) -> None:
-    monkeypatch.setenv(prometheus_module.USER_ENV, "bob")
-    with pytest.raises(SourceUnavailable, match=prometheus_module.PASSWORD_ENV):
-        PrometheusSource("http://127.0.0.1:9090")
+    monkeypatch.setenv(PROMETHEUS_USER_ENV, "bob")
+    source = "prometheus=http://127.0.0.1:9090"
+    code, err = _zest(["estimate", "--job-id", "4242", "--source", source, "--duration-hours", "1"], capsys)
+    assert code == 2
+    assert PROMETHEUS_PASSWORD_ENV in err
 
 
-@pytest.mark.usefixtures("no_credentials_env")
+@pytest.mark.parametrize("flag", ["--prometheus-password", "--prometheus-token"])
+def test_a_secret_on_the_command_line_is_refused(
+    flag: str, capsys: pytest.CaptureFixture[str], no_credentials_env: None
+) -> None:
+    """ps shows every user a command line: secrets come from the environment only."""
+    argv = ["estimate", "--job-id", "4242", "--source", "example", "--duration-hours", "1", flag, PASSWORD]
+    code, err = _zest(argv, capsys)
+    assert code == 2
+    assert "ZEST_PROMETHEUS_" in err
+    _no_secret(err)
+
+
+def test_secrets_are_not_in_the_help(no_credentials_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PROMETHEUS_PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(PROMETHEUS_TOKEN_ENV, TOKEN)
+    text = CliRunner().invoke(cli, ["estimate", "--help"]).output
+    assert PROMETHEUS_USER_ENV in text and PROMETHEUS_PASSWORD_ENV in text and PROMETHEUS_TOKEN_ENV in text
+    _no_secret(text)
+
+
 def test_credentials_stay_out_of_notes_with_a_real_server(prometheus_dataset: Dataset) -> None:  # noqa: F811
     source = PrometheusSource(prometheus_dataset.url.replace("http://", f"http://carol:{PASSWORD}@"))
     found = source.summarize_job("slurm-6001")

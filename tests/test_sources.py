@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from fake_nvml import FakeClock, healthy_h100x2
@@ -25,6 +26,9 @@ from collectors import schema
 from collectors.errors import JobNotFound, SourceUnavailable
 from collectors.nvml import NvmlSource
 from collectors.sources import example_jobs, read_job
+from estimator.cli import main as cli_main
+from estimator.cli.main import capture, estimate
+from estimator.cli.serve import HPC_JOB_MAPPING_DIR_ENV
 
 
 def nvml_with_our_process_on_gpu_1() -> NvmlSource:
@@ -48,6 +52,47 @@ def test_nvml_reads_only_the_gpus_of_the_job() -> None:
 def test_nvml_job_on_no_gpu_of_this_host_is_not_found() -> None:
     with pytest.raises(JobNotFound):
         read_job("nvml", "slurm:987654", window_seconds=5, nvml_factory=nvml_with_our_process_on_gpu_1)
+
+
+def test_nvml_finds_a_slurm_job_in_dcgm_exporters_mapping_folder(tmp_path: Path) -> None:
+    (tmp_path / "0").write_text("5151\n")
+    telemetry = read_job(
+        "nvml",
+        "slurm:5151",
+        window_seconds=5,
+        hpc_job_dir=tmp_path,
+        nvml_factory=nvml_with_our_process_on_gpu_1,
+    )
+    assert telemetry.frame is not None
+    assert set(telemetry.frame[schema.GPU]) == {"0"}
+    assert any(str(tmp_path) in note for note in telemetry.notes)
+
+
+@pytest.mark.parametrize(("command", "argv"), [(estimate, []), (capture, ["--output", "c.parquet"])])
+def test_the_mapping_folder_is_read_from_dcgm_exporters_variable(
+    command: click.Command, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command line reads the folder from the variable dcgm-exporter reads."""
+    monkeypatch.setenv(HPC_JOB_MAPPING_DIR_ENV, str(tmp_path))
+    context = command.make_context(command.name, ["--job-id", "1", *argv])
+    assert context.params["hpc_job_dir"] == tmp_path
+
+
+def test_the_mapping_folder_in_the_environment_reaches_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: dict[str, object] = {}
+
+    def read_nothing(source: str | None, job_id: str, **options: object) -> None:
+        asked.update(options)
+        raise JobNotFound("nothing here")
+
+    monkeypatch.setattr(cli_main, "read_job", read_nothing)
+    monkeypatch.setenv(HPC_JOB_MAPPING_DIR_ENV, str(tmp_path))
+    with pytest.raises(SystemExit) as ended:
+        cli_main.main(["capture", "--job-id", "1", "--output", str(tmp_path / "c.parquet")])
+    assert ended.value.code == JobNotFound.exit_code
+    assert asked["hpc_job_dir"] == tmp_path
 
 
 def test_examples_are_bundled() -> None:

@@ -13,7 +13,7 @@ explicit transaction per recorded study, ``synchronous=FULL``). Studies are
 keyed by name and first trial start, trials by study and number: recording
 the same study twice adds nothing, and a process killed mid-write leaves the
 store as it was before that study. Optuna is an optional extra
-(``pip install 'zest[optuna]'``); only reading a study needs it.
+(``pip install 'zest-gpu[optuna]'``); only reading a study needs it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-from collectors.errors import JobNotFound, OptunaMissing, OutcomesError, SourceUnavailable, StoreError
+from collectors.errors import (
+    InputError,
+    JobNotFound,
+    OptunaMissing,
+    OutcomesError,
+    SourceUnavailable,
+    StoreError,
+)
 from collectors.files import read_capture
 from collectors.sources import PROMETHEUS_PREFIX, Telemetry, read_job
 from collectors.util import one_line, user_data_dir
@@ -68,7 +75,7 @@ STORE_FILE: Final = "outcomes.sqlite"
 JOB_ID_ATTRS: Final = ("job_id", "slurm_job_id")
 #: Bump with a migration when the tables below change.
 SCHEMA_VERSION: Final = 1
-OPTUNA_HINT: Final = "pip install 'zest[optuna]'"
+OPTUNA_HINT: Final = "pip install 'zest-gpu[optuna]'"
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,14 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _check_sqlite_exists(storage: str) -> None:
-    """Optuna creates a missing SQLite file; reading a study must not, so a missing file is an error."""
+def _check_storage(storage: str) -> None:
+    """Refuse a storage that is no URL (a file path, most often), and a missing SQLite file: Optuna would
+    create one, and reading a study must not."""
+    if "://" not in storage:
+        raise InputError(
+            f"--storage {storage!r} is not a storage URL: give sqlite:///PATH for a SQLite file "
+            "(sqlite:////abs/path/study.db), or an RDB URL Optuna accepts"
+        )
     if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
         path = Path(storage.removeprefix("sqlite:///"))
         if not path.is_file():
@@ -167,8 +180,10 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
     """
     if objective is not None and objective not in OBJECTIVES:
         raise OutcomesError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    _check_storage(storage)
     optuna = _optuna()
-    _check_sqlite_exists(storage)
+    from sqlalchemy.exc import ArgumentError  # Optuna's RDB storage is SQLAlchemy's
+
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
         directions = study.directions
@@ -178,9 +193,15 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
         raise OutcomesError(
             f"{display_url(storage)} holds no study {study_name!r}; it holds: {', '.join(names) or 'none'}"
         ) from None
-    except (ValueError, RuntimeError, ImportError, optuna.exceptions.StorageInternalError) as exc:
-        # ValueError: a malformed URL; RuntimeError: a schema from another Optuna version; ImportError:
-        # the URL's database driver is not installed.
+    except (
+        ValueError,
+        RuntimeError,
+        ImportError,
+        ArgumentError,
+        optuna.exceptions.StorageInternalError,
+    ) as exc:
+        # ValueError and ArgumentError: a malformed URL or an unknown database; RuntimeError: a schema
+        # from another Optuna version; ImportError: the URL's database driver is not installed.
         raise OutcomesError(
             f"cannot read {display_url(storage)} ({one_line(exc)}); check the URL, or run "
             f"optuna storage upgrade --storage URL for an older study"
@@ -219,9 +240,11 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
 
 
 def _study_names(optuna: Any, storage: str) -> list[str]:
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return sorted(str(n) for n in optuna.get_all_study_names(storage=storage))
-    except (ValueError, RuntimeError, optuna.exceptions.StorageInternalError):
+    except (ValueError, RuntimeError, ArgumentError, optuna.exceptions.StorageInternalError):
         return []
 
 

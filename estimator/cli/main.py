@@ -7,6 +7,7 @@ here, and become one line on stderr and the exit code each class carries
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import shutil
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import click
 from rich.console import Console
@@ -23,17 +24,17 @@ from rich.console import Console
 from collectors.errors import (
     InputError,
     JobNotFound,
+    MalformedCapture,
     SlurmJobNotFound,
     SlurmQueryError,
     SlurmUnavailable,
     ZestError,
 )
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
-from collectors.sources import SOURCE_HELP, Telemetry, read_job
-from estimator.cli.model import evaluate_command, simulate, train
+from collectors.sources import SOURCE_HELP, read_job
+from collectors.util import DISTRIBUTION
 from estimator.cli.options import DurationType, capture_output_options, check_output
-from estimator.cli.outcomes import history_command, record
-from estimator.cli.serve import serve
+from estimator.cli.serve import source_access_options
 from estimator.decision.algorithms import (
     ALGORITHMS_BY_NAME,
     DEFAULT_ALGORITHMS,
@@ -41,13 +42,17 @@ from estimator.decision.algorithms import (
     DEFAULT_TRIAL_MINUTES,
     AlgorithmChoice,
     CaptureShares,
-    candidates,
+    Plan,
     capture_shares,
+    weigh,
 )
-from estimator.decision.breakeven import Costs, Job, ZInterval, decide
-from estimator.features.extract import GPU_COUNT, Features, job_features, summarize_gpus
-from estimator.model.default import default_model, model_origin, uses_local_model, z_interval_for
+from estimator.decision.breakeven import Costs, ZInterval
 from estimator.reports.table import render_table, to_document
+
+if TYPE_CHECKING:
+    from collectors.prometheus import PrometheusAuth
+    from collectors.sources import Telemetry
+    from estimator.pipeline import JobEstimate
 
 # --- option types -------------------------------------------------------------
 
@@ -108,7 +113,12 @@ class ZIntervalType(click.ParamType):
 
 
 def _telemetry_options(command: Any) -> Any:
-    """The options that say where a job's telemetry comes from, shared by the commands that read it."""
+    """The options that say where a job's telemetry comes from, shared by the commands that read it.
+
+    The command also receives ``prometheus_auth`` and ``hpc_job_dir`` (see
+    :func:`estimator.cli.serve.source_access_options`).
+    """
+    command = source_access_options(command)
     for option in reversed(
         [
             click.option(
@@ -141,8 +151,32 @@ def _positive(kind: type[float] | type[int]) -> click.ParamType:
 # --- the commands ---------------------------------------------------------------
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="zest")
+class LazyGroup(click.Group):
+    """A group whose other commands are imported when run or listed, so each command loads only what
+    it uses (``estimate-z`` as a calculator imports no model, no pandas)."""
+
+    #: command name -> "module:attribute" of the click command
+    LAZY: ClassVar[dict[str, str]] = {
+        "simulate": "estimator.cli.model:simulate",
+        "train": "estimator.cli.model:train",
+        "evaluate": "estimator.cli.model:evaluate_command",
+        "serve": "estimator.cli.serve:serve",
+        "record": "estimator.cli.outcomes:record",
+        "history": "estimator.cli.outcomes:history_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, _, attribute = self.LAZY[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=DISTRIBUTION)
 def cli() -> None:
     """zest: will tuning this training job's throughput pay for itself?"""
 
@@ -211,6 +245,8 @@ def estimate(
     source: str | None,
     window: float | None,
     interval: float,
+    prometheus_auth: PrometheusAuth | None,
+    hpc_job_dir: Path | None,
     slurm: bool | None,
     duration_hours: float | None,
     gpus: int | None,
@@ -245,13 +281,23 @@ def estimate(
     if engineer_hours > 0 and (gpu_hour_cost is None or engineer_hour_cost is None):
         raise click.UsageError("--engineer-hours > 0 needs --gpu-hour-cost and --engineer-hour-cost (> 0)")
     needs_estimate = any(a.z_percent is None for a in chosen) and z_expected is None
-    features: Features | None = None
-    if needs_estimate or source is not None:
-        if job_id is None:
-            raise click.UsageError(
-                "--job-id is required to read telemetry; or give every algorithm's Z "
-                "with --algorithm NAME=N:Z or --z-expected Z"
-            )
+    if (needs_estimate or source is not None) and job_id is None:
+        raise click.UsageError(
+            "--job-id is required to read telemetry; or give every algorithm's Z "
+            "with --algorithm NAME=N:Z or --z-expected Z"
+        )
+    shares = _shares(chosen, notes)
+    plan = Plan(
+        duration_hours=duration_hours,
+        reuse=1.0 if reuse is None else reuse,
+        gpus=gpus,
+        trial_hours=trial_minutes / 60.0,
+        costs=Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost),
+        algorithms=tuple(chosen),
+    )
+    found: JobEstimate | None = None
+    telemetry = None
+    if job_id is not None and (needs_estimate or source is not None):
         telemetry = read_job(
             source,
             job_id,
@@ -259,28 +305,31 @@ def estimate(
             interval_seconds=interval,
             end=end,
             placement=scheduler.placement if scheduler else None,
+            prometheus_auth=prometheus_auth,
+            hpc_job_dir=hpc_job_dir,
         )
-        features = _features(telemetry, window)
-        notes.extend(telemetry.notes + features.notes)
+        found = _one_job(telemetry, plan, shares, z_expected, window)
+        notes.extend(telemetry.notes + list(found.notes))
+        z_expected = found.z_percent
     if needs_estimate:
-        assert features is not None
-        z_expected = z_interval_for(features.row)
+        from estimator.model.default import default_model, model_origin
+
         notes.append(
             f"Z_e ({default_model().coverage:.0%} interval) from {model_origin()} (models/README.md)"
         )
-    if gpus is None and features is not None and math.isfinite(features.row[GPU_COUNT]):
-        gpus = int(features.row[GPU_COUNT])
-        notes.append(f"G = {gpus}: the GPUs seen in the job's telemetry (--gpus overrides)")
-    if gpus is None:
-        gpus = 1
+    if gpus is None and found is not None and math.isfinite(found.gpus_seen):
+        notes.append(f"G = {int(found.gpus_seen)}: the GPUs seen in the job's telemetry (--gpus overrides)")
+    elif gpus is None:
         notes.append("G not given (--gpus): assumed 1 GPU; GPU-hours scale with G")
     if reuse is None:
-        reuse = 1.0
         notes.append("R not given (--reuse): assumed the tuned configuration runs once")
-    shares = _shares(chosen, notes)
-    job = Job(duration_hours=duration_hours, gpus=gpus, reuse=reuse)
-    costs = Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost)
-    decision = decide(candidates(chosen, z_expected, shares, trial_minutes / 60.0), job, costs)
+    if any(a.z_percent is None for a in chosen):
+        notes.append(shares.note)
+    decision = (
+        found.decision
+        if found is not None and found.decision is not None
+        else weigh(plan, z_expected, shares)
+    )
     if any(a.r_break == float("inf") for a in decision.assessments):
         notes.append("an algorithm with Z = 0 never pays back: its R_break is null")
     if plot is not None:
@@ -294,7 +343,7 @@ def estimate(
         trial_minutes=trial_minutes,
         z_expected=z_expected,
         notes=notes,
-        telemetry=None if features is None else telemetry_document(telemetry, features),
+        telemetry=None if found is None or telemetry is None else telemetry_document(telemetry.source, found),
     )
     if output == "json":
         click.echo(json.dumps(document, indent=2))
@@ -303,37 +352,49 @@ def estimate(
 
 
 def _shares(chosen: Sequence[AlgorithmChoice], notes: list[str]) -> CaptureShares:
-    """The capture shares of the model estimates use, noted, when an algorithm takes its Z from Z_e."""
+    """The capture shares of the model estimates use, when an algorithm takes its Z from Z_e."""
     if all(a.z_percent is not None for a in chosen):
         return capture_shares(None)  # unused: every Z was given
+    from estimator.model.default import default_model, uses_local_model  # the model only when used
+
     origin = (
         "of the local model (this cluster's recorded studies, where there were enough)"
         if uses_local_model()
         else "measured on the vTrain tuning studies (models/README.md)"
     )
-    shares = capture_shares(default_model().capture_shares(), origin)
-    notes.append(shares.note)
-    return shares
+    return capture_shares(default_model().capture_shares(), origin)
 
 
-def _features(telemetry: Telemetry, window: float | None) -> Features:
-    summary = (
-        telemetry.summary if telemetry.summary is not None else summarize_gpus(_require_frame(telemetry))
+def _one_job(
+    telemetry: Telemetry, plan: Plan, shares: CaptureShares, z_given: ZInterval | None, window: float | None
+) -> JobEstimate:
+    """The job's telemetry through the stages; a source that names several jobs is refused."""
+    from estimator.model.default import z_intervals_for
+    from estimator.pipeline import estimate as estimate_stages
+    from estimator.pipeline import gpu_summary
+
+    summary = gpu_summary(telemetry)
+    estimates = estimate_stages(
+        summary,
+        z_estimator=z_intervals_for,
+        z_given=z_given,
+        plan_for=lambda _job: plan,
+        shares=shares,
+        requested_window_seconds=window,
+        with_notes=True,
     )
-    if summary.empty:
-        raise JobNotFound(f"{telemetry.source}: no samples for the job in the window read")
-    return job_features(summary, requested_window_seconds=window)
+    if len(estimates) != 1:
+        named = ", ".join(e.job_id for e in estimates[:5])
+        raise MalformedCapture(
+            f"{telemetry.source}: the job's telemetry names {len(estimates)} jobs ({named})"
+        )
+    return estimates[0]
 
 
-def _require_frame(telemetry: Telemetry) -> Any:
-    assert telemetry.frame is not None  # a source gives a frame or a summary
-    return telemetry.frame
-
-
-def telemetry_document(telemetry: Telemetry, features: Features) -> dict[str, Any]:
+def telemetry_document(source: str, found: JobEstimate) -> dict[str, Any]:
     """The ``telemetry`` object of the JSON output: where it came from and the job's features (NaN: null)."""
-    values = {str(k): (None if not math.isfinite(float(v)) else float(v)) for k, v in features.row.items()}
-    return {"source": telemetry.source, "features": values}
+    values = {k: (None if not math.isfinite(v) else v) for k, v in found.features.items()}
+    return {"source": source, "features": values}
 
 
 @dataclass(frozen=True)
@@ -394,29 +455,36 @@ def _slurm_defaults(job_id: str | None, wanted: bool | None, notes: list[str]) -
 @_telemetry_options
 @capture_output_options("Parquet file to write (zest's capture format, read back by --source FILE).")
 def capture(
-    job_id: str, source: str | None, window: float | None, interval: float, output: Path, force: bool
+    job_id: str,
+    source: str | None,
+    window: float | None,
+    interval: float,
+    prometheus_auth: PrometheusAuth | None,
+    hpc_job_dir: Path | None,
+    output: Path,
+    force: bool,
 ) -> None:
     """Record a job's telemetry from any source into a zest capture file."""
     from collectors.files import write_capture
 
     check_output(output, force)
-    telemetry = read_job(source, job_id, window_seconds=window, interval_seconds=interval, raw=True)
-    frame = _require_frame(telemetry)
-    if frame.empty:
+    telemetry = read_job(
+        source,
+        job_id,
+        window_seconds=window,
+        interval_seconds=interval,
+        raw=True,
+        prometheus_auth=prometheus_auth,
+        hpc_job_dir=hpc_job_dir,
+    )
+    frame = telemetry.frame
+    if frame is None or frame.empty:
         raise JobNotFound(f"{telemetry.source}: no samples for job {job_id} in the window read")
     write_capture(frame, output, notes=telemetry.notes)
     gpus = frame.groupby(["host", "gpu"], dropna=False).ngroups
     click.echo(
         f"wrote {len(frame)} samples of {gpus} GPU(s) of job {job_id} from {telemetry.source} to {output}"
     )
-
-
-cli.add_command(simulate)
-cli.add_command(train)
-cli.add_command(evaluate_command)
-cli.add_command(serve)
-cli.add_command(record)
-cli.add_command(history_command)
 
 
 # --- entry points -----------------------------------------------------------------

@@ -25,8 +25,8 @@ from estimator.cli.outcomes import resolved_store, store_option
 from estimator.model.local import evaluate_local, fit_local_model, local_metadata, render_local_markdown
 from estimator.model.regressor import (
     DEFAULT_ARTIFACT,
+    ZeRegressor,
     load_base_model,
-    load_default_model,
     local_model_path,
     save_model,
     trained_model_path,
@@ -192,6 +192,7 @@ def _train_local(store_path: Path) -> None:
             "record studies with zest record --source"
         )
     shipped = load_base_model()
+    assert isinstance(shipped.model, ZeRegressor)  # load_base_model refuses anything else
     model = fit_local_model(shipped.model, rows)
     shipped_shares = shipped.metadata.get("capture_shares", {})
     from_curves = curve_capture_shares(learning_curves(studies, trials), shipped_shares)
@@ -258,5 +259,6 @@ def local_outcomes_section(store_path: Path) -> str:
             f"Local outcomes: none; {store_path} holds no trial with telemetry "
             "(zest record --source gives trials their telemetry)."
         )
-    shipped = load_default_model().model
+    shipped = load_base_model().model
+    assert isinstance(shipped, ZeRegressor)  # load_base_model refuses anything else
     return render_local_markdown(evaluate_local(shipped, rows), float(shipped.coverage))

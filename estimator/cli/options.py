@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import click
+
+from collectors.errors import CaptureWriteError
 
 
 class DurationType(click.ParamType):
@@ -44,8 +47,18 @@ def capture_output_options(help_text: str) -> Callable[[Callable[..., Any]], Cal
 
 
 def check_output(output: Path, force: bool) -> None:
-    """Refuse to replace an existing ``--output`` without ``--force`` (exit code 2)."""
+    """Refuse to replace an existing ``--output`` without ``--force`` (exit code 2), and an ``--output``
+    whose folder is missing or not writable (:class:`CaptureWriteError`), before any telemetry is read."""
     if output.exists() and not force:
         raise click.BadParameter(
             f"{output} exists; pass --force to replace it, or choose another file", param_hint="'--output'"
+        )
+    folder = output.parent
+    if not folder.is_dir():
+        raise CaptureWriteError(
+            f"cannot write {output}: {folder} is not a folder; create it, or choose another --output"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CaptureWriteError(
+            f"cannot write {output}: no permission to write in {folder}; choose another --output"
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from collectors.errors import JobNotFound
+from collectors.errors import JobNotFound, MalformedCapture
 from collectors.studies.store import (
     COMPLETE,
     OBJECTIVES,
@@ -30,7 +30,8 @@ from collectors.studies.store import (
     trial_telemetry,
     with_features,
 )
-from estimator.training.outcomes import history, telemetry_features
+from estimator.pipeline import estimate, gpu_summary
+from estimator.training.outcomes import history
 
 __all__ = ["history_command", "record", "store_option"]
 
@@ -63,9 +64,17 @@ def _with_telemetry(study: StudyRecord, source: str, job_id: str | None) -> Stud
         except JobNotFound as exc:  # kept for the learning curve, without features
             trials.append(with_features(trial, None, f"no telemetry: {exc}"))
             continue
-        features = telemetry_features(telemetry.frame, telemetry.summary)
-        note = telemetry.source if features is not None else f"no samples in {telemetry.source}"
-        trials.append(with_features(trial, features, note))
+        try:
+            found = estimate(gpu_summary(telemetry))
+        except JobNotFound:
+            trials.append(with_features(trial, None, f"no samples in {telemetry.source}"))
+            continue
+        if len(found) != 1:
+            raise MalformedCapture(
+                f"{telemetry.source}: trial {trial.number}'s telemetry names {len(found)} jobs; "
+                "give --job-id, or set the trials' job_id user attribute"
+            )
+        trials.append(with_features(trial, dict(found[0].features), telemetry.source))
     return StudyRecord(
         study.name, study.storage, study.direction, study.objective, tuple(trials), study.running
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import gzip
 import hashlib
 import re
@@ -23,29 +25,118 @@ from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import click
+from click.core import ParameterSource
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
 
-from collectors.errors import ConfigError, SourceUnavailable
+from collectors.errors import ConfigError, InputError, PortInUse
 from collectors.sources import NVML, PROMETHEUS_PREFIX
 from collectors.util import one_line
 from estimator.cli.options import DurationType
 from estimator.decision.algorithms import capture_shares
-from estimator.model.default import default_model, z_intervals_for
-from estimator.serving.collector import ExporterState, ZestCollector
 from estimator.serving.config import ServeConfig, load_config
-from estimator.serving.runner import ClusterSummaries, NodeSummaries, Runner, SummarySource
+
+if TYPE_CHECKING:  # the exporter's stages load in the command: zest estimate imports this module's options
+    from collectors.prometheus import PrometheusAuth
+    from estimator.serving.runner import SummarySource
 
 #: Outside 9100-9999, which the Prometheus wiki's default port allocations list as taken in full
 #: (dcgm-exporter 9400, jobstats 9445, nvidia_gpu_exporter 9835 among them).
 DEFAULT_PORT = 10940
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
-WEB_CONFIG_EXTRA = "pip install 'zest[web]'"
+WEB_CONFIG_EXTRA = "pip install 'zest-gpu[web]'"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+# The environment is read here, by click, and nowhere below the command line. The names are the
+# ones zest has always read, and dcgm-exporter's own for its job mapping folder.
+PROMETHEUS_USER_ENV = "ZEST_PROMETHEUS_USER"
+PROMETHEUS_PASSWORD_ENV = "ZEST_PROMETHEUS_PASSWORD"
+PROMETHEUS_TOKEN_ENV = "ZEST_PROMETHEUS_TOKEN"
+HPC_JOB_MAPPING_DIR_ENV = "DCGM_HPC_JOB_MAPPING_DIR"
+
+
+# --- options of the telemetry sources, shared with zest estimate and zest capture -----------------
+
+
+def _environment_only(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a secret given as a flag: every user of the host can read a command line in ``ps``."""
+    if value is not None and ctx.get_parameter_source(param.name or "") is ParameterSource.COMMANDLINE:
+        raise click.BadParameter(f"a secret on the command line shows in ps; set {param.envvar} instead")
+    return value
+
+
+def auth_from_options(user: str | None, password: str | None, token: str | None) -> PrometheusAuth | None:
+    """The Prometheus credentials the options and environment give; None when they give none."""
+    from collectors.prometheus import PrometheusAuth
+
+    if (user is None) != (password is None):
+        raise click.UsageError(
+            f"Prometheus basic auth needs both --prometheus-user (or {PROMETHEUS_USER_ENV}) and "
+            f"{PROMETHEUS_PASSWORD_ENV}, or neither"
+        )
+    if user is None and token is None:
+        return None
+    return PrometheusAuth(user, password, token)
+
+
+def source_access_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How to get at a source's telemetry: Prometheus credentials and dcgm-exporter's job mapping folder.
+
+    ``command`` receives ``prometheus_auth`` (:class:`PrometheusAuth` or None) and
+    ``hpc_job_dir`` (a folder or None). The password and the token are read from
+    the environment only, never from the command line.
+    """
+
+    @functools.wraps(command)
+    def with_auth(
+        *args: Any,
+        prometheus_user: str | None,
+        prometheus_password: str | None,
+        prometheus_token: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        auth = auth_from_options(prometheus_user, prometheus_password, prometheus_token)
+        return command(*args, prometheus_auth=auth, **kwargs)
+
+    options = [
+        click.option(
+            "--prometheus-user",
+            envvar=PROMETHEUS_USER_ENV,
+            show_envvar=True,
+            help=f"Prometheus basic-auth user; the password is read from {PROMETHEUS_PASSWORD_ENV} only. "
+            f"Without a user, a bearer token in {PROMETHEUS_TOKEN_ENV} is sent. Credentials in the URL "
+            "come first.",
+        ),
+        click.option(
+            "--prometheus-password",
+            envvar=PROMETHEUS_PASSWORD_ENV,
+            hidden=True,
+            callback=_environment_only,
+        ),
+        click.option(
+            "--prometheus-token",
+            envvar=PROMETHEUS_TOKEN_ENV,
+            hidden=True,
+            callback=_environment_only,
+        ),
+        click.option(
+            "--hpc-job-mapping-dir",
+            "hpc_job_dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar=HPC_JOB_MAPPING_DIR_ENV,
+            show_envvar=True,
+            help="NVML: dcgm-exporter's job mapping folder (its --hpc-job-mapping-dir), where the GPUs of a "
+            "Slurm job are looked up.",
+        ),
+    ]
+    decorated: Callable[..., Any] = with_auth
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
 
 
 # --- web configuration ----------------------------------------------------------------------------
@@ -68,7 +159,7 @@ def load_web_config(path: Path) -> WebConfig:
     """Read an exporter-toolkit web config: ``tls_server_config`` (cert_file, key_file), ``basic_auth_users``.
 
     Relative file paths are relative to the config's folder, as in exporter-toolkit.
-    Needs PyYAML and bcrypt (``zest[web]``). Raises :class:`ConfigError`.
+    Needs PyYAML and bcrypt (``zest-gpu[web]``). Raises :class:`ConfigError`.
     """
     try:
         import yaml
@@ -231,11 +322,22 @@ def build_server(
         app = with_basic_auth(app, web.basic_auth_users)
     host, port = listen
     server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
     except OSError as exc:
-        raise SourceUnavailable(
-            f"cannot listen on {host}:{port} ({exc.strerror}); choose another --listen address"
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"cannot listen on {where}: the port is in use; stop what listens there "
+                "or choose another --listen port"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise PortInUse(
+                f"cannot listen on {where}: no permission to bind the port (ports below 1024 need "
+                "privileges); choose another --listen port"
+            ) from None
+        raise InputError(
+            f"cannot listen on {where} ({exc.strerror or exc}); give an address of this host with --listen"
         ) from None
     if web.tls:
         assert web.cert_file is not None and web.key_file is not None
@@ -257,27 +359,34 @@ def build_server(
 
 
 def make_source(
-    source: str, config: ServeConfig, *, interval_seconds: float, sample_seconds: float, step_seconds: float
+    source: str,
+    config: ServeConfig,
+    *,
+    interval_seconds: float,
+    sample_seconds: float,
+    step_seconds: float,
+    prometheus_auth: PrometheusAuth | None = None,
+    hpc_job_dir: Path | None = None,
 ) -> SummarySource:
-    """The summary source ``--source`` names: ``nvml`` or ``prometheus=URL``."""
+    """The summary source ``--source`` names: ``nvml`` (looking up Slurm jobs in ``hpc_job_dir`` too, where
+    given) or ``prometheus=URL`` (with ``prometheus_auth``, where given)."""
+    from estimator.serving.runner import ClusterSummaries, NodeSummaries
+
     if source == NVML:
-        import os
-
         from collectors.nvml import NvmlSource
-        from collectors.sources import HPC_JOB_DIR_ENV
 
-        mapping_dir = os.environ.get(HPC_JOB_DIR_ENV)
         return NodeSummaries(
             NvmlSource(),
             config.window_seconds,
             sample_seconds=interval_seconds,
             interval_seconds=sample_seconds,
-            hpc_job_dir=Path(mapping_dir) if mapping_dir else None,
+            hpc_job_dir=hpc_job_dir,
         )
     if source.startswith(PROMETHEUS_PREFIX) and source != PROMETHEUS_PREFIX:
         from collectors.prometheus import PrometheusSource
 
-        prometheus = PrometheusSource(source.removeprefix(PROMETHEUS_PREFIX), step_seconds=step_seconds)
+        url = source.removeprefix(PROMETHEUS_PREFIX)
+        prometheus = PrometheusSource(url, step_seconds=step_seconds, auth=prometheus_auth)
         return ClusterSummaries(prometheus, config.window_seconds)
     raise click.BadParameter(
         f"{source!r}: zest serve reads nvml (node agent) or prometheus=URL (cluster service)",
@@ -326,6 +435,7 @@ def make_source(
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM).")
+@source_access_options
 def serve(
     source: str,
     listen: str,
@@ -337,8 +447,14 @@ def serve(
     web_config: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    prometheus_auth: PrometheusAuth | None,
+    hpc_job_dir: Path | None,
 ) -> None:
     """Export every running job's Z_e, break-even figures and verdicts for Prometheus."""
+    from estimator.model.default import default_model, z_intervals_for
+    from estimator.serving.collector import ExporterState, ZestCollector
+    from estimator.serving.runner import Runner
+
     address = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -349,7 +465,13 @@ def serve(
     if window is not None:
         config = ServeConfig(window, config.gpu_series, config.defaults, config.overrides)
     summaries = make_source(
-        source, config, interval_seconds=interval, sample_seconds=sample_interval, step_seconds=step
+        source,
+        config,
+        interval_seconds=interval,
+        sample_seconds=sample_interval,
+        step_seconds=step,
+        prometheus_auth=prometheus_auth,
+        hpc_job_dir=hpc_job_dir,
     )
     model = default_model()
     state = ExporterState(summaries.kind)

@@ -9,10 +9,11 @@ example 3 (Z = 10, 25 and 35 % for N = 30, 500 and 2000) are the fallback.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from estimator.decision.breakeven import Candidate, ZInterval
+from estimator.decision.breakeven import Candidate, Costs, Decision, Job, ZInterval, decide
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,29 @@ def candidates(
             z = z_thorough.scaled(shares.shares[choice.name])
         out.append(Candidate(choice.name, choice.trials, trial_hours, z))
     return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one job's decision weighs besides Z_e: T, R, G (None: the GPUs seen), t, costs, algorithms."""
+
+    duration_hours: float
+    reuse: float = 1.0
+    gpus: int | None = None
+    trial_hours: float = DEFAULT_TRIAL_MINUTES / 60.0
+    costs: Costs = field(default_factory=Costs)
+    algorithms: tuple[AlgorithmChoice, ...] = DEFAULT_CHOICES
+
+    def job(self, gpus_seen: float = math.nan) -> Job:
+        """The break-even job: G as planned, else the GPUs seen in the telemetry, else 1."""
+        gpus = self.gpus if self.gpus is not None else (int(gpus_seen) if math.isfinite(gpus_seen) else 1)
+        return Job(self.duration_hours, max(gpus, 1), self.reuse)
+
+
+def weigh(
+    plan: Plan, z_thorough: ZInterval | None, shares: CaptureShares, gpus_seen: float = math.nan
+) -> Decision:
+    """One job's decision: each planned algorithm's candidate (its share of Z_e, or its given Z), decided."""
+    return decide(
+        candidates(plan.algorithms, z_thorough, shares, plan.trial_hours), plan.job(gpus_seen), plan.costs
+    )

@@ -341,7 +341,7 @@ def job_features(summary: pd.DataFrame, *, requested_window_seconds: float | Non
             "filter it by job_id or use features_frame"
         )
     row = frame.iloc[0]
-    return Features(row=row, notes=_notes(row, summary, requested_window_seconds))
+    return Features(row=row, notes=feature_notes(row, summary, requested_window_seconds))
 
 
 def _check_summary(summary: pd.DataFrame) -> None:
@@ -392,7 +392,8 @@ def _stragglers(jobs: pd.api.typing.DataFrameGroupBy, column: str) -> tuple[pd.S
 # --- notes -----------------------------------------------------------------------
 
 
-def _notes(row: pd.Series, summary: pd.DataFrame, requested_window_seconds: float | None) -> list[str]:
+def feature_notes(row: pd.Series, summary: pd.DataFrame, requested_window_seconds: float | None) -> list[str]:
+    """What one job's feature ``row`` rests on (window, missing signals, stragglers), from its summary."""
     notes: list[str] = []
     window = row[WINDOW_SECONDS]
     if math.isnan(window):

@@ -1,9 +1,9 @@
 """A local Z_e model: the shipped model's predictions corrected by the cluster's own tuning outcomes.
 
-:class:`LocalZeRegressor` keeps the shipped :class:`~estimator.model.regressor.ZeRegressor`
-as it is and learns, from the local rows alone (``zest record``), a
-correction on top of its predictions, so it trains where the shipped model's
-training data is not at hand:
+:class:`LocalZeRegressor` wraps the shipped :class:`~estimator.model.regressor.ZeRegressor`,
+frozen (:class:`sklearn.frozen.FrozenEstimator`), and learns, from the local
+rows alone (``zest record``), a correction on top of its predictions, so it
+trains where the shipped model's training data is not at hand:
 
 1. a linear recalibration Z ≈ a + c · Z_shipped, fitted on the local rows and
    shrunk toward the identity (a = 0, c = 1) with weight
@@ -20,16 +20,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from importlib import metadata
-from typing import Any, Final
+from numbers import Integral, Real
+from typing import Any, ClassVar, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context, clone
 from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import GroupKFold
+from sklearn.utils import get_tags
+from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from collectors.util import zest_version
 from estimator.model.regressor import Z_MAX_PERCENT, ZeRegressor
 from estimator.training.rows import STUDY, Z_PERCENT
 
@@ -40,20 +45,47 @@ MIN_STUDIES: Final = 2
 RESIDUAL_MIN_STUDIES: Final = 3
 
 
-class LocalZeRegressor(ZeRegressor):
-    """Z in [0, 100) %: a fitted ``base`` :class:`ZeRegressor` plus a correction learned on local rows.
+class _Correction(NamedTuple):
+    """Z ≈ intercept + slope · Z_base (+ residual model of the features), fitted with local ``weight``."""
 
-    ``base`` is not refitted. ``coverage`` (0-1) is the interval's stated
-    coverage on local studies; ``prior_studies`` how many studies' worth of
-    weight the shipped model keeps; ``residual_min_rows`` the rows needed
-    before a residual model is fitted. ``fit`` needs rows of at least two
-    studies (``groups``).
+    intercept: float
+    slope: float
+    weight: float
+    residual: HistGradientBoostingRegressor | None
+
+    def apply(self, X: FloatArray, b_mid: FloatArray) -> FloatArray:
+        """Corrected Z in % (not yet clipped) of rows ``X`` whose base prediction is ``b_mid``."""
+        mid = self.intercept + self.slope * b_mid
+        if self.residual is not None:
+            mid = mid + self.residual.predict(X)
+        return np.asarray(mid, dtype=np.float64)
+
+
+class LocalZeRegressor(RegressorMixin, BaseEstimator):
+    """Z in [0, 100) %: a ``base`` Z_e model plus a correction learned on local rows.
+
+    ``base`` is the model to correct, with ``fit(X, y, groups=None)`` and
+    ``predict_interval(X)`` like :class:`ZeRegressor`: zest passes the shipped
+    model wrapped in :class:`~sklearn.frozen.FrozenEstimator`, which keeps it
+    as it is; an unfrozen one is cloned and fitted on the same rows first.
+    ``coverage`` (0-1) is the interval's stated coverage on local studies;
+    ``prior_studies`` how many studies' worth of weight the base model keeps;
+    ``residual_min_rows`` the rows needed before a residual model is fitted;
+    ``random_state`` seeds the residual model.
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "base": [HasMethods(["fit", "predict_interval"])],
+        "coverage": [Interval(Real, 0, 1, closed="neither")],
+        "prior_studies": [Interval(Real, 0, None, closed="left")],
+        "residual_min_rows": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
+        base: BaseEstimator,
         *,
-        base: ZeRegressor | None = None,
         coverage: float = 0.8,
         prior_studies: float = 3.0,
         residual_min_rows: int = 40,
@@ -65,18 +97,25 @@ class LocalZeRegressor(ZeRegressor):
         self.residual_min_rows = residual_min_rows
         self.random_state = random_state
 
-    def _base_frame(self, X: FloatArray) -> pd.DataFrame:
-        assert self.base is not None
-        return pd.DataFrame(X, columns=list(self.base.feature_names_in_))
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = get_tags(self.base).input_tags.allow_nan
+        tags.target_tags.positive_only = True  # Z is a share of time saved: >= 0
+        return tags
 
-    def _fit_correction(
-        self, X: FloatArray, y: FloatArray, b_mid: FloatArray, studies: int
-    ) -> dict[str, Any]:
-        """Intercept, slope, weight and residual model fitted on these rows."""
+    def _base_input(self, X: FloatArray, base: Any) -> FloatArray | pd.DataFrame:
+        """``X`` as ``base`` reads it: named by this model's features, else by the base's, if any."""
+        names = getattr(self, "feature_names_in_", None)
+        if names is None:
+            names = getattr(base, "feature_names_in_", None)
+        return X if names is None else pd.DataFrame(X, columns=list(names))
+
+    def _fit_correction(self, X: FloatArray, y: FloatArray, b_mid: FloatArray, studies: int) -> _Correction:
+        """Intercept, slope, weight and residual model fitted on these rows of ``studies`` studies."""
         weight = studies / (studies + self.prior_studies)
         if len(y) >= 2 and np.ptp(b_mid) > 1e-9:
             slope, intercept = np.polyfit(b_mid, y, 1)
-        else:  # shipped predictions all alike: only a shift can be learned
+        else:  # base predictions all alike: only a shift can be learned
             slope, intercept = 1.0, float(np.mean(y - b_mid))
         a = weight * float(intercept)
         c = weight * float(slope) + (1.0 - weight)
@@ -91,45 +130,40 @@ class LocalZeRegressor(ZeRegressor):
                 early_stopping=False,
                 random_state=self.random_state,
             ).fit(X, remaining)
-        return {"a": a, "c": c, "weight": weight, "residual": residual}
+        return _Correction(a, c, weight, residual)
 
-    @staticmethod
-    def _corrected(fit: dict[str, Any], X: FloatArray, b_mid: FloatArray) -> FloatArray:
-        mid = fit["a"] + fit["c"] * b_mid
-        if fit["residual"] is not None:
-            mid = mid + fit["residual"].predict(X)
-        return np.asarray(mid, dtype=np.float64)
-
+    @_fit_context(prefer_skip_nested_validation=False)  # an unfrozen base validates its own parameters
     def fit(self, X: Any, y: Any, groups: Any = None) -> LocalZeRegressor:
-        """Learn the correction and re-conformalize the interval; ``groups``: the study of each row."""
-        if self.base is None:
-            raise ValueError("LocalZeRegressor needs a fitted base model")
-        check_is_fitted(self.base)
-        if not 0.0 < self.coverage < 1.0:
-            raise ValueError(f"coverage must be between 0 and 1, got {self.coverage!r}")
-        if groups is None:
-            raise ValueError("groups (the study of each row) are needed to calibrate by study")
-        names = list(self.base.feature_names_in_)
-        if isinstance(X, pd.DataFrame):
-            X = X[names]
+        """Learn the correction and re-conformalize the interval.
+
+        ``groups``: the study of each row; without them each row counts as
+        a study of its own. Rows of at least two studies are needed.
+        """
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        groups = np.asarray(groups)
-        studies = len(np.unique(groups))
+        studies_of = np.arange(len(y)) if groups is None else np.asarray(groups)
+        if len(studies_of) != len(y):
+            raise ValueError(f"groups has {len(studies_of)} entries but y has {len(y)}")
+        studies = len(np.unique(studies_of))
         if studies < MIN_STUDIES:
-            raise ValueError(f"rows of at least {MIN_STUDIES} studies are needed, got {studies}")
-        b_low, b_mid, b_high = self.base.predict_interval(self._base_frame(X))
-        fitted = self._fit_correction(X, y, b_mid, studies)
-        self.intercept_ = float(fitted["a"])
-        self.slope_ = float(fitted["c"])
-        self.local_weight_ = float(fitted["weight"])
-        self.residual_ = fitted["residual"]
-        self.quantiles_ = self.base.quantiles_
+            raise ValueError(
+                f"rows of at least {MIN_STUDIES} studies are needed, got {studies} ({len(y)} sample(s))"
+            )
+        # a FrozenEstimator clones to itself and its fit does nothing: the shipped model stays as it is
+        base = clone(self.base).fit(self._base_input(X, self.base), y, groups=groups)
+        b_low, b_mid, b_high = base.predict_interval(self._base_input(X, base))
+        correction = self._fit_correction(X, y, b_mid, studies)
+        self.base_ = base
+        self.intercept_ = float(correction.intercept)
+        self.slope_ = float(correction.slope)
+        self.local_weight_ = float(correction.weight)
+        self.residual_ = correction.residual
+        self.quantiles_ = base.quantiles_
         self.n_studies_ = studies
         scores = np.empty(len(y))
-        for train, test in GroupKFold(n_splits=min(5, studies)).split(X, y, groups):
-            part = self._fit_correction(X[train], y[train], b_mid[train], len(np.unique(groups[train])))
-            shift = self._corrected(part, X[test], b_mid[test]) - b_mid[test]
+        for train, test in GroupKFold(n_splits=min(5, studies)).split(X, y, studies_of):
+            part = self._fit_correction(X[train], y[train], b_mid[train], len(np.unique(studies_of[train])))
+            shift = part.apply(X[test], b_mid[test]) - b_mid[test]
             scores[test] = np.maximum(b_low[test] + shift - y[test], y[test] - b_high[test] - shift)
         level = min(1.0, math.ceil((len(y) + 1) * self.coverage) / len(y))
         self.interval_adjustment_ = float(np.quantile(scores, level, method="higher"))
@@ -139,13 +173,10 @@ class LocalZeRegressor(ZeRegressor):
     def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
         check_is_fitted(self)
-        assert self.base is not None
-        if isinstance(X, pd.DataFrame):
-            X = X[list(self.feature_names_in_)]
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        b_low, b_mid, b_high = self.base.predict_interval(self._base_frame(X))
-        fit = {"a": self.intercept_, "c": self.slope_, "residual": self.residual_}
-        raw = self._corrected(fit, X, b_mid)
+        b_low, b_mid, b_high = self.base_.predict_interval(self._base_input(X, self.base_))
+        correction = _Correction(self.intercept_, self.slope_, self.local_weight_, self.residual_)
+        raw = correction.apply(X, b_mid)
         shift = raw - b_mid
         mid = np.clip(raw, 0.0, Z_MAX_PERCENT)
         low = np.clip(b_low + shift - self.interval_adjustment_, 0.0, mid)
@@ -154,13 +185,14 @@ class LocalZeRegressor(ZeRegressor):
 
     def predict(self, X: Any) -> FloatArray:
         """Z in % for each row, in [0, 100)."""
+        check_is_fitted(self)
         return self.predict_interval(X)[1]
 
 
 def fit_local_model(shipped: ZeRegressor, rows: pd.DataFrame) -> LocalZeRegressor:
-    """A :class:`LocalZeRegressor` over ``shipped`` fitted on ``rows`` (features, STUDY, Z_PERCENT)."""
+    """A :class:`LocalZeRegressor` over ``shipped``, frozen, fitted on ``rows`` (features, STUDY, Z)."""
     names = list(shipped.feature_names_in_)
-    model = LocalZeRegressor(base=shipped, coverage=float(shipped.coverage))
+    model = LocalZeRegressor(FrozenEstimator(shipped), coverage=float(shipped.coverage))
     return model.fit(rows[names], rows[Z_PERCENT], groups=rows[STUDY])
 
 
@@ -181,7 +213,7 @@ def local_metadata(
             "tuning outcomes (zest record, zest train --with-outcomes). Estimates prefer it to the shipped "
             "model; delete this file and its .skops to go back."
         ),
-        "zest_version": metadata.version("zest"),
+        "zest_version": zest_version(),
         "model": {
             "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "coverage": float(model.coverage),

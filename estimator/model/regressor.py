@@ -22,11 +22,11 @@ import json
 import math
 import zipfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from collectors.errors import ModelError, OutputError
 from collectors.util import user_data_dir
@@ -57,6 +58,7 @@ __all__ = [
     "Z_MAX_PERCENT",
     "LoadedModel",
     "ModelError",
+    "ZeModel",
     "ZeRegressor",
     "load_default_model",
     "load_metadata",
@@ -99,9 +101,21 @@ TRUSTED_TYPES: Final = frozenset(
 
 
 #: The local model of ``zest train --with-outcomes`` (:mod:`estimator.model.local`), in the user's data
-#: directory: it may hold the shipped types and its own class.
+#: directory: it may hold the shipped types, its own class and the frozen wrapper of the shipped model.
 LOCAL_ARTIFACT: Final = "ze_model_local"
-LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {"estimator.model.local.LocalZeRegressor"}
+LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {
+    "estimator.model.local.LocalZeRegressor",
+    "sklearn.frozen._frozen.FrozenEstimator",
+}
+
+
+@runtime_checkable
+class ZeModel(Protocol):
+    """What estimates need of a Z_e model: its interval's coverage and the interval of each row."""
+
+    coverage: float
+
+    def predict_interval(self, X: Any) -> tuple[Any, Any, Any]: ...
 
 
 class ZeRegressor(RegressorMixin, BaseEstimator):
@@ -209,7 +223,11 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         return low, mid, high
 
 
-def predict_z_intervals(model: ZeRegressor, features: pd.DataFrame) -> list[ZInterval]:
+#: Fewest rows predicted with more than one OpenMP thread.
+PARALLEL_ROWS: Final = 1000
+
+
+def predict_z_intervals(model: ZeModel, features: pd.DataFrame) -> list[ZInterval]:
     """Z_e of each job (row) of ``features`` (columns: feature names; extra ones are ignored), in one
     prediction call: the exporter estimates thousands of jobs a cycle."""
     names = list(getattr(model, "feature_names_in_", MODEL_FEATURES))
@@ -222,11 +240,15 @@ def predict_z_intervals(model: ZeRegressor, features: pd.DataFrame) -> list[ZInt
     if features.empty:
         return []
     frame = pd.DataFrame(features[names].to_numpy(dtype=np.float64), columns=names)
-    low, mid, high = model.predict_interval(frame)
+    # A few rows are predicted fastest on one thread: OpenMP threads fighting for a GPU node's busy
+    # cores cost seconds (bench/bench_startup.py); thousands of rows of an exporter cycle use them all.
+    threads = threadpool_limits(limits=1, user_api="openmp") if len(frame) < PARALLEL_ROWS else nullcontext()
+    with threads:
+        low, mid, high = model.predict_interval(frame)
     return [ZInterval(float(a), float(b), float(c)) for a, b, c in zip(low, mid, high, strict=True)]
 
 
-def predict_z_interval(model: ZeRegressor, row: pd.Series) -> ZInterval:
+def predict_z_interval(model: ZeModel, row: pd.Series) -> ZInterval:
     """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
     return predict_z_intervals(model, row.to_frame().T)[0]
 
@@ -276,7 +298,7 @@ def _canonical(buffer: bytes) -> bytes:
     return out.getvalue()
 
 
-def save_model(model: ZeRegressor, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
+def save_model(model: ZeModel, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``model`` with skops to ``path`` (``.skops``) and ``metadata`` as JSON beside it (``.json``).
 
     The same model and metadata give the same bytes. Raises :class:`ModelError`
@@ -294,7 +316,7 @@ def save_model(model: ZeRegressor, path: Path, metadata: Mapping[str, Any]) -> t
     return path, json_path
 
 
-def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeRegressor:
+def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeModel:
     """Load a model written by :func:`save_model`, refusing files with types outside ``trusted``."""
     try:
         data = Path(path).read_bytes()
@@ -311,9 +333,9 @@ def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeRegr
             "refusing to load it: rebuild it with zest train"
         )
     model = sio.load(io.BytesIO(data), trusted=list(found))
-    if not isinstance(model, ZeRegressor):
+    if not isinstance(model, ZeModel):  # a ZeRegressor, or a model built on one (estimator.model.local)
         raise ModelError(
-            f"{path} holds a {type(model).__name__}, not a ZeRegressor: rebuild it with zest train"
+            f"{path} holds a {type(model).__name__}, not a Z_e model: rebuild it with zest train"
         )
     return model
 
@@ -335,7 +357,7 @@ def load_metadata(path: Path) -> dict[str, Any]:
 class LoadedModel:
     """A model and the metadata it was shipped with (feature names, coverage, capture shares, provenance)."""
 
-    model: ZeRegressor
+    model: ZeModel
     metadata: dict[str, Any]
 
     @property
@@ -366,11 +388,19 @@ def trained_model_path() -> Path:
 
 
 def load_base_model() -> LoadedModel:
-    """The model a user trained (``zest train``, default folder) when there is one, else the shipped one."""
+    """The model a user trained (``zest train``, default folder) when there is one, else the shipped one.
+
+    Either is a :class:`ZeRegressor`, the base a local model corrects.
+    """
     path = trained_model_path()
-    if not path.is_file():
-        return load_default_model()
-    return LoadedModel(load_model(path), load_metadata(path.with_suffix(".json")))
+    loaded = (
+        load_default_model()
+        if not path.is_file()
+        else LoadedModel(load_model(path), load_metadata(path.with_suffix(".json")))
+    )
+    if not isinstance(loaded.model, ZeRegressor):
+        raise ModelError(f"{path} holds no ZeRegressor to build a local model on: rebuild it with zest train")
+    return loaded
 
 
 def local_model_path() -> Path:

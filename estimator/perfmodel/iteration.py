@@ -97,6 +97,10 @@ OPTIMIZER_STEP_BYTES_PER_PARAM: Final = 32
 #: besides tensors (typically 1.5-3 GiB on A100/H100).
 RUNTIME_RESERVED_BYTES: Final = 2 * 1024**3
 GPUS_PER_HOST: Final = 8
+#: Most micro-batches per iteration simulated (the timeline holds each); real jobs run a few thousand.
+MAX_MICRO_BATCHES: Final = 100_000
+#: Most samples (seconds x GPUs) one simulation holds in memory, about 3 GB: 8 GPUs for two weeks.
+MAX_SIMULATED_SAMPLES: Final = 10_000_000
 #: Thread blocks NCCL runs per collective (one SM each); its defaults on NVSwitch systems are 16-32.
 NCCL_CHANNELS: Final = 16
 
@@ -188,6 +192,11 @@ class JobSpec:
                 f"global_batch {self.global_batch} is not a multiple of micro_batch·data_parallel = "
                 f"{self.micro_batch}·{d} = {self.micro_batch * d}"
             )
+        if self.micro_batches > MAX_MICRO_BATCHES:
+            raise SpecError(
+                f"global_batch / (micro_batch·data_parallel) = {self.micro_batches} micro-batches per "
+                f"iteration, more than the {MAX_MICRO_BATCHES:,} the model simulates; raise micro_batch"
+            )
         if self.hidden_size % self.attention_heads:
             raise SpecError(
                 f"hidden_size {self.hidden_size} is not divisible by attention_heads {self.attention_heads}"
@@ -247,6 +256,8 @@ class JobSpec:
                 raise SpecError(f"cannot read job spec {path}: {exc.strerror}") from None
             except json.JSONDecodeError as exc:
                 raise SpecError(f"job spec {path} is not JSON: {exc.msg} at line {exc.lineno}") from None
+            except UnicodeDecodeError:
+                raise SpecError(f"job spec {path} is not UTF-8 text: give a JSON file") from None
         if not isinstance(raw, Mapping):
             raise SpecError("job spec must be a JSON object of field: value")
         known = {f.name: f for f in fields(cls)}
@@ -782,9 +793,14 @@ def simulate_telemetry(
     Deterministic for a ``seed``. Raises :class:`SpecError` when the job does
     not fit in memory (it would not run) or ``minutes`` gives no sample.
     """
-    samples = round(minutes * 60)
+    samples = round(minutes * 60) if math.isfinite(minutes) else 0
     if samples < 1:
-        raise SpecError(f"minutes must give at least one 1-second sample, got {minutes!r}")
+        raise SpecError(f"minutes must be finite and give at least one 1-second sample, got {minutes!r}")
+    if samples * spec.num_gpus > MAX_SIMULATED_SAMPLES:
+        raise SpecError(
+            f"{minutes:g} min of {spec.num_gpus} GPUs at 1 Hz is {samples * spec.num_gpus:,} samples, more "
+            f"than the {MAX_SIMULATED_SAMPLES:,} simulated at once; simulate fewer minutes"
+        )
     model = _Model(spec, constants)
     gpu = spec.gpu_spec
     for stage in range(spec.pipeline_parallel):

@@ -11,7 +11,9 @@ matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 
+from collectors.errors import InputError, OutputError
 from estimator.decision.breakeven import Decision, implementation_hours, total_speedup_hours
 
 _LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, "linewidth": 0}
@@ -19,7 +21,12 @@ _LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "alpha": 0.8, 
 
 def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) -> None:
     """Draw, per algorithm, R · T · Z/100 against R (band: Z low to high), its cost as a dotted line,
-    its break-even point, and the planned R; write a PNG to ``path``."""
+    its break-even point, and the planned R; write it to ``path``, a PNG (or the format its suffix names).
+
+    Raises :class:`InputError` for a suffix matplotlib cannot write, :class:`OutputError` when the file
+    cannot be written.
+    """
+    _check_format(path)
     job = decision.job
     engineering = implementation_hours(job.gpus, decision.costs)
     finite = [a.r_break for a in decision.assessments if math.isfinite(a.r_break)]
@@ -82,5 +89,22 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
     )
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write the chart {path} ({exc.strerror or exc}): check that its folder exists and is "
+            "writable"
+        ) from None
+    finally:
+        plt.close(fig)
+
+
+def _check_format(path: Path) -> None:
+    """Refuse a suffix matplotlib cannot write before drawing; no suffix is a PNG (matplotlib's default)."""
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
+        raise InputError(
+            f"cannot draw a chart as {path.name}: .{suffix} is not an image format matplotlib writes; "
+            "name the file .png (or .pdf, .svg)"
+        )

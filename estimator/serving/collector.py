@@ -11,7 +11,7 @@ Three parts, each plain:
   sees the previous snapshot, never half of the next; a job missing from the
   new snapshot (it ended) loses its series.
 
-Metric names come from :mod:`collectors.metrics`; ratios are 0-1, GPU time is
+Metric names come from :mod:`estimator.serving.metrics`; ratios are 0-1, GPU time is
 in GPU-seconds.
 """
 
@@ -24,25 +24,25 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 
 import pandas as pd
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collectors import metrics as m
 from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, summary_column
-from estimator.decision.algorithms import AlgorithmChoice, CaptureShares, candidates
-from estimator.decision.breakeven import Decision, Verdict, ZInterval, decide
-from estimator.features.extract import FEATURES, GPU_COUNT, features_frame
-from estimator.serving.config import BreakEven, ServeConfig
+from collectors.util import zest_version
+from estimator import pipeline
+from estimator.decision.algorithms import CaptureShares
+from estimator.decision.breakeven import Verdict
+from estimator.features.extract import FEATURES
+from estimator.pipeline import JobEstimate, ZEstimator
+from estimator.serving import metrics as m
+from estimator.serving.config import ServeConfig
 
 SECONDS_PER_HOUR = 3600.0
 PERCENT_PER_RATIO = 100.0
 BOUNDS = ("low", "mid", "high")
 
-#: Estimates Z_e for every row of a features frame (index: job ids), in % of training time.
-ZEstimator = Callable[[pd.DataFrame], Sequence[ZInterval]]
 
 FEATURE_HELP: Mapping[str, str] = {
     "idle_share_ratio": "Share of samples with almost no SM activity, mean over the job's GPUs (0-1)",
@@ -71,17 +71,6 @@ def _feature_help(feature: str) -> str:
 
 
 @dataclass(frozen=True)
-class JobEstimate:
-    """One job's estimate: Z_e, the break-even inputs used and the decision, and its features."""
-
-    job_id: str
-    z_percent: ZInterval
-    settings: BreakEven
-    decision: Decision
-    features: Mapping[str, float]
-
-
-@dataclass(frozen=True)
 class Snapshot:
     """What one cycle produced: every running job's estimate and, optionally, per-GPU signal means."""
 
@@ -98,27 +87,17 @@ def estimate_jobs(
     *,
     taken_at_seconds: float,
 ) -> Snapshot:
-    """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs).
+    """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs), through the pipeline.
 
-    ``shares``: each algorithm's share of Z_e (:func:`estimator.decision.algorithms.capture_shares`).
-    Per-GPU means are kept when ``config.gpu_series`` is set.
+    Each job is weighed with the plan ``config`` gives it; ``shares``: each
+    algorithm's share of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set.
     """
-    if summary.empty:
-        return Snapshot(
-            gpu_means=_gpu_means(summary) if config.gpu_series else None, taken_at_seconds=taken_at_seconds
-        )
-    features = features_frame(summary)
-    intervals = z_estimator(features)
-    records = features.to_dict("index")
-    jobs = []
-    for job_id, z in zip(features.index, intervals, strict=True):
-        values = {str(k): float(v) for k, v in records[job_id].items()}
-        settings = config.for_job(str(job_id))
-        chosen = [AlgorithmChoice(name, trials) for name, trials in settings.algorithms.items()]
-        weighed = candidates(chosen, z, shares, settings.trial_hours)
-        decision = decide(weighed, settings.job(values[GPU_COUNT]), settings.costs())
-        jobs.append(JobEstimate(str(job_id), z, settings, decision, values))
     gpu_means = _gpu_means(summary) if config.gpu_series else None
+    if summary.empty:
+        return Snapshot(gpu_means=gpu_means, taken_at_seconds=taken_at_seconds)
+    jobs = pipeline.estimate(
+        summary, z_estimator=z_estimator, plan_for=lambda job: config.for_job(job).plan(), shares=shares
+    )
     return Snapshot(tuple(jobs), gpu_means, taken_at_seconds)
 
 
@@ -195,13 +174,6 @@ def _counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Count
     return CounterMetricFamily(name.removesuffix("_total"), documentation, labels=labels)
 
 
-def _version() -> str:
-    try:
-        return metadata.version("zest")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class ZestCollector(Collector):
     """Renders an :class:`ExporterState`; register it in the registry the HTTP server serves."""
 
@@ -210,7 +182,7 @@ class ZestCollector(Collector):
     ) -> None:
         self._state = state
         self._coverage = coverage_ratio
-        self._version = version if version is not None else _version()
+        self._version = version if version is not None else zest_version()
 
     def describe(self) -> list[Metric]:
         return []  # names vary with the features; registering must not run a collection
@@ -315,12 +287,11 @@ class ZestCollector(Collector):
             f: GaugeMetricFamily(m.zest_feature_metric(f), _feature_help(f), labels=[job]) for f in FEATURES
         }
         for estimate in jobs:
-            jid = estimate.job_id
-            for bound, value in zip(
-                BOUNDS, (estimate.z_percent.low, estimate.z_percent.mid, estimate.z_percent.high), strict=True
-            ):
+            jid, z_percent, decision = estimate.job_id, estimate.z_percent, estimate.decision
+            if z_percent is None or decision is None:
+                continue  # a job the pipeline did not weigh has no break-even series
+            for bound, value in zip(BOUNDS, (z_percent.low, z_percent.mid, z_percent.high), strict=True):
                 z.add_metric([jid, bound], value / PERCENT_PER_RATIO)
-            decision = estimate.decision
             duration.add_metric([jid], decision.job.duration_hours * SECONDS_PER_HOUR)
             reuse.add_metric([jid], decision.job.reuse)
             gpus.add_metric([jid], float(decision.job.gpus))

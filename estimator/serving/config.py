@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from collectors.errors import ConfigError, InputError
-from estimator.decision.algorithms import ALGORITHMS_BY_NAME, DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES
-from estimator.decision.breakeven import Costs, Job
+from estimator.decision.algorithms import (
+    ALGORITHMS_BY_NAME,
+    DEFAULT_ALGORITHMS,
+    DEFAULT_TRIAL_MINUTES,
+    AlgorithmChoice,
+    Plan,
+)
+from estimator.decision.breakeven import Costs
 
 #: Labels an override may match on.
 MATCH_LABELS: tuple[str, ...] = ("job_id", "namespace", "name")
@@ -50,10 +56,16 @@ class BreakEven:
     def costs(self) -> Costs:
         return Costs(self.engineer_hours, self.gpu_hour_cost, self.engineer_hour_cost)
 
-    def job(self, gpus_seen: float) -> Job:
-        """The break-even job: G from the config, else the GPUs seen (at least 1)."""
-        gpus = self.gpus if self.gpus is not None else (int(gpus_seen) if math.isfinite(gpus_seen) else 1)
-        return Job(self.duration_hours, max(gpus, 1), self.reuse)
+    def plan(self) -> Plan:
+        """These inputs as the pipeline's plan of one job (G None: the GPUs seen in its telemetry)."""
+        return Plan(
+            duration_hours=self.duration_hours,
+            reuse=self.reuse,
+            gpus=self.gpus,
+            trial_hours=self.trial_hours,
+            costs=self.costs(),
+            algorithms=tuple(AlgorithmChoice(name, trials) for name, trials in self.algorithms.items()),
+        )
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,8 @@ def load_config(path: Path | None) -> ServeConfig:
         raise ConfigError(f"cannot read config {path} ({exc.strerror}); check the path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML ({exc}); fix the line it names") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text, as TOML must be; save it as UTF-8") from None
     return parse_config(document, str(path))
 
 
@@ -196,7 +210,7 @@ def _settings(base: BreakEven, table: Mapping[str, Any], where: str) -> BreakEve
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
     settings = replace(base, **_changes(table))
     try:
-        settings.job(1.0)
+        settings.plan().job(1.0)
         settings.costs()
         if not (math.isfinite(settings.trial_minutes) and settings.trial_minutes > 0):
             raise InputError(f"trial_minutes must be a finite number > 0, got {settings.trial_minutes:g}")

@@ -32,7 +32,8 @@ from collectors.prometheus import PrometheusSource
 from collectors.schema import GPU, JOB_ID, TIMESTAMP, conform, empty_frame
 from estimator.decision.algorithms import CaptureShares
 from estimator.features.extract import summarize_gpus
-from estimator.serving.collector import ExporterState, ZEstimator, estimate_jobs
+from estimator.pipeline import ZEstimator
+from estimator.serving.collector import ExporterState, estimate_jobs
 from estimator.serving.config import ServeConfig
 
 

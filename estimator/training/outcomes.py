@@ -20,7 +20,7 @@ import pandas as pd
 
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME
 from estimator.decision.breakeven import exploration_hours, r_explore, total_speedup_hours
-from estimator.features.extract import FEATURES, job_features, summarize_gpus
+from estimator.features.extract import FEATURES
 from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "history",
     "learning_curves",
     "local_rows",
-    "telemetry_features",
     "trial_z_percent",
 ]
 
@@ -41,18 +40,6 @@ MIN_CURVE_STUDIES: Final = 5
 BLACK_BOX_FRACTION: Final = ALGORITHMS_BY_NAME["black-box"].trials / ALGORITHMS_BY_NAME["exhaustive"].trials
 CURVE_FRACTIONS: Final = (0.1, 0.25, 0.5, 0.75, 1.0)
 SECONDS_PER_HOUR: Final = 3600.0
-
-
-def telemetry_features(frame: pd.DataFrame | None, summary: pd.DataFrame | None) -> dict[str, float] | None:
-    """The job features of one trial's telemetry (raw samples or a per-GPU summary); None when it is empty."""
-    if summary is None:
-        if frame is None or frame.empty:
-            return None
-        summary = summarize_gpus(frame)
-    if summary.empty:
-        return None
-    row = job_features(summary).row
-    return {str(k): float(v) for k, v in row.items()}
 
 
 def trial_z_percent(values: pd.Series, objective: str) -> pd.Series:

@@ -15,11 +15,12 @@ by :mod:`estimator.perfmodel.iteration` under the assumptions its calibration ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from collectors import schema
-from collectors.errors import InputError
+from collectors.errors import InputError, OutputError
+from collectors.util import zest_version
 from estimator.features import extract as features
 from estimator.features.extract import FEATURES, job_features, summarize_gpus
 from estimator.model.regressor import MODEL_FEATURES, ZeRegressor
@@ -155,7 +157,7 @@ def _cache_key(data: StudyData, constants: PerfConstants, minutes: float, seed: 
         "seed": seed,
         "features": FEATURES,
         "recipe": _RECIPE_VERSION,
-        "zest": metadata.version("zest"),
+        "zest": zest_version(),
     }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     return digest.hexdigest()[:16]
@@ -180,7 +182,11 @@ def training_rows(
     if cache_dir is not None:
         cache_file = cache_dir / f"training_rows_{_cache_key(data, constants, minutes, seed)}.parquet"
         if cache_file.is_file():
-            return pd.read_parquet(cache_file)
+            try:
+                return pd.read_parquet(cache_file)
+            except (OSError, ValueError):  # cut short or damaged (pyarrow's ArrowInvalid): simulated again
+                pass
+        _make_cache(cache_dir)  # before the simulation: a cache that cannot be written fails at once
     frame = data.frame
     rows = [
         simulate_features(spec, constants, job_id=f"vtrain-{i}", minutes=minutes, seed=seed + i)
@@ -190,16 +196,37 @@ def training_rows(
     out[STUDY] = frame[STUDY].to_numpy()
     out[Z_PERCENT] = frame[Z_PERCENT].to_numpy()
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        ignore = cache_file.parent / ".gitignore"
+        partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.partial")
+        try:
+            for stale in cache_file.parent.glob("training_rows_*.parquet"):
+                stale.unlink()  # rows of older code or data, or a damaged file: never read again
+            out.to_parquet(partial, index=False)
+            os.replace(partial, cache_file)  # whole or not at all: a killed run leaves no half file
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
+            raise _cache_error(cache_file.parent, exc) from None
+    return out
+
+
+def _make_cache(cache_dir: Path) -> None:
+    """Create the cache folder with a ``.gitignore`` that keeps it out of a checkout's commits."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        ignore = cache_dir / ".gitignore"
         if not ignore.exists():
             ignore.write_text(
                 "# rows simulated by estimator.training.rows; rebuilt on demand\n*\n", encoding="utf-8"
             )
-        for stale in cache_file.parent.glob("training_rows_*.parquet"):
-            stale.unlink()  # rows of older code or data: never read again
-        out.to_parquet(cache_file, index=False)
-    return out
+    except OSError as exc:
+        raise _cache_error(cache_dir, exc) from None
+
+
+def _cache_error(cache_dir: Path, exc: OSError) -> OutputError:
+    return OutputError(
+        f"cannot write the training rows' cache in {cache_dir} ({exc.strerror or exc}): "
+        "pass a writable --cache-dir"
+    )
 
 
 def fit_model(rows: pd.DataFrame, model: ZeRegressor | None = None) -> ZeRegressor:
@@ -228,7 +255,7 @@ def artifact_metadata(
             "(0-100), with a low/mid/high interval, from a job's telemetry features. Features simulated "
             "by estimator.perfmodel.iteration, labels measured (vTrain). Built by zest train."
         ),
-        "zest_version": metadata.version("zest"),
+        "zest_version": zest_version(),
         "model": {
             "class": f"{type(model).__module__}.{type(model).__qualname__}",
             "params": {k: _rounded(v) for k, v in sorted(model.get_params().items())},
