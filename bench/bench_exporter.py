@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from estimator.cli.serve import RenderedMetrics
+from estimator.serving.http import RenderedMetrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from promserver import SCRAPE_SECONDS, dcgm_gpu, dcgm_labels, start_prometheus, write_openmetrics

@@ -537,11 +537,7 @@ def _with_mig(gpu: str | None, instance: str | None) -> str | None:
 def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
     gpu = _label(labels, (metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL))
     gpu = _with_mig(gpu, labels.get(metrics.DCGM_MIG_INSTANCE_LABEL))
-    job = labels.get(metrics.DCGM_HPC_JOB_LABEL) or None
-    pod = _label(labels, metrics.DCGM_POD_LABELS)
-    if job is None and pod is not None:
-        namespace = _label(labels, metrics.DCGM_NAMESPACE_LABELS)
-        job = f"{namespace}/{pod}" if namespace else pod
+    job = metrics.job_id_from_labels(labels, metrics.DCGM_JOB_LABELLINGS)
     model = labels.get(metrics.DCGM_MODEL_LABEL) or None
     return _host(labels, metrics.DCGM_HOST_LABELS), gpu, job, model
 
@@ -549,7 +545,7 @@ def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, s
 def _jobstats_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
     gpu = _label(labels, (*metrics.JOBSTATS_GPU_LABELS, metrics.JOBSTATS_UUID_LABEL))
     gpu = _with_mig(gpu, labels.get(metrics.JOBSTATS_MIG_INSTANCE_LABEL))
-    job = labels.get(metrics.JOBSTATS_JOB_LABEL) or None
+    job = metrics.job_id_from_labels(labels, metrics.JOBSTATS_JOB_LABELLINGS)
     model = labels.get(metrics.JOBSTATS_MODEL_LABEL) or None
     return _host(labels, metrics.JOBSTATS_HOST_LABELS), gpu, job, model
 

@@ -8,6 +8,7 @@ exports itself are named in :mod:`estimator.serving.metrics`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
@@ -78,6 +79,25 @@ JOBSTATS_UUID_LABEL = "uuid"
 JOBSTATS_MODEL_LABEL = "name"
 JOBSTATS_HOST_LABELS = ("hostname", "instance")  # instance is host:port, set by the scrape
 JOBSTATS_MIG_INSTANCE_LABEL = "GPU_I_ID"  # empty on a whole GPU
+
+
+#: How each exporter names a job: labellings tried in order, each (outer labels..., inner label); the
+#: job id is the inner label's value, prefixed by the outer ones present: ``namespace/pod``.
+DCGM_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = (
+    (DCGM_HPC_JOB_LABEL,),
+    *zip(DCGM_NAMESPACE_LABELS, DCGM_POD_LABELS, strict=True),
+)
+JOBSTATS_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = ((JOBSTATS_JOB_LABEL,),)
+
+
+def job_id_from_labels(labels: Mapping[str, str], labellings: Sequence[Sequence[str]]) -> str | None:
+    """The job id a series' labels name under the first labelling whose inner label is set; None if none."""
+    for labelling in labellings:
+        *outer, inner = labelling
+        if labels.get(inner):
+            prefix = "/".join(labels[o] for o in outer if labels.get(o))
+            return f"{prefix}/{labels[inner]}" if prefix else labels[inner]
+    return None
 
 
 def dcgm_metric_for(signal: str) -> str:

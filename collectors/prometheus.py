@@ -183,12 +183,7 @@ class _Family:
 
     def job_id(self, labels: Mapping[str, str]) -> str | None:
         """The job id the labels name, in :meth:`PrometheusSource.summarize_job`'s format; None if none."""
-        for labelling in self.job_labellings:
-            *outer, inner = labelling
-            if labels.get(inner):
-                prefix = "/".join(labels[o] for o in outer if labels.get(o))
-                return f"{prefix}/{labels[inner]}" if prefix else labels[inner]
-        return None
+        return metrics.job_id_from_labels(labels, self.job_labellings)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -241,10 +236,7 @@ _DCGM = _Family(
     gpu_labels=(metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL),
     mig_label=metrics.DCGM_MIG_INSTANCE_LABEL,
     model_label=metrics.DCGM_MODEL_LABEL,
-    job_labellings=(
-        (metrics.DCGM_HPC_JOB_LABEL,),
-        *zip(metrics.DCGM_NAMESPACE_LABELS, metrics.DCGM_POD_LABELS, strict=True),
-    ),
+    job_labellings=metrics.DCGM_JOB_LABELLINGS,
 )
 _JOBSTATS = _Family(
     name="jobstats exporter",
@@ -253,7 +245,7 @@ _JOBSTATS = _Family(
     gpu_labels=(*metrics.JOBSTATS_GPU_LABELS, metrics.JOBSTATS_UUID_LABEL),
     mig_label=metrics.JOBSTATS_MIG_INSTANCE_LABEL,
     model_label=metrics.JOBSTATS_MODEL_LABEL,
-    job_labellings=((metrics.JOBSTATS_JOB_LABEL,),),
+    job_labellings=metrics.JOBSTATS_JOB_LABELLINGS,
 )
 _FAMILIES = (_DCGM, _JOBSTATS)
 #: Label that tags each signal's part of a batched query.

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from collectors.errors import JobNotFound, SourceUnavailable
+from collectors.errors import InputError, JobNotFound, SourceUnavailable
 from collectors.util import short_host
 
 if TYPE_CHECKING:  # pandas loads with the first telemetry read, not with the command line
@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pandas loads with the first telemetry read, not with the co
 NVML = "nvml"
 EXAMPLE = "example"
 PROMETHEUS_PREFIX = "prometheus="
+#: How long NVML samples when no --window is given.
+DEFAULT_NVML_WINDOW_SECONDS = 60.0
 SOURCE_HELP = "nvml, prometheus=URL, example (the bundled captures) or the path of a capture file"
 
 
@@ -166,6 +168,12 @@ def _read_nvml(
     from collectors.jobmap import resolve_job_gpus
     from collectors.nvml import NvmlSource
 
+    window = DEFAULT_NVML_WINDOW_SECONDS if window_seconds is None else window_seconds
+    if interval_seconds > window:
+        raise InputError(
+            f"--window {window:g} s is shorter than --interval {interval_seconds:g} s: "
+            "give a window of at least one interval"
+        )
     nvml = factory() if factory is not None else NvmlSource()
     assert isinstance(nvml, NvmlSource)
     if not explicit and not nvml.available():
@@ -185,7 +193,6 @@ def _read_nvml(
         notes = [f"job {job_id} on GPU(s) {_listed(indices)} of this host ({gpus.how})"]
         if gpus.shared:
             notes.append(f"GPU(s) {_listed(gpus.shared)} are shared with other jobs")
-    window = 60.0 if window_seconds is None else window_seconds
     capture = nvml.sample(window, interval_seconds, gpu_indices=indices, job_id=job_id)
     return Telemetry(source="nvml", frame=capture.frame, notes=notes + list(capture.notes))
 

@@ -29,23 +29,16 @@ from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusAuth, PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
-from estimator.cli import serve as serve_module
 from estimator.cli.main import main
-from estimator.cli.serve import (
-    HPC_JOB_MAPPING_DIR_ENV,
-    RenderedMetrics,
-    WebConfig,
-    build_server,
-    load_web_config,
-    make_source,
-    parse_listen,
-    serve,
-)
+from estimator.cli.options import HPC_JOB_MAPPING_DIR_ENV
+from estimator.cli.serve import make_source, parse_listen, serve
 from estimator.decision.algorithms import capture_shares
 from estimator.features.extract import features_frame, summarize_gpus
 from estimator.model.default import default_model, z_interval_for, z_intervals_for
+from estimator.serving import http as http_module
 from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
 from estimator.serving.config import ServeConfig, load_config, parse_config
+from estimator.serving.http import RenderedMetrics, WebConfig, build_server, load_web_config
 from estimator.serving.runner import ClusterSummaries, NodeSummaries, Runner, failure_reason
 
 EXAMPLE_TOML = Path(__file__).parent.parent / "grafana" / "zest.example.toml"
@@ -450,7 +443,7 @@ def test_a_port_without_permission_is_port_in_use(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(serve_module, "make_server", refuse)
+    monkeypatch.setattr(http_module, "make_server", refuse)
     with pytest.raises(PortInUse, match=r"0\.0\.0\.0:80: no permission.*--listen"):
         build_server(("0.0.0.0", 80), registry, WebConfig())
 
@@ -463,7 +456,7 @@ def test_an_address_not_of_this_host_is_bad_input(
     def refuse(*args: object, **kwargs: object) -> None:  # Linux's answer unless ip_nonlocal_bind is set
         raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
 
-    monkeypatch.setattr(serve_module, "make_server", refuse)
+    monkeypatch.setattr(http_module, "make_server", refuse)
     with pytest.raises(InputError, match=r"192\.0\.2\.1:10940 \(Cannot assign.*--listen") as caught:
         build_server(("192.0.2.1", 10940), registry, WebConfig())
     assert not isinstance(caught.value, PortInUse)

@@ -22,9 +22,10 @@ import pytest
 from click.testing import CliRunner
 from promserver import backfill, dcgm_gpu, dcgm_labels, require_binaries, start_prometheus, write_openmetrics
 
-from collectors.errors import OptunaMissing, OutcomesError
+from collectors.errors import JobNotFound, OptunaMissing, OutcomesError
 from collectors.files import write_capture
 from collectors.studies.store import OutcomeStore, read_optuna_study
+from estimator.cli import outcomes as outcomes_cli
 from estimator.cli.model import local_outcomes_section, train
 from estimator.cli.outcomes import history_command, record
 from estimator.features.extract import GPU_COUNT, SAMPLES_PER_GPU_MIN, WINDOW_SECONDS
@@ -159,8 +160,30 @@ def test_missing_study_and_missing_file_are_one_line_errors(tmp_path: Path) -> N
 
 def test_without_optuna_record_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(OptunaMissing, match=r"pip install 'zest\[optuna\]'"):
+    with pytest.raises(OptunaMissing, match=r"pip install 'zest-gpu\[optuna\]'"):
         read_optuna_study(f"sqlite:///{tmp_path / 'x.db'}", "x")
+
+
+def test_record_reads_trials_with_the_prometheus_credentials_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    add_trials(storage, "cred", "minimize", [2.0, 1.0])
+    seen: list[Any] = []
+
+    def no_telemetry(source: str, study: str, trial: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("prometheus_auth"))
+        raise JobNotFound(f"trial {trial.number}: nothing here")
+
+    monkeypatch.setattr(outcomes_cli, "trial_telemetry", no_telemetry)
+    monkeypatch.setenv("ZEST_PROMETHEUS_TOKEN", "s3cret-token")
+    out = invoke(
+        record,
+        ["--storage", storage, "--study", "cred", "--source", "prometheus=http://127.0.0.1:9",
+         "--job-id", "j1", "--store", str(tmp_path / "o.sqlite")],
+    )  # fmt: skip
+    assert len(seen) == 2 and all(auth is not None and auth.token == "s3cret-token" for auth in seen)
+    assert "s3cret-token" not in out
 
 
 # --- ZenithTune layout, capture folders, re-record -------------------------------------------------

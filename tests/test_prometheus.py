@@ -53,7 +53,7 @@ from collectors.schema import (
     summary_column,
 )
 from estimator.cli.main import cli, main
-from estimator.cli.serve import PROMETHEUS_PASSWORD_ENV, PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV
+from estimator.cli.options import PROMETHEUS_PASSWORD_ENV, PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV
 
 MIB = 1024 * 1024
 

@@ -28,7 +28,7 @@ from collectors.nvml import NvmlSource
 from collectors.sources import example_jobs, read_job
 from estimator.cli import main as cli_main
 from estimator.cli.main import capture, estimate
-from estimator.cli.serve import HPC_JOB_MAPPING_DIR_ENV
+from estimator.cli.options import HPC_JOB_MAPPING_DIR_ENV
 
 
 def nvml_with_our_process_on_gpu_1() -> NvmlSource:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
@@ -41,6 +41,9 @@ from collectors.errors import (
 from collectors.files import read_capture
 from collectors.sources import PROMETHEUS_PREFIX, Telemetry, read_job
 from collectors.util import one_line, user_data_dir
+
+if TYPE_CHECKING:
+    from collectors.prometheus import PrometheusAuth
 
 __all__ = [
     "COMPLETE",
@@ -180,8 +183,8 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
     """
     if objective is not None and objective not in OBJECTIVES:
         raise OutcomesError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    optuna = _optuna()  # first: without Optuna nothing else can be said of the storage
     _check_storage(storage)
-    optuna = _optuna()
     from sqlalchemy.exc import ArgumentError  # Optuna's RDB storage is SQLAlchemy's
 
     try:
@@ -283,7 +286,14 @@ def _capture_for(folder: Path, study: str, number: int) -> Path | None:
     return None
 
 
-def trial_telemetry(source: str, study: str, trial: TrialRecord, *, job_id: str | None = None) -> Telemetry:
+def trial_telemetry(
+    source: str,
+    study: str,
+    trial: TrialRecord,
+    *,
+    job_id: str | None = None,
+    prometheus_auth: PrometheusAuth | None = None,
+) -> Telemetry:
     """The telemetry of one trial from ``source``: ``prometheus=URL`` or a folder of captures.
 
     Prometheus is asked for job ``trial.job_id`` (else ``job_id``) over the
@@ -303,7 +313,9 @@ def trial_telemetry(source: str, study: str, trial: TrialRecord, *, job_id: str 
         seconds = trial.duration_seconds
         if seconds is None or seconds <= 0:
             raise JobNotFound(f"trial {trial.number} has no time window")
-        return read_job(source, job, window_seconds=seconds, end=trial.completed_at)
+        return read_job(
+            source, job, window_seconds=seconds, end=trial.completed_at, prometheus_auth=prometheus_auth
+        )
     folder = Path(source)
     if not folder.is_dir():
         raise SourceUnavailable(

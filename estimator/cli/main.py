@@ -33,8 +33,7 @@ from collectors.errors import (
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
 from collectors.sources import SOURCE_HELP, read_job
 from collectors.util import DISTRIBUTION
-from estimator.cli.options import DurationType, capture_output_options, check_output
-from estimator.cli.serve import source_access_options
+from estimator.cli.options import DurationType, capture_output_options, check_output, source_access_options
 from estimator.decision.algorithms import (
     ALGORITHMS_BY_NAME,
     DEFAULT_ALGORITHMS,
@@ -280,6 +279,10 @@ def estimate(
         raise click.UsageError("--duration-hours is required: the job's training duration T in hours (> 0)")
     if engineer_hours > 0 and (gpu_hour_cost is None or engineer_hour_cost is None):
         raise click.UsageError("--engineer-hours > 0 needs --gpu-hour-cost and --engineer-hour-cost (> 0)")
+    if plot is not None:
+        from estimator.reports.chart import check_chart_path  # matplotlib only when asked for
+
+        check_chart_path(plot)
     needs_estimate = any(a.z_percent is None for a in chosen) and z_expected is None
     if (needs_estimate or source is not None) and job_id is None:
         raise click.UsageError(
@@ -500,6 +503,8 @@ def _run(command: click.Command, prog: str, argv: Sequence[str] | None) -> NoRet
         result = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:
         _fail(prog, "aborted", 130)
+    except click.exceptions.NoArgsIsHelpError:
+        _fail(prog, f"no command given; run {prog} --help to see the commands", 2)
     except click.ClickException as exc:  # bad options: one line, not click's usage block
         _fail(prog, exc.format_message(), exc.exit_code)
     except ZestError as exc:  # by meaning: each class carries its documented exit code

@@ -52,7 +52,7 @@ from estimator.training.rows import (
 )
 
 #: Where ``zest train`` caches its simulated rows by default; never inside the installed package.
-CACHE_DIR: Final = user_cache_dir() / "training-rows"
+CACHE_FOLDER: Final = "training-rows"
 #: A fixed default start keeps ``zest simulate`` deterministic for a seed.
 DEFAULT_START: Final = "2026-11-01T00:00:00"
 
@@ -61,7 +61,7 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option(
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        default=CACHE_DIR,
+        default=None,
         show_default="training-rows in the user's cache directory",
         help="Folder for the simulated training rows (rebuilt when the data, constants or code change).",
     )(command)
@@ -140,7 +140,7 @@ def simulate(
 @store_option
 def train(
     data_dir: Path | None,
-    cache_dir: Path,
+    cache_dir: Path | None,
     output_dir: Path | None,
     with_outcomes: bool,
     store_path: Path | None,
@@ -151,11 +151,11 @@ def train(
         return
     data = read_study_data(_required_data(data_dir))
     output_dir = trained_model_path().parent if output_dir is None else output_dir
-    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
+    _make_folder(output_dir)  # before the training, not after it
+    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=_cache(cache_dir))
     model = fit_model(rows)
     shares = default_capture_shares(capture_share_table(data.frame))
     metadata = artifact_metadata(data, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
-    _make_folder(output_dir)
     model_path, json_path = save_model(model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata)
     click.echo(
         f"trained on {len(rows)} configurations of {data.studies} studies "
@@ -171,6 +171,11 @@ def _required_data(data_dir: Path | None) -> Path:
             "(in a checkout of zest: ../shared/data/vtrain)"
         )
     return data_dir
+
+
+def _cache(cache_dir: Path | None) -> Path:
+    """The training rows' cache: the one given, else in the user's cache directory (read when run)."""
+    return user_cache_dir() / CACHE_FOLDER if cache_dir is None else cache_dir
 
 
 def _make_folder(folder: Path) -> None:
@@ -221,7 +226,7 @@ def _train_local(store_path: Path) -> None:
 )
 @store_option
 def evaluate_command(
-    data_dir: Path | None, cache_dir: Path, card: Path | None, store_path: Path | None
+    data_dir: Path | None, cache_dir: Path | None, card: Path | None, store_path: Path | None
 ) -> None:
     """Grouped cross-validation of the Z_e model against three baselines; print it, update a model card."""
     text = None
@@ -231,7 +236,7 @@ def evaluate_command(
         except OSError as exc:
             raise InputError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
     data = read_study_data(_required_data(data_dir))
-    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=cache_dir)
+    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=_cache(cache_dir))
     section = render_markdown(evaluate(data, rows))
     click.echo(section)
     if card is not None and text is not None:

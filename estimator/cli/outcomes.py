@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,8 +30,12 @@ from collectors.studies.store import (
     trial_telemetry,
     with_features,
 )
+from estimator.cli.options import prometheus_access_options
 from estimator.pipeline import estimate, gpu_summary
 from estimator.training.outcomes import history
+
+if TYPE_CHECKING:
+    from collectors.prometheus import PrometheusAuth
 
 __all__ = ["history_command", "record", "store_option"]
 
@@ -52,7 +56,9 @@ def resolved_store(store_path: Path | None) -> Path:
     return default_store_path() if store_path is None else store_path
 
 
-def _with_telemetry(study: StudyRecord, source: str, job_id: str | None) -> StudyRecord:
+def _with_telemetry(
+    study: StudyRecord, source: str, job_id: str | None, prometheus_auth: PrometheusAuth | None
+) -> StudyRecord:
     """``study`` with the features of each COMPLETE trial's telemetry; trials without any keep None."""
     trials = []
     for trial in study.trials:
@@ -60,7 +66,9 @@ def _with_telemetry(study: StudyRecord, source: str, job_id: str | None) -> Stud
             trials.append(trial)
             continue
         try:
-            telemetry = trial_telemetry(source, study.name, trial, job_id=job_id)
+            telemetry = trial_telemetry(
+                source, study.name, trial, job_id=job_id, prometheus_auth=prometheus_auth
+            )
         except JobNotFound as exc:  # kept for the learning curve, without features
             trials.append(with_features(trial, None, f"no telemetry: {exc}"))
             continue
@@ -133,6 +141,7 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
     help="R so far: runs of the tuned job with the tuned configuration (else counted from --reused-by).",
 )
 @click.option("--reused-by", multiple=True, help="Job id of a run with the tuned configuration (repeatable).")
+@prometheus_access_options
 @store_option
 def record(
     storage: str | None,
@@ -144,6 +153,7 @@ def record(
     duration_hours: float | None,
     reuse: float | None,
     reused_by: tuple[str, ...],
+    prometheus_auth: PrometheusAuth | None,
     store_path: Path | None,
 ) -> None:
     """Record finished tuning studies (Optuna, ZenithTune) and their trials' telemetry in the store."""
@@ -155,12 +165,15 @@ def record(
         raise click.BadParameter("give --storage URL and --study NAME, or --zenithtune-dir DIR")
     else:
         targets = [(storage, study_name)]
+    studies = []  # read them all first: a study that cannot be read leaves the store untouched
+    for url, name in targets:
+        study = read_optuna_study(url, name, objective=objective)
+        if source is not None:
+            study = _with_telemetry(study, source, job_id, prometheus_auth)
+        studies.append(study)
     path = resolved_store(store_path)
     with OutcomeStore(path) as store:
-        for url, name in targets:
-            study = read_optuna_study(url, name, objective=objective)
-            if source is not None:
-                study = _with_telemetry(study, source, job_id)
+        for study in studies:
             result = store.record(study, duration_hours=duration_hours, reuse=reuse, reused_by=reused_by)
             click.echo(_describe(result, study))
     click.echo(f"store: {path}")
@@ -190,6 +203,13 @@ def _json_value(value: Any) -> Any:
 def history_command(store_path: Path | None, output: str) -> None:
     """Past tuning studies: T, N, t, measured Z, reuse so far, and whether each paid off."""
     path = resolved_store(store_path)
+    parent_is_a_file = path.parent.exists() and not path.parent.is_dir()
+    if not path.exists() and not parent_is_a_file:  # looking back creates nothing
+        if output == "json":
+            click.echo(json.dumps({"store": str(path), "studies": []}, indent=2))
+        else:
+            click.echo(f"no studies recorded in {path}: record some with zest record")
+        return
     with OutcomeStore(path) as store:
         table = history(store.studies(), store.trials())
     if output == "json":

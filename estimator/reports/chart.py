@@ -26,7 +26,7 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
     Raises :class:`InputError` for a suffix matplotlib cannot write, :class:`OutputError` when the file
     cannot be written.
     """
-    _check_format(path)
+    check_chart_path(path)
     job = decision.job
     engineering = implementation_hours(job.gpus, decision.costs)
     finite = [a.r_break for a in decision.assessments if math.isfinite(a.r_break)]
@@ -100,8 +100,10 @@ def plot_breakeven(decision: Decision, path: Path, *, title: str | None = None) 
         plt.close(fig)
 
 
-def _check_format(path: Path) -> None:
-    """Refuse a suffix matplotlib cannot write before drawing; no suffix is a PNG (matplotlib's default)."""
+def check_chart_path(path: Path) -> None:
+    """Refuse, before any work, a suffix matplotlib cannot write (no suffix is a PNG) or a missing folder."""
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write the chart {path}: {path.parent} is not a folder; create it first")
     suffix = path.suffix.lower().removeprefix(".")
     if suffix and suffix not in FigureCanvasBase.get_supported_filetypes():
         raise InputError(

@@ -1,0 +1,243 @@
+"""The HTTP side of ``zest serve``: ``/metrics`` as Prometheus exporters serve it.
+
+A listen address, the exposition rendered once per cycle (gzip when asked),
+TLS and basic auth switched on by a web configuration file in
+exporter-toolkit's format (bcrypt password hashes), or TLS alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import gzip
+import hashlib
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, make_wsgi_app
+
+from collectors.errors import ConfigError, InputError, PortInUse
+from collectors.util import one_line
+
+WEB_CONFIG_EXTRA = "pip install 'zest-gpu[web]'"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+# --- web configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """TLS and basic-auth settings of the HTTP server (exporter-toolkit's ``web-config.yml`` keys)."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    basic_auth_users: Mapping[str, bytes] | None = None  # user -> bcrypt hash
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
+
+
+def load_web_config(path: Path) -> WebConfig:
+    """Read an exporter-toolkit web config: ``tls_server_config`` (cert_file, key_file), ``basic_auth_users``.
+
+    Relative file paths are relative to the config's folder, as in exporter-toolkit.
+    Needs PyYAML and bcrypt (``zest-gpu[web]``). Raises :class:`ConfigError`.
+    """
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(f"--web-config needs PyYAML and bcrypt: {WEB_CONFIG_EXTRA}") from None
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read web config {path} ({exc.strerror}); check the path") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"web config {path} is not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"web config {path} is not valid YAML ({one_line(str(exc))})") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"web config {path} must be a mapping of tls_server_config, basic_auth_users")
+    unknown = sorted(set(document) - {"tls_server_config", "basic_auth_users"})
+    if unknown:
+        raise ConfigError(
+            f"web config {path}: zest does not support {', '.join(unknown)}; "
+            "use tls_server_config (cert_file, key_file) and basic_auth_users"
+        )
+    base = Path(path).parent
+    cert = key = None
+    tls = document.get("tls_server_config")
+    if tls is not None:
+        if not isinstance(tls, dict) or not tls.get("cert_file") or not tls.get("key_file"):
+            raise ConfigError(f"web config {path}: tls_server_config needs cert_file and key_file")
+        cert, key = base / str(tls["cert_file"]), base / str(tls["key_file"])
+    users = document.get("basic_auth_users")
+    hashes: dict[str, bytes] | None = None
+    if users is not None:
+        if not isinstance(users, dict) or not users:
+            raise ConfigError(f"web config {path}: basic_auth_users must map user names to bcrypt hashes")
+        _require_bcrypt()
+        hashes = {}
+        for user, hashed in users.items():
+            if not isinstance(hashed, str) or not re.fullmatch(
+                r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}", hashed
+            ):
+                raise ConfigError(
+                    f"web config {path}: the password of {user!r} is not a bcrypt hash "
+                    "(make one with htpasswd -nBC 10 USER)"
+                )
+            hashes[str(user)] = hashed.encode()
+    return WebConfig(cert, key, hashes)
+
+
+def _require_bcrypt() -> None:
+    try:
+        import bcrypt  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"basic_auth_users needs bcrypt: {WEB_CONFIG_EXTRA}") from None
+
+
+def with_basic_auth(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
+    """``app`` behind HTTP basic auth checked against bcrypt hashes (checks that passed are cached)."""
+    import bcrypt
+
+    passed: set[tuple[str, bytes]] = set()
+    lock = threading.Lock()
+
+    def check(user: str, password: bytes) -> bool:
+        hashed = users.get(user)
+        if hashed is None:
+            return False
+        # bcrypt is slow on purpose; remember a passed check by a digest, never the password.
+        key = (user, hashlib.sha256(hashed + b"\0" + password).digest())
+        with lock:
+            if key in passed:
+                return True
+        if not bcrypt.checkpw(password, hashed):
+            return False
+        with lock:
+            passed.add(key)
+        return True
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        header = str(environ.get("HTTP_AUTHORIZATION", ""))
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user, password = "", ""
+            if user and check(user, password.encode()):
+                return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="zest"'), ("Content-Type", "text/plain; charset=utf-8")],
+        )
+        return [b"Unauthorized\n"]
+
+    return guarded
+
+
+# --- HTTP server ----------------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # an exporter is scraped every few seconds: no access log
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class RenderedMetrics:
+    """The /metrics body of ``registry``, rendered once per estimation cycle instead of once per scrape.
+
+    Rendering 10,000 jobs takes seconds (bench/bench_exporter.py); the estimates
+    change only once a cycle, so every scrape between two cycles gets the same
+    complete rendering at once, and a scrape during a cycle the previous one.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._bodies = self._render()
+
+    def _render(self) -> tuple[bytes, bytes]:
+        """The exposition text, plain and gzip-compressed (Prometheus asks for gzip)."""
+        text = generate_latest(self.registry)
+        return text, gzip.compress(text, compresslevel=6)
+
+    def refresh(self) -> None:
+        self._bodies = self._render()  # one reference swap: a scrape sees the old or the new rendering whole
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: zest serves /metrics\n"]
+        plain, compressed = self._bodies
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        body = plain
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = compressed
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def build_server(
+    listen: tuple[str, int], registry: CollectorRegistry | RenderedMetrics, web: WebConfig
+) -> WSGIServer:
+    """The HTTP server of ``registry`` (rendered per scrape) or of a :class:`RenderedMetrics` (rendered per
+    cycle) on ``listen`` (port 0: any free port), with TLS and basic auth."""
+    app: WsgiApp = registry if isinstance(registry, RenderedMetrics) else make_wsgi_app(registry)
+    if web.basic_auth_users:
+        app = with_basic_auth(app, web.basic_auth_users)
+    host, port = listen
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"cannot listen on {where}: the port is in use; stop what listens there "
+                "or choose another --listen port"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise PortInUse(
+                f"cannot listen on {where}: no permission to bind the port (ports below 1024 need "
+                "privileges); choose another --listen port"
+            ) from None
+        raise InputError(
+            f"cannot listen on {where} ({exc.strerror or exc}); give an address of this host with --listen"
+        ) from None
+    if web.tls:
+        assert web.cert_file is not None and web.key_file is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(web.cert_file, web.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            server.server_close()
+            raise ConfigError(
+                f"cannot load TLS certificate {web.cert_file} and key {web.key_file} ({exc}); "
+                "check both files"
+            ) from None
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
