@@ -24,7 +24,8 @@ from promserver import backfill, dcgm_gpu, dcgm_labels, require_binaries, start_
 
 from collectors.errors import JobNotFound, OptunaMissing, OutcomesError
 from collectors.files import write_capture
-from collectors.studies.store import OutcomeStore, read_optuna_study
+from collectors.studies.optuna import read_optuna_study
+from collectors.studies.store import OutcomeStore
 from estimator.cli import outcomes as outcomes_cli
 from estimator.cli.model import local_outcomes_section, train
 from estimator.cli.outcomes import history_command, record
@@ -278,7 +279,8 @@ WRITER = textwrap.dedent(
     import sys
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
-    from collectors.studies.store import OutcomeStore, StudyRecord, TrialRecord
+    from collectors.studies.optuna import StudyRecord, TrialRecord
+    from collectors.studies.store import OutcomeStore
 
     def study(name, n):
         t0 = datetime(2026, 1, 1, tzinfo=UTC)

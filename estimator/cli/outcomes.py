@@ -18,18 +18,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from collectors.errors import JobNotFound, MalformedCapture
-from collectors.studies.store import (
+from collectors.studies.optuna import (
     COMPLETE,
     OBJECTIVES,
-    OutcomeStore,
-    RecordResult,
     StudyRecord,
-    default_store_path,
     find_zenithtune_studies,
     read_optuna_study,
     trial_telemetry,
     with_features,
 )
+from collectors.studies.store import OutcomeStore, RecordResult, default_store_path
 from estimator.cli.options import prometheus_access_options
 from estimator.pipeline import estimate, gpu_summary
 from estimator.training.outcomes import history
