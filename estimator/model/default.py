@@ -2,7 +2,9 @@
 
 :func:`z_intervals_for` estimates a whole features frame in one prediction
 call (the exporter estimates thousands of jobs a cycle); :func:`z_interval_for`
-one row. The model is loaded once per process.
+one row. The model is loaded once per process, compiled where it can be
+(:mod:`estimator.model.compiled`): estimates import neither scikit-learn nor skops
+unless a local model asks for them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from functools import cache
 import pandas as pd
 
 from estimator.decision.breakeven import ZInterval
-from estimator.model.regressor import (
+from estimator.model.compiled import (
     LoadedModel,
     load_model_for_estimates,
     local_model_path,
@@ -48,7 +50,7 @@ def model_origin() -> str:
 def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) -> list[ZInterval]:
     """Z_e (% of training time, low/mid/high) of each row of ``features`` (columns: feature names).
 
-    One prediction call for all rows. Raises :class:`estimator.model.regressor.ModelError`
+    One prediction call for all rows. Raises :class:`collectors.errors.ModelError`
     if the features lack one the model needs.
     """
     return predict_z_intervals((model if model is not None else default_model()).model, features)

@@ -35,7 +35,8 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from collectors.util import zest_version
-from estimator.model.regressor import Z_MAX_PERCENT, ZeRegressor
+from estimator.model.compiled import conformal_interval
+from estimator.model.regressor import ZeRegressor
 from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = ["LocalZeRegressor", "evaluate_local", "fit_local_model", "local_metadata", "render_local_markdown"]
@@ -178,10 +179,7 @@ class LocalZeRegressor(RegressorMixin, BaseEstimator):
         correction = _Correction(self.intercept_, self.slope_, self.local_weight_, self.residual_)
         raw = correction.apply(X, b_mid)
         shift = raw - b_mid
-        mid = np.clip(raw, 0.0, Z_MAX_PERCENT)
-        low = np.clip(b_low + shift - self.interval_adjustment_, 0.0, mid)
-        high = np.clip(b_high + shift + self.interval_adjustment_, mid, Z_MAX_PERCENT)
-        return low, mid, high
+        return conformal_interval(raw, b_low + shift, b_high + shift, self.interval_adjustment_)
 
     def predict(self, X: Any) -> FloatArray:
         """Z in % for each row, in [0, 100)."""

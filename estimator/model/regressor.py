@@ -12,7 +12,10 @@ job is to the model.
 
 The default artifact (``models/ze_model.skops`` + ``ze_model.json``) is
 stored with skops and loaded only if it holds nothing but the types of
-:data:`TRUSTED_TYPES`: loading a model file never runs code.
+:data:`TRUSTED_TYPES`: loading a model file never runs code. :func:`save_model`
+writes a regressor's compiled form beside it (``ze_model.npz``), which
+estimates read without scikit-learn (:mod:`estimator.model.compiled`, whose
+names this module re-exports).
 """
 
 from __future__ import annotations
@@ -22,31 +25,38 @@ import json
 import math
 import zipfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import skops.io as sio
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from collectors.errors import ModelError, OutputError
-from collectors.util import user_data_dir
-from estimator.decision.breakeven import ZInterval
-from estimator.features.extract import (
-    COVERAGE_RATIO,
-    FEATURES,
-    HOST_COUNT,
-    SAMPLES_PER_GPU_MIN,
-    WINDOW_SECONDS,
+from estimator.model.compiled import (
+    COMPILED_SUFFIX,
+    DEFAULT_ARTIFACT,
+    LOCAL_ARTIFACT,
+    MODEL_FEATURES,
+    Z_MAX_PERCENT,
+    LoadedModel,
+    ZeModel,
+    clip_z,
+    compile_ze_model,
+    compiled_bytes,
+    conformal_interval,
+    fixed_time_zip,
+    load_metadata,
+    load_model_for_estimates,
+    local_model_path,
+    packaged_file,
+    predict_z_interval,
+    predict_z_intervals,
+    trained_model_path,
 )
 
 __all__ = [
@@ -60,6 +70,7 @@ __all__ = [
     "ModelError",
     "ZeModel",
     "ZeRegressor",
+    "load_base_model",
     "load_default_model",
     "load_metadata",
     "load_model",
@@ -68,22 +79,10 @@ __all__ = [
     "predict_z_interval",
     "predict_z_intervals",
     "save_model",
+    "trained_model_path",
 ]
 
 FloatArray = npt.NDArray[np.float64]
-
-#: The largest Z the model reports: just below 100 %, which would mean tuning removes all training time.
-Z_MAX_PERCENT: Final = math.nextafter(100.0, 0.0)
-
-#: Features the model reads. Left out: how long and how densely telemetry was recorded (window,
-#: samples per GPU, signal coverage), which says nothing about the job, and the host count, constant
-#: (one host) in the training data.
-MODEL_FEATURES: Final = tuple(
-    f for f in FEATURES if f not in {WINDOW_SECONDS, SAMPLES_PER_GPU_MIN, COVERAGE_RATIO, HOST_COUNT}
-)
-
-#: Artifact name, without suffix, inside the ``zest_models`` package.
-DEFAULT_ARTIFACT: Final = "ze_model"
 
 #: Every type a model file may hold. Anything else makes :func:`load_model` refuse the file.
 TRUSTED_TYPES: Final = frozenset(
@@ -100,22 +99,12 @@ TRUSTED_TYPES: Final = frozenset(
 )
 
 
-#: The local model of ``zest train --with-outcomes`` (:mod:`estimator.model.local`), in the user's data
-#: directory: it may hold the shipped types, its own class and the frozen wrapper of the shipped model.
-LOCAL_ARTIFACT: Final = "ze_model_local"
+#: Types the local model of ``zest train --with-outcomes`` (:mod:`estimator.model.local`) may hold: the
+#: shipped types, its own class and the frozen wrapper of the shipped model.
 LOCAL_TRUSTED_TYPES: Final = TRUSTED_TYPES | {
     "estimator.model.local.LocalZeRegressor",
     "sklearn.frozen._frozen.FrozenEstimator",
 }
-
-
-@runtime_checkable
-class ZeModel(Protocol):
-    """What estimates need of a Z_e model: its interval's coverage and the interval of each row."""
-
-    coverage: float
-
-    def predict_interval(self, X: Any) -> tuple[Any, Any, Any]: ...
 
 
 class ZeRegressor(RegressorMixin, BaseEstimator):
@@ -211,46 +200,15 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         """Z in % for each row, in [0, 100)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        return np.clip(self.mid_.predict(X), 0.0, Z_MAX_PERCENT)
+        return clip_z(self.mid_.predict(X))
 
     def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        mid = np.clip(self.mid_.predict(X), 0.0, Z_MAX_PERCENT)
-        low = np.clip(self.low_.predict(X) - self.interval_adjustment_, 0.0, mid)
-        high = np.clip(self.high_.predict(X) + self.interval_adjustment_, mid, Z_MAX_PERCENT)
-        return low, mid, high
-
-
-#: Fewest rows predicted with more than one OpenMP thread.
-PARALLEL_ROWS: Final = 1000
-
-
-def predict_z_intervals(model: ZeModel, features: pd.DataFrame) -> list[ZInterval]:
-    """Z_e of each job (row) of ``features`` (columns: feature names; extra ones are ignored), in one
-    prediction call: the exporter estimates thousands of jobs a cycle."""
-    names = list(getattr(model, "feature_names_in_", MODEL_FEATURES))
-    missing = [n for n in names if n not in features.columns]
-    if missing:
-        raise ModelError(
-            f"the model needs feature(s) {', '.join(missing)} that the job's features lack; "
-            "retrain it with zest train"
+        return conformal_interval(
+            self.mid_.predict(X), self.low_.predict(X), self.high_.predict(X), self.interval_adjustment_
         )
-    if features.empty:
-        return []
-    frame = pd.DataFrame(features[names].to_numpy(dtype=np.float64), columns=names)
-    # A few rows are predicted fastest on one thread: OpenMP threads fighting for a GPU node's busy
-    # cores cost seconds (bench/bench_startup.py); thousands of rows of an exporter cycle use them all.
-    threads = threadpool_limits(limits=1, user_api="openmp") if len(frame) < PARALLEL_ROWS else nullcontext()
-    with threads:
-        low, mid, high = model.predict_interval(frame)
-    return [ZInterval(float(a), float(b), float(c)) for a, b, c in zip(low, mid, high, strict=True)]
-
-
-def predict_z_interval(model: ZeModel, row: pd.Series) -> ZInterval:
-    """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
-    return predict_z_intervals(model, row.to_frame().T)[0]
 
 
 # --- persistence ------------------------------------------------------------------
@@ -284,33 +242,32 @@ def _canonical(buffer: bytes) -> bytes:
                     walk(value)
 
         walk(schema)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target:
-
-            def put(name: str, data: bytes) -> None:
-                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                target.writestr(info, data, compresslevel=9)
-
-            put("schema.json", json.dumps(schema, indent=2).encode())
-            for old, new in sorted(renamed.items(), key=lambda item: item[1]):
-                put(new, source.read(old))
-    return out.getvalue()
+        members = [("schema.json", json.dumps(schema, indent=2).encode())]
+        members += [(new, source.read(old)) for old, new in sorted(renamed.items(), key=lambda item: item[1])]
+    return fixed_time_zip(members)
 
 
 def save_model(model: ZeModel, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``model`` with skops to ``path`` (``.skops``) and ``metadata`` as JSON beside it (``.json``).
 
-    The same model and metadata give the same bytes. Raises :class:`ModelError`
-    if a file cannot be written.
+    A :class:`ZeRegressor` is also written compiled (``.npz``, what estimates
+    read); for another model a compiled file left there is removed. The same
+    model and metadata give the same bytes. Raises :class:`OutputError` if a
+    file cannot be written.
     """
     check_is_fitted(model)
     buffer = io.BytesIO()
     sio.dump(model, buffer)
+    compiled = compiled_bytes(compile_ze_model(model)) if isinstance(model, ZeRegressor) else None
     json_path = path.with_suffix(".json")
+    compiled_path = path.with_suffix(COMPILED_SUFFIX)
     try:
         path.write_bytes(_canonical(buffer.getvalue()))
         json_path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if compiled is None:
+            compiled_path.unlink(missing_ok=True)  # it would describe another model than the .skops
+        else:
+            compiled_path.write_bytes(compiled)
     except OSError as exc:
         raise OutputError(f"cannot write model to {path.parent} ({exc.strerror}): check the folder") from None
     return path, json_path
@@ -340,51 +297,14 @@ def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeMode
     return model
 
 
-def load_metadata(path: Path) -> dict[str, Any]:
-    """The metadata JSON written beside a model."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelError(f"cannot read model metadata {path} ({exc.strerror}): run zest train") from None
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"model metadata {path} is not JSON ({exc.msg}): run zest train") from None
-    if not isinstance(document, dict):
-        raise ModelError(f"model metadata {path} is not a JSON object: run zest train")
-    return document
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model and the metadata it was shipped with (feature names, coverage, capture shares, provenance)."""
-
-    model: ZeModel
-    metadata: dict[str, Any]
-
-    @property
-    def coverage(self) -> float:
-        return float(self.model.coverage)
-
-    def capture_shares(self) -> dict[str, float]:
-        """Measured share of the thorough-search Z each default algorithm captures, by algorithm name."""
-        shares = self.metadata.get("capture_shares", {}).get("shares", {})
-        return {str(name): float(entry["share"]) for name, entry in shares.items()}
-
-
-@contextmanager
-def _packaged(name: str) -> Iterator[Path]:
-    with resources.as_file(resources.files("zest_models") / name) as path:
-        yield path
-
-
 def load_default_model() -> LoadedModel:
-    """The model shipped in the ``zest_models`` package (no network); :class:`ModelError` if absent."""
-    with _packaged(f"{DEFAULT_ARTIFACT}.skops") as model_path, _packaged(f"{DEFAULT_ARTIFACT}.json") as meta:
+    """The :class:`ZeRegressor` shipped in the ``zest_models`` package (no network); :class:`ModelError` if
+    absent. Estimates read its compiled form instead (:func:`load_model_for_estimates`)."""
+    with (
+        packaged_file(f"{DEFAULT_ARTIFACT}.skops") as model_path,
+        packaged_file(f"{DEFAULT_ARTIFACT}.json") as meta,
+    ):
         return LoadedModel(load_model(model_path), load_metadata(meta))
-
-
-def trained_model_path() -> Path:
-    """Where ``zest train`` writes by default: the user's data directory, never the installed package."""
-    return user_data_dir() / "models" / f"{DEFAULT_ARTIFACT}.skops"
 
 
 def load_base_model() -> LoadedModel:
@@ -401,23 +321,3 @@ def load_base_model() -> LoadedModel:
     if not isinstance(loaded.model, ZeRegressor):
         raise ModelError(f"{path} holds no ZeRegressor to build a local model on: rebuild it with zest train")
     return loaded
-
-
-def local_model_path() -> Path:
-    """Where ``zest train --with-outcomes`` writes the local model: the user's data directory."""
-    return user_data_dir() / "models" / f"{LOCAL_ARTIFACT}.skops"
-
-
-def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
-    """The local model (``zest train --with-outcomes``) when there is one, else :func:`load_base_model`.
-
-    ``local_path``: default :func:`local_model_path`. A local model that is
-    there but cannot be loaded raises :class:`ModelError` rather than being
-    passed over silently.
-    """
-    path = local_model_path() if local_path is None else local_path
-    if not path.is_file():
-        return load_base_model()
-    return LoadedModel(
-        load_model(path, trusted=LOCAL_TRUSTED_TYPES), load_metadata(path.with_suffix(".json"))
-    )
