@@ -54,6 +54,7 @@ from collectors.schema import (
     canonical_signal,
     conform,
 )
+from collectors.util import iso_utc
 
 #: Version of the Parquet capture layout that :func:`write_capture` writes and :func:`read_capture` reads.
 FORMAT_VERSION = 1
@@ -232,10 +233,10 @@ class _Clock:
         step = timedelta(seconds=interval)
         if self.start_time is None:
             first = self.modified - step * max(count - 1, 0)
-            anchor = f"the last at the file's modification time {self.modified.isoformat()}"
+            anchor = f"the last at the file's modification time {iso_utc(self.modified)}"
         else:
             first = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
-            anchor = f"starting at {first.isoformat()}"
+            anchor = f"starting at {iso_utc(first)}"
         return [first + step * i for i in range(count)], f"{what} spaced {interval:g} s, {anchor}"
 
 

@@ -36,6 +36,7 @@ import pynvml
 
 from collectors import schema
 from collectors.errors import SourceUnavailable
+from collectors.util import iso_utc
 
 #: ``pynvml`` itself or a stand-in exposing the same ``nvml*`` functions.
 NvmlModule = Any
@@ -469,7 +470,7 @@ class NvmlSource:
             if other.info.index == dev.info.index:
                 other.lost = True
         dev.lost = True
-        when = pd.Timestamp(self._clock(), unit="s", tz="UTC").isoformat()
+        when = iso_utc(self._clock())
         self._note(
             str(dev.info.index),
             "lost",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collectors.errors import InputError, JobNotFound, SourceUnavailable
-from collectors.util import short_host
+from collectors.util import iso_utc, short_host
 
 if TYPE_CHECKING:  # pandas loads with the first telemetry read, not with the command line
     import pandas as pd
@@ -130,7 +130,7 @@ def _read_file(
         start = stop - timedelta(seconds=window_seconds)
         frame = frame[frame["timestamp"].between(start, stop)].reset_index(drop=True)
         notes.append(
-            f"read {window_seconds:g} s of the capture up to {stop.isoformat()}"
+            f"read {window_seconds:g} s of the capture up to {iso_utc(stop)}"
             if end is not None
             else f"read the last {window_seconds:g} s of the capture"
         )

@@ -239,7 +239,7 @@ def test_lost_gpu_becomes_nan_from_then_on_and_the_other_goes_on(clock: FakeCloc
     assert not lost.loc[[at(start, 1), at(start, 2)]].isna().any().any()
     assert lost.loc[[at(start, t) for t in (3, 4, 5)]].isna().all().all()
     assert capture.notes == [
-        "GPU 1 was lost at 2026-01-01T00:00:03+00:00 (NVML: GPU is lost); its rows are NaN from then on"
+        "GPU 1 was lost at 2026-01-01T00:00:03Z (NVML: GPU is lost); its rows are NaN from then on"
     ]
     assert fake.live_gpm_samples == 0
 
