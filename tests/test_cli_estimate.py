@@ -248,3 +248,16 @@ def test_example_5_pays_at_fifty_reuses_not_at_one() -> None:
     (a1,), (a50,) = once["algorithms"], json.loads(fifty.stdout)["algorithms"]
     assert a1["verdict"] == "does-not-pay" and a1["net_saving_gpu_hours"] < 0
     assert a50["verdict"] == "proceed" and a50["net_saving_gpu_hours"] == pytest.approx(50 - 12.5)
+
+
+def test_an_estimated_z_e_says_what_it_is_relative_to() -> None:
+    estimated = run("--job-id", "gpt13b-a100-tp4", "--source", "example", "--duration-hours", "150")
+    given = run("--duration-hours", "150", "--z-expected", "20", "--output", "json")
+    assert estimated.returncode == 0 and given.returncode == 0, estimated.stderr + given.stderr
+    header = estimated.stdout.splitlines()[1]
+    assert header.startswith("Z_e relative to the best of the ~9 configurations a tuning study measures")
+    as_json = run(
+        "--job-id", "gpt13b-a100-tp4", "--source", "example", "--duration-hours", "150", "--output", "json"
+    )
+    assert "lower bound" in json.loads(as_json.stdout)["z_expected_relative_to"]
+    assert json.loads(given.stdout)["z_expected_relative_to"] is None  # the user's own Z_e: their definition

@@ -39,6 +39,7 @@ from estimator.decision.algorithms import (
     DEFAULT_ALGORITHMS,
     DEFAULT_CHOICES,
     DEFAULT_TRIAL_MINUTES,
+    Z_E_RELATIVE_TO,
     AlgorithmChoice,
     CaptureShares,
     Plan,
@@ -347,6 +348,7 @@ def estimate(
         z_expected=z_expected,
         notes=notes,
         telemetry=None if found is None or telemetry is None else telemetry_document(telemetry.source, found),
+        z_relative_to=Z_E_RELATIVE_TO if needs_estimate else None,
     )
     if output == "json":
         click.echo(json.dumps(document, indent=2))

@@ -31,6 +31,11 @@ DEFAULT_ALGORITHMS: tuple[AlgorithmDefaults, ...] = (
 )
 ALGORITHMS_BY_NAME: dict[str, AlgorithmDefaults] = {a.name: a for a in DEFAULT_ALGORITHMS}
 DEFAULT_TRIAL_MINUTES = 25.0
+#: What an estimated Z_e is relative to: the definition of the model's measured labels (vTrain's
+#: 108 studies measure 2-26 configurations each, a median of 9), said with every estimate.
+Z_E_RELATIVE_TO = (
+    "the best of the ~9 configurations a tuning study measures: a lower bound of the best in the whole space"
+)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def to_document(
     z_expected: ZInterval | None,
     notes: Sequence[str],
     telemetry: Mapping[str, Any] | None = None,
+    z_relative_to: str | None = None,
 ) -> dict[str, Any]:
     """The JSON document of ``estimate-z --output json`` (schema in the README)."""
     job, costs = decision.job, decision.costs
@@ -71,6 +72,7 @@ def to_document(
             "engineer_hour_cost": costs.engineer_hour_cost,
         },
         "z_expected_percent": _interval(z_expected),
+        "z_expected_relative_to": z_relative_to,
         "algorithms": [_algorithm(a) for a in decision.assessments],
         "recommendation": decision.recommendation,
         "telemetry": dict(telemetry) if telemetry is not None else None,
@@ -111,6 +113,8 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
     if z is not None:
         head += f"; Z_e (thorough search) {_z_text(z)} %"
     console.print(head, highlight=False)
+    if document.get("z_expected_relative_to"):
+        console.print(f"Z_e relative to {document['z_expected_relative_to']}", highlight=False)
     has_cost = any(a["net_saving_cost"] is not None for a in document["algorithms"])
     table = Table(show_edge=False, pad_edge=False)
     for title in (
