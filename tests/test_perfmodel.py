@@ -414,3 +414,30 @@ def test_derived_constants_scale_with_machine_balance(a100: PerfConstants, h100:
     small = JobSpec(**job())
     ratio = pm.iteration_seconds(small, a100) / pm.iteration_seconds(replace(small, gpu="h100-sxm"), h100)
     assert 1.0 <= ratio < 1.3
+
+
+# --- zest simulate --predict ----------------------------------------------------------------------
+
+
+def test_simulate_predict_prints_the_models_prediction_and_writes_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from estimator.cli.model import simulate
+
+    spec_path = REPO / "collectors" / "examples" / "gpt13b-a100-tp4.json"
+    result = CliRunner().invoke(simulate, ["--spec", str(spec_path), "--predict"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    predicted = json.loads(result.output)
+    spec = pm.JobSpec.from_json(spec_path)
+    constants = pm.load_constants(spec.gpu)
+    assert predicted["iteration_seconds"] == pytest.approx(pm.iteration_seconds(spec, constants), rel=1e-12)
+    tokens = spec.global_batch * spec.sequence_length / predicted["iteration_seconds"]
+    assert predicted["tokens_per_second"] == pytest.approx(tokens, rel=1e-12)
+    assert 0 < predicted["mfu"] < 1 and predicted["fits"] is True
+    assert 0 < predicted["memory_gib_per_gpu"] <= predicted["memory_capacity_gib"] == 80.0
+    parts = predicted["iteration_breakdown_seconds"]
+    assert sum(parts.values()) == pytest.approx(predicted["iteration_seconds"], rel=0.05)
+    assert "not measured" in predicted["source"]
+    assert list(tmp_path.iterdir()) == []
+    refused = CliRunner().invoke(simulate, ["--spec", str(spec_path), "--predict", "--output", "x.parquet"])
+    assert refused.exit_code == 2 and "writes no capture" in refused.output

@@ -8,10 +8,11 @@ exit codes. The group adds these commands with ``cli.add_command``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import click
 import pandas as pd
@@ -53,6 +54,7 @@ from estimator.training.rows import (
 
 #: Where ``zest train`` caches its simulated rows by default; never inside the installed package.
 CACHE_FOLDER: Final = "training-rows"
+GIB: Final = 1024**3
 #: A fixed default start keeps ``zest simulate`` deterministic for a seed.
 DEFAULT_START: Final = "2026-11-01T00:00:00"
 
@@ -81,8 +83,14 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Job spec JSON: gpu, num_gpus, model shape, batch and parallel layout.",
 )
-@click.option("--job-id", required=True, help="Job id the capture's samples carry.")
-@capture_output_options("Capture file to write (zest Parquet).")
+@click.option("--job-id", help="Job id the capture's samples carry (needed with --output).")
+@capture_output_options("Capture file to write (zest Parquet); needed unless --predict.", required=False)
+@click.option(
+    "--predict",
+    is_flag=True,
+    help="Print the performance model's prediction for the spec as JSON (iteration time, tokens/s, MFU, "
+    "memory per GPU) instead of writing a capture.",
+)
 @click.option(
     "--minutes",
     type=click.FloatRange(min=0, min_open=True),
@@ -99,9 +107,25 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     help="Time of the first sample, UTC.",
 )
 def simulate(
-    spec_path: Path, job_id: str, output: Path, force: bool, minutes: float, seed: int, start: datetime
+    spec_path: Path,
+    job_id: str | None,
+    output: Path | None,
+    force: bool,
+    predict: bool,
+    minutes: float,
+    seed: int,
+    start: datetime,
 ) -> None:
-    """Simulate the telemetry a training job would show, from the performance model, as a capture file."""
+    """Simulate the telemetry a training job would show, from the performance model, as a capture file;
+    or, with --predict, print the model's prediction of its speed and memory."""
+    if predict:
+        if output is not None:
+            raise click.UsageError("--predict prints a prediction and writes no capture: drop --output")
+        spec = JobSpec.from_json(spec_path)
+        click.echo(json.dumps(prediction_document(spec, perfmodel.load_constants(spec.gpu)), indent=2))
+        return
+    if output is None or job_id is None:
+        raise click.UsageError("--output FILE and --job-id ID are required to write a capture (or --predict)")
     check_output(output, force)
     spec = JobSpec.from_json(spec_path)
     constants = perfmodel.load_constants(spec.gpu)
@@ -119,6 +143,36 @@ def simulate(
         ],
     )
     click.echo(f"wrote {minutes:g} min of simulated telemetry of {spec.num_gpus} GPUs to {output}")
+
+
+def prediction_document(spec: JobSpec, constants: perfmodel.PerfConstants) -> dict[str, Any]:
+    """What ``zest simulate --predict`` prints: one iteration of ``spec`` as the performance model sees it."""
+    breakdown = perfmodel.iteration(spec, constants)
+    seconds = {
+        name.removesuffix("_seconds"): getattr(breakdown, name)
+        for name in (
+            "compute_seconds",
+            "recompute_seconds",
+            "bubble_seconds",
+            "tp_comm_exposed_seconds",
+            "pp_comm_exposed_seconds",
+            "dp_comm_exposed_seconds",
+            "optimizer_seconds",
+            "overhead_seconds",
+        )
+    }
+    return {
+        "gpu": spec.gpu,
+        "num_gpus": spec.num_gpus,
+        "iteration_seconds": breakdown.total_seconds,
+        "tokens_per_second": perfmodel.tokens_per_second(spec, breakdown),
+        "mfu": breakdown.mfu_ratio,
+        "memory_gib_per_gpu": breakdown.memory_bytes_per_gpu / GIB,
+        "memory_capacity_gib": breakdown.memory_capacity_bytes / GIB,
+        "fits": breakdown.fits,
+        "iteration_breakdown_seconds": seconds,
+        "source": "predicted by zest's performance model (models/README.md), not measured",
+    }
 
 
 @click.command("train")

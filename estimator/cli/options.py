@@ -33,7 +33,9 @@ class DurationType(click.ParamType):
         return float(match[1]) * self._UNITS[match[2]]
 
 
-def capture_output_options(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def capture_output_options(
+    help_text: str, *, required: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--output FILE`` for a command that writes a capture, and ``--force`` to replace one.
 
     A capture can hold telemetry that cannot be sampled again, so an existing
@@ -45,7 +47,7 @@ def capture_output_options(help_text: str) -> Callable[[Callable[..., Any]], Cal
             "--force", is_flag=True, help="Replace the --output file if it exists (default: refuse)."
         )(command)
         return click.option(
-            "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help=help_text
+            "--output", required=required, type=click.Path(dir_okay=False, path_type=Path), help=help_text
         )(command)
 
     return decorate
