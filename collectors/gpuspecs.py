@@ -20,7 +20,8 @@ sparsity) in FLOP per second. Sources, per GPU:
 Network: the vendor's 8-GPU systems give each GPU one NIC of its own: DGX A100
 (datasheet, 2020) eight ConnectX-6 at 200 Gb/s = 25 GB/s per GPU; DGX H100 and
 DGX H200 (datasheets, 2023/2024) eight ConnectX-7 at 400 Gb/s = 50 GB/s per
-GPU. A collective whose group spans hosts runs at that rate.
+GPU. A collective whose group spans hosts runs at that rate. Each of these
+systems holds 8 GPUs (``gpus_per_node``), joined by NVLink/NVSwitch.
 
 Memory capacities are the totals NVML reports (``nvidia-smi`` "Memory-Usage"
 column: 40960 MiB, 81920 MiB, 81559 MiB, 143771 MiB), since that is what a
@@ -54,6 +55,7 @@ class GpuSpec:
     sm_count: int
     tdp_watts: float
     idle_watts: float
+    gpus_per_node: int = 8  # the vendor's HGX/DGX system; a job spec may say otherwise
 
     @property
     def nvlink_bidirectional_bytes_per_second(self) -> float:

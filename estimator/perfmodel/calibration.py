@@ -4,6 +4,7 @@ Library code; ``models/calibrate_perfmodel.py`` is the thin script that runs
 :func:`main` with the repository's paths::
 
     python models/calibrate_perfmodel.py [--data DIR] [--out FILE] [--cv]
+    python models/calibrate_perfmodel.py --held-out [--shared DIR]
 
 The data (vTrain, Bang et al., MICRO 2024; MIT licence) holds iteration times
 of GPT-style models measured with Megatron-DeepSpeed on one node of A100 GPUs,
@@ -30,6 +31,12 @@ heads, layers, sequence length), the Spearman rank correlation of predicted
 and measured time (median and interquartile range over groups with at least
 three rows), plus how often the predicted fastest configuration is the
 measured fastest; also the same figures on held-out groups (5-fold, by group).
+
+``--held-out`` fits nothing and writes nothing: it predicts measured throughput
+the model never saw (llm-foundry's MPT tables, FSDP on A100/H100 at 8-128 GPUs;
+torchtitan's Llama 3.1 tables on H100) with the shipped constants and prints
+the error by GPU type and GPU count, and the Spearman rank correlation within
+each table and model (:func:`held_out_predictions`, :func:`held_out_summary`).
 """
 
 from __future__ import annotations
@@ -51,7 +58,14 @@ from scipy.optimize import least_squares
 from scipy.stats import spearmanr
 
 from collectors import gpuspecs
-from estimator.perfmodel.iteration import JobSpec, PerfConstants, iteration_seconds
+from estimator.perfmodel.iteration import (
+    JobSpec,
+    PerfConstants,
+    iteration,
+    iteration_seconds,
+    load_constants,
+    tokens_per_second,
+)
 
 DATA_FILE = "measured_single_node.csv"
 FITTED_GPU = gpuspecs.A100_80GB
@@ -267,14 +281,37 @@ def document(
 
 
 def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: Path) -> int:
-    """Fit, score and write the constants; ``default_data``/``default_out`` are the caller's paths."""
+    """Fit, score and write the constants; ``default_data``/``default_out`` are the caller's paths.
+
+    With ``--held-out`` only print the error on the held-out tables under ``--shared`` (by default the
+    folder above ``default_data``), fitting and writing nothing.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data, help=f"directory holding {DATA_FILE}")
     parser.add_argument("--out", type=Path, default=default_out, help="constants file to write")
     parser.add_argument(
         "--cv", action="store_true", help=f"also score {FOLDS}-fold held-out groups (6 fits, about 2 minutes)"
     )
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="print the error of the shipped constants on measured data never fitted (writes nothing)",
+    )
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        default=default_data.parent,
+        help=f"folder holding {' and '.join(HELD_OUT_FILES.values())}",
+    )
     args = parser.parse_args(argv)
+    if args.held_out:
+        try:
+            predictions = held_out_predictions(args.shared, args.out if args.out.is_file() else None)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(held_out_markdown(held_out_summary(predictions)), end="")
+        return 0
     try:
         frame = read_measurements(args.data)
     except (OSError, ValueError) as exc:
@@ -298,3 +335,294 @@ def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: 
     print(f"constants of {fitted.gpu}: {doc['constants'][fitted.gpu]}")
     print(f"wrote {args.out}")
     return 0
+
+
+# --- held-out error on measured data the model never saw --------------------------------------------
+
+#: Measured throughput tables read by :func:`held_out_predictions`, relative to the shared data folder.
+HELD_OUT_FILES: dict[str, str] = {
+    "llm-foundry": "llm-foundry/mpt_throughput.csv",
+    "torchtitan": "torchtitan/llama3_throughput.csv",
+}
+#: MPT shapes (d_model, n_heads, n_layers) from llm-foundry's pretrain YAMLs (the data's README).
+MPT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "125m": (768, 12, 12),
+    "350m": (1024, 16, 24),
+    "760m": (1536, 12, 24),
+    "1b": (2048, 16, 24),
+    "3b": (2560, 20, 32),
+    "7b": (4096, 32, 32),
+    "13b": (5120, 40, 40),
+    "30b": (7168, 56, 48),
+    "70b": (8192, 64, 80),
+}
+MPT_VOCAB = 50368
+MPT_GPUS = {"a100_40gb": "a100-40gb", "a100_80gb": "a100-80gb", "h100_80gb": "h100-sxm"}
+MPT_SHARDING = {"FULL_SHARD": "full", "SHARD_GRAD_OP": "zero2", "NO_SHARD": "none"}
+#: Llama 3.1 as the nearest GPT shape (hidden, heads, layers): GQA and the SwiGLU FFN make a layer
+#: 13·h² (8B) and 12.75·h² (70B) parameters where the model counts 12·h², so it undercounts their
+#: FLOPs by about 8 % and 6 %; the vocabulary is Llama 3's 128,256.
+LLAMA_SHAPES: dict[str, tuple[int, int, int]] = {
+    "Llama3.1-8B": (4096, 32, 32),
+    "Llama3-8B": (4096, 32, 32),
+    "Llama3.1-70B": (8192, 64, 80),
+    "Llama3-70B": (8192, 64, 80),
+}
+LLAMA_VOCAB = 128256
+LLAMA_SEQUENCE = 8192  # torchtitan's default, which the tables' "8192(default)" names
+HELD_OUT_COLUMNS = (
+    "study",
+    "group",
+    "model",
+    "gpu",
+    "num_gpus",
+    "configuration",
+    "measured_tokens_per_second",
+    "predicted_tokens_per_second",
+    "error_percent",
+    "fits",
+    "note",
+)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    study: str
+    group: str
+    model: str
+    gpu: str
+    num_gpus: int
+    configuration: str
+    measured_tokens_per_second: float
+    spec: JobSpec | None  # None: not expressible, ``note`` says why
+    note: str
+
+
+def _mpt_rows(frame: pd.DataFrame) -> list[_Measured]:
+    rows = []
+    for _, r in frame.iterrows():
+        model, n = str(r["model"]), int(r["n_gpus"])
+        config = (
+            f"seq {int(r['seq_len'])}, micro {int(r['micro_batch_size'])}x{int(r['grad_accum'])}, "
+            f"{'AC' if bool(r['activation_checkpointing']) else 'no AC'}"
+        )
+        spec: JobSpec | None = None
+        note = "FlashAttention as selective recomputation; ALiBi (no position table) not modelled"
+        if "fp8" in str(r["precision"]):
+            note = "FP8: the model knows only BF16 tensor cores"
+        elif bool(r["activation_cpu_offload"]):
+            note = "activation CPU offload not modelled"
+        elif r["sharding_strategy"] not in MPT_SHARDING or model not in MPT_SHAPES:
+            note = f"sharding {r['sharding_strategy']} or model {model} unknown"
+        else:
+            hidden, heads, layers = MPT_SHAPES[model]
+            spec = JobSpec(
+                gpu=MPT_GPUS[str(r["gpu"])],
+                num_gpus=n,
+                hidden_size=hidden,
+                attention_heads=heads,
+                num_layers=layers,
+                sequence_length=int(r["seq_len"]),
+                global_batch=int(r["global_batch_size"]),
+                micro_batch=int(r["micro_batch_size"]),
+                tensor_parallel=1,
+                pipeline_parallel=1,
+                data_parallel=n,
+                # FlashAttention stores no attention scores and recomputes them in backward: Korthikanti's
+                # selective recomputation; llm-foundry's activation checkpointing recomputes whole blocks
+                recompute="full" if bool(r["activation_checkpointing"]) else "selective",
+                vocab_size=MPT_VOCAB,
+                sharding=MPT_SHARDING[str(r["sharding_strategy"])],
+            )
+        rows.append(
+            _Measured(
+                "llm-foundry",
+                str(r["table"]),
+                model,
+                str(r["gpu"]),
+                n,
+                config,
+                float(r["throughput_tokens_per_s"]),
+                spec,
+                note,
+            )
+        )
+    return rows
+
+
+def _llama_rows(frame: pd.DataFrame) -> list[_Measured]:
+    rows = []
+    for _, r in frame.iterrows():
+        model, n = str(r["model"]), int(r["n_gpus"])
+        techniques = str(r["techniques_config"])
+        layout = str(r["parallelism"]).replace(" ", "")
+        config = (
+            f"{layout}, local batch {int(r['local_batch_size'])}, AC {r['activation_checkpointing']}, "
+            f"{techniques}"
+        )
+        spec: JobSpec | None = None
+        note = (
+            "GPT shape for Llama (GQA, SwiGLU: ~6-8 % fewer FLOPs); H100 96 GB HBM2e at 500 W as h100-sxm"
+            + ("; torch.compile not modelled" if "compile" in techniques else "")
+        )
+        if "float8" in techniques.lower() or "H200" in str(r["hardware"]):
+            note = "Float8: the model knows only BF16 tensor cores"
+        elif "async" in techniques.lower():
+            note = "asynchronous TP (communication hidden behind matmuls) not modelled"
+        elif "CP" in layout or "PP" in layout or model not in LLAMA_SHAPES:
+            note = "context parallelism / pipeline schedules of torchtitan not expressed"
+        else:
+            tp = int(layout.split("TP")[1]) if "TP" in layout else 1
+            dp = n // tp
+            hidden, heads, layers = LLAMA_SHAPES[model]
+            local = int(r["local_batch_size"])
+            checkpointing = str(r["activation_checkpointing"])
+            spec = JobSpec(
+                gpu="h100-sxm",
+                num_gpus=n,
+                hidden_size=hidden,
+                attention_heads=heads,
+                num_layers=layers,
+                sequence_length=LLAMA_SEQUENCE,
+                global_batch=local * dp,
+                micro_batch=local,
+                tensor_parallel=tp,
+                pipeline_parallel=1,
+                data_parallel=dp,
+                recompute="full" if checkpointing == "full" else "selective",
+                vocab_size=LLAMA_VOCAB,
+                sharding="full",
+            )
+        rows.append(
+            _Measured(
+                "torchtitan",
+                str(r["table"]),
+                model,
+                str(r["hardware"]).split(" (")[0],
+                n,
+                config,
+                float(r["tps_per_gpu"]) * n,
+                spec,
+                note,
+            )
+        )
+    return rows
+
+
+def held_out_predictions(data_root: str | Path, constants_path: Path | None = None) -> pd.DataFrame:
+    """Every measured row of the held-out tables, with the model's tokens/s where the row is expressible.
+
+    ``data_root`` is the shared data folder holding :data:`HELD_OUT_FILES`. Nothing is fitted: the
+    constants are the shipped ones (vTrain, A100, single node). Rows that cannot be expressed keep a
+    NaN prediction and a ``note`` saying why; ``error_percent`` is 100·(predicted − measured)/measured.
+    """
+    root = Path(data_root)
+    rows: list[_Measured] = []
+    for study, read in (("llm-foundry", _mpt_rows), ("torchtitan", _llama_rows)):
+        path = root / HELD_OUT_FILES[study]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found; pass the shared data folder holding {HELD_OUT_FILES[study]}"
+            )
+        rows += read(pd.read_csv(path))
+    constants: dict[str, PerfConstants] = {}
+    records = []
+    for row in rows:
+        predicted, fits = math.nan, None
+        if row.spec is not None:
+            key = row.spec.gpu
+            if key not in constants:
+                constants[key] = (
+                    load_constants(key) if constants_path is None else load_constants(key, constants_path)
+                )
+            breakdown = iteration(row.spec, constants[key])
+            predicted = tokens_per_second(row.spec, breakdown)
+            fits = breakdown.fits
+        records.append(
+            {
+                "study": row.study,
+                "group": row.group,
+                "model": row.model,
+                "gpu": row.gpu,
+                "num_gpus": row.num_gpus,
+                "configuration": row.configuration,
+                "measured_tokens_per_second": row.measured_tokens_per_second,
+                "predicted_tokens_per_second": predicted,
+                "error_percent": 100.0
+                * (predicted - row.measured_tokens_per_second)
+                / row.measured_tokens_per_second,
+                "fits": fits,
+                "note": row.note,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=list(HELD_OUT_COLUMNS))
+
+
+def held_out_summary(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """MAPE by GPU type and by GPU count (expressed rows), and Spearman within each study/model group.
+
+    Spearman ranks tokens/s per GPU of the configurations of one model in one table (sequence length,
+    GPU count, micro-batch, checkpointing), over groups of at least three expressed rows.
+    """
+    expressed = predictions.dropna(subset=["predicted_tokens_per_second"]).assign(
+        ape=lambda f: f["error_percent"].abs()
+    )
+
+    def mape(by: list[str]) -> pd.DataFrame:
+        grouped = expressed.groupby(by, sort=True)
+        return pd.DataFrame(
+            {
+                "rows": grouped.size(),
+                "mape_percent": grouped["ape"].mean(),
+                "median_error_percent": grouped["error_percent"].median(),
+            }
+        ).reset_index()
+
+    rhos = []
+    for (study, group, model), g in expressed.groupby(["study", "group", "model"], sort=True):
+        if len(g) < 3:
+            continue
+        per_gpu_pred = g["predicted_tokens_per_second"] / g["num_gpus"]
+        per_gpu_meas = g["measured_tokens_per_second"] / g["num_gpus"]
+        rhos.append(
+            {
+                "study": study,
+                "group": group,
+                "model": model,
+                "rows": len(g),
+                "spearman": float(spearmanr(per_gpu_pred, per_gpu_meas).statistic),
+            }
+        )
+    skipped = predictions[predictions["predicted_tokens_per_second"].isna()]
+    return {
+        "by_study": mape(["study"]),
+        "by_gpu": mape(["study", "gpu"]),
+        "by_num_gpus": mape(["study", "num_gpus"]),
+        "spearman": pd.DataFrame(rhos, columns=["study", "group", "model", "rows", "spearman"]),
+        "not_expressed": skipped.groupby(["study", "note"]).size().rename("rows").reset_index(),
+    }
+
+
+def held_out_markdown(summary: dict[str, pd.DataFrame]) -> str:
+    """The summary as Markdown tables (what ``calibrate_perfmodel.py --held-out`` prints)."""
+
+    def table(frame: pd.DataFrame) -> str:
+        head = "| " + " | ".join(frame.columns) + " |"
+        numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+        rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
+        body = [
+            "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)
+        ]
+        return "\n".join([head, rule, *body])
+
+    parts = []
+    for name, title in (
+        ("by_study", "MAPE of tokens/s by study"),
+        ("by_gpu", "by GPU type"),
+        ("by_num_gpus", "by GPU count"),
+        ("spearman", "Spearman of tokens/s per GPU within each table and model (>= 3 rows)"),
+        ("not_expressed", "rows not expressed"),
+    ):
+        parts.append(f"{title}:\n\n{table(summary[name])}")
+    return "\n\n".join(parts) + "\n"

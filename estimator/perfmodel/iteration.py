@@ -21,6 +21,24 @@ parallelism, m = B/(b·d) micro-batches per iteration, v interleaved stages.
   does 4 all-reduces of s·b·h·2 bytes per layer and micro-batch (2 forward,
   2 backward; 2 more with full recomputation); PP sends s·b·h·2 bytes per
   micro-batch across each stage boundary, forward and backward.
+* Data-parallel sharding (ZeRO, Rajbhandari et al. 2020; PyTorch FSDP, Zhao et
+  al. 2023): ``zero1`` shards the 12 bytes of optimizer state per parameter over
+  the d replicas, ``zero2`` the 2 bytes of gradient too, ``full`` (FSDP
+  FULL_SHARD, ZeRO-3) the 2 bytes of weights too, holding two layers gathered at
+  a time. zero1/zero2 reduce-scatter the gradients and all-gather the weights
+  after the step: the volume of an all-reduce. ``full`` all-gathers the weights
+  in forward and again in backward and reduce-scatters the gradients: three
+  passes of (n−1)/n of the buffer instead of two, 1.5x. Each replica updates
+  only its shard (the optimizer step is 1/d). Like the all-reduce without
+  sharding (as calibrated on vTrain), the passes are counted once per iteration
+  and exposed after the pipeline, not hidden behind compute.
+* Nodes: ``gpus_per_node`` GPUs (8 on the vendor's systems) joined by NVLink;
+  a group whose ranks span nodes runs over the per-GPU network
+  (``internode_gbps_per_gpu``, default the GPU's DGX/HGX NIC). A data-parallel
+  group of g ranks per node on k nodes is reduced hierarchically: over NVLink
+  within the node ((g−1)/g of the buffer per pass), across nodes over each
+  GPU's own NIC ((k−1)/k of 1/g of the buffer per pass). Tensor parallelism
+  across nodes runs its ring at the network's rate: allowed, and slow.
 
 What the analyses leave open (how close a GPU gets to its peak on a given
 matmul size, the HBM traffic of the memory-bound kernels, how much of the link
@@ -50,6 +68,7 @@ from collectors.errors import InputError
 
 __all__ = [
     "RECOMPUTE_MODES",
+    "SHARDING_MODES",
     "IterationBreakdown",
     "JobSpec",
     "PerfConstants",
@@ -86,17 +105,25 @@ class SpecError(InputError):
 ) = schema.SIGNALS
 
 RECOMPUTE_MODES: Final = ("none", "selective", "full")
+#: Data-parallel sharding: none (replicated), zero1 (optimizer states), zero2 (+ gradients), full
+#: (+ weights: FSDP FULL_SHARD / ZeRO-3; llm-foundry's SHARD_GRAD_OP is zero2).
+SHARDING_MODES: Final = ("none", "zero1", "zero2", "full")
 
 BF16_BYTES: Final = 2
 #: fp16/bf16 weights and gradients (2 + 2) and fp32 master weights, momentum, variance (4 + 4 + 4).
 MODEL_STATE_BYTES_PER_PARAM: Final = 16
+#: The 16 bytes by what ZeRO shards: optimizer states (zero1), then gradients (zero2), then weights (full).
+OPTIMIZER_STATE_BYTES_PER_PARAM: Final = 12
+GRADIENT_BYTES_PER_PARAM: Final = 2
+WEIGHT_BYTES_PER_PARAM: Final = 2
+#: Layers a fully sharded replica holds gathered at once (FSDP: the running unit and the prefetched one).
+GATHERED_LAYERS: Final = 2
 #: HBM bytes one fused Adam step moves per parameter: read grad, fp32 param, m, v; write param, m, v,
 #: and the bf16 copy.
 OPTIMIZER_STEP_BYTES_PER_PARAM: Final = 32
 #: CUDA context, cuBLAS workspaces, NCCL buffers and allocator slack that a training process holds
 #: besides tensors (typically 1.5-3 GiB on A100/H100).
 RUNTIME_RESERVED_BYTES: Final = 2 * 1024**3
-GPUS_PER_HOST: Final = 8
 #: Most micro-batches per iteration simulated (the timeline holds each); real jobs run a few thousand.
 MAX_MICRO_BATCHES: Final = 100_000
 #: Most samples (seconds x GPUs) one simulation holds in memory, about 3 GB: 8 GPUs for two weeks.
@@ -149,6 +176,11 @@ class JobSpec:
     ``gpu`` is a key of :mod:`collectors.gpuspecs` ("a100-80gb") or an NVML name;
     it is stored as the key. Construction checks the layout (products and
     divisibility); :meth:`from_json` also refuses jobs that do not fit in memory.
+    Ranks are in Megatron's order (tensor fastest, then data, then pipeline),
+    ``gpus_per_node`` to a node (None: the GPU's system, 8); ``sharding`` is one
+    of :data:`SHARDING_MODES`; ``internode_gbps_per_gpu`` is each GPU's network
+    rate between nodes in Gb/s per direction (None: the GPU's DGX/HGX NIC, 200
+    Gb/s on A100, 400 Gb/s InfiniBand NDR on H100/H200).
     """
 
     gpu: str
@@ -166,6 +198,9 @@ class JobSpec:
     sequence_parallel: bool = False
     vocab_size: int = 51200
     pipeline_interleaving: int = 1
+    sharding: str = "none"
+    gpus_per_node: int | None = None
+    internode_gbps_per_gpu: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -181,6 +216,19 @@ class JobSpec:
             raise SpecError(f"recompute: must be one of {', '.join(RECOMPUTE_MODES)}, got {self.recompute!r}")
         if not isinstance(self.sequence_parallel, bool):
             raise SpecError(f"sequence_parallel: must be true or false, got {self.sequence_parallel!r}")
+        if self.sharding not in SHARDING_MODES:
+            raise SpecError(f"sharding: must be one of {', '.join(SHARDING_MODES)}, got {self.sharding!r}")
+        node = self.gpus_per_node
+        if node is not None and (isinstance(node, bool) or not isinstance(node, int) or node < 1):
+            raise SpecError(f"gpus_per_node: must be a positive integer, got {node!r}")
+        rate = self.internode_gbps_per_gpu
+        if rate is not None and (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            raise SpecError(f"internode_gbps_per_gpu: must be a positive number of Gb/s, got {rate!r}")
         t, p, d = self.tensor_parallel, self.pipeline_parallel, self.data_parallel
         if t * p * d != self.num_gpus:
             raise SpecError(
@@ -208,10 +256,10 @@ class JobSpec:
                 f"num_layers {self.num_layers} is not divisible by pipeline_parallel·pipeline_interleaving "
                 f"= {p * self.pipeline_interleaving}"
             )
-        if t > GPUS_PER_HOST or GPUS_PER_HOST % t:
+        if self.node_gpus % t and t % self.node_gpus:
             raise SpecError(
-                f"tensor_parallel {t} must divide the {GPUS_PER_HOST} GPUs of a host "
-                "(TP across hosts is not modelled)"
+                f"tensor_parallel {t} must divide the {self.node_gpus} GPUs of a node or be a multiple of "
+                "them (gpus_per_node)"
             )
         if self.pipeline_interleaving > 1:
             if p == 1:
@@ -235,6 +283,18 @@ class JobSpec:
     @property
     def gpu_spec(self) -> gpuspecs.GpuSpec:
         return gpuspecs.get(self.gpu)
+
+    @property
+    def node_gpus(self) -> int:
+        """GPUs per node: ``gpus_per_node``, or the GPU's system (8)."""
+        return self.gpu_spec.gpus_per_node if self.gpus_per_node is None else self.gpus_per_node
+
+    @property
+    def internode_bytes_per_second(self) -> float:
+        """Each GPU's network rate between nodes, bytes per second per direction."""
+        if self.internode_gbps_per_gpu is None:
+            return self.gpu_spec.network_bytes_per_second
+        return self.internode_gbps_per_gpu * 1e9 / 8.0
 
     @classmethod
     def from_json(cls, source: str | Path | Mapping[str, Any]) -> JobSpec:
@@ -274,14 +334,16 @@ class JobSpec:
             raise SpecError(
                 f"recompute: must be one of {', '.join(RECOMPUTE_MODES)}, got {raw['recompute']!r}"
             )
+        if "sharding" in raw and not isinstance(raw["sharding"], str):
+            raise SpecError(f"sharding: must be one of {', '.join(SHARDING_MODES)}, got {raw['sharding']!r}")
         spec = cls(**dict(raw))
         needed = memory_bytes_per_gpu(spec)
         capacity = spec.gpu_spec.memory_total_bytes
         if needed > capacity:
             raise SpecError(
                 f"job needs {needed / GIB:.1f} GiB per GPU but a {spec.gpu} has {capacity / GIB:.1f} GiB "
-                f"({(needed - capacity) / GIB:.1f} GiB short); use recompute, more tensor/pipeline "
-                "parallelism or a smaller micro_batch"
+                f"({(needed - capacity) / GIB:.1f} GiB short); use recompute, sharding, more "
+                "tensor/pipeline parallelism or a smaller micro_batch"
             )
         return spec
 
@@ -419,11 +481,34 @@ def _in_flight_micro_batches(spec: JobSpec, stage: int) -> float:
     return count
 
 
+def _state_bytes(spec: JobSpec, stage: int) -> float:
+    """Weights, gradients and Adam states one GPU of ``stage`` holds, after data-parallel sharding."""
+    params = parameters_per_gpu(spec, stage)
+    if spec.sharding == "none":
+        return MODEL_STATE_BYTES_PER_PARAM * params
+    d = spec.data_parallel
+    sharded = OPTIMIZER_STATE_BYTES_PER_PARAM
+    kept = WEIGHT_BYTES_PER_PARAM + GRADIENT_BYTES_PER_PARAM
+    gathered = 0.0
+    if spec.sharding in ("zero2", "full"):
+        sharded += GRADIENT_BYTES_PER_PARAM
+        kept -= GRADIENT_BYTES_PER_PARAM
+    if spec.sharding == "full":
+        sharded += WEIGHT_BYTES_PER_PARAM
+        kept -= WEIGHT_BYTES_PER_PARAM
+        # the running and the prefetched layer, weights and gradients unsharded
+        h = spec.hidden_size
+        layer = (12 * h**2 + 13 * h) / spec.tensor_parallel
+        units = min(GATHERED_LAYERS, spec.layers_per_stage)
+        gathered = units * layer * (WEIGHT_BYTES_PER_PARAM + GRADIENT_BYTES_PER_PARAM)
+    return kept * params + sharded * params / d + gathered
+
+
 def memory_bytes_per_gpu(spec: JobSpec, stage: int | None = None) -> float:
     """Memory one GPU of ``stage`` needs (the largest over stages when None): states, activations, runtime."""
     if stage is None:
         return max(memory_bytes_per_gpu(spec, i) for i in range(spec.pipeline_parallel))
-    states = MODEL_STATE_BYTES_PER_PARAM * parameters_per_gpu(spec, stage)
+    states = _state_bytes(spec, stage)
     activations = (
         activation_bytes_per_layer(spec) * spec.layers_per_stage * _in_flight_micro_batches(spec, stage)
     )
@@ -532,10 +617,10 @@ def _comm_segment(seconds: float, link_bytes_per_second: float, gpu: gpuspecs.Gp
     return _Segment(seconds, (1.0, sm, sm * 0.5, 0.0, dram, link_bytes_per_second))
 
 
-def _spans_hosts(stride: int, count: int) -> bool:
+def _spans_hosts(stride: int, count: int, node_gpus: int) -> bool:
     # rank = pp·(t·d) + dp·t + tp; a group with ranks 0, stride, ..., (count−1)·stride spans hosts when
     # its last rank is not on host 0.
-    return count > 1 and stride * (count - 1) >= GPUS_PER_HOST
+    return count > 1 and stride * (count - 1) >= node_gpus
 
 
 class _Model:
@@ -553,10 +638,15 @@ class _Model:
         self.flop_rate = self.gpu.peak_bf16_flops_per_second * self.efficiency
         self.layer_activation_bytes = activation_bytes_per_layer(spec, "none")
         link = self.gpu.nvlink_bytes_per_second * constants.comm_efficiency
-        network = self.gpu.network_bytes_per_second * constants.comm_efficiency
-        self.tp_link = link
-        self.dp_link = network if _spans_hosts(t, d) else link
-        self.pp_link = network if _spans_hosts(t * d, p) else link
+        network = spec.internode_bytes_per_second * constants.comm_efficiency
+        node = spec.node_gpus
+        self.nvlink = link
+        self.network = network
+        self.tp_link = network if _spans_hosts(1, t, node) else link
+        self.dp_link = network if _spans_hosts(t, d, node) else link
+        self.pp_link = network if _spans_hosts(t * d, p, node) else link
+        # data-parallel ranks that share a node (t divides the node or is a multiple of it)
+        self.dp_ranks_per_node = min(d, max(1, node // t))
         self.micro_batches = [self._micro_batch(i) for i in range(p)]
         busy = [mb.seconds for mb in self.micro_batches]
         self.critical_stage = max(range(p), key=busy.__getitem__)
@@ -655,15 +745,29 @@ class _Model:
         params = parameters_per_gpu(spec, stage)
         seconds = 0.0
         moved = 0.0
-        if d > 1:
-            per_gpu_bytes = 2.0 * (d - 1) / d * params * BF16_BYTES
-            seconds += per_gpu_bytes / self.dp_link + 2 * (d - 1) * c.collective_latency_seconds
+        # passes of (n−1)/n of the buffer: reduce-scatter and all-gather (an all-reduce), or with full
+        # sharding the weights gathered in forward and in backward and the gradients reduce-scattered
+        passes = 3 if spec.sharding == "full" else 2
+        g = self.dp_ranks_per_node
+        if d > 1 and g in (1, d):  # one ring, all over NVLink or all over the network
+            per_gpu_bytes = float(passes) * (d - 1) / d * params * BF16_BYTES
+            seconds += per_gpu_bytes / self.dp_link + passes * (d - 1) * c.collective_latency_seconds
             moved += 2.0 * per_gpu_bytes
+        elif d > 1:  # hierarchical: within each node over NVLink, 1/g of the buffer across nodes
+            nodes = d / g
+            intra_bytes = passes * (g - 1) / g * params * BF16_BYTES
+            inter_bytes = passes * (nodes - 1) / nodes * params * BF16_BYTES / g
+            steps = passes * (g - 1 + math.ceil(nodes) - 1)
+            seconds += intra_bytes / self.nvlink + inter_bytes / self.network
+            seconds += steps * c.collective_latency_seconds
+            moved += 2.0 * (intra_bytes + inter_bytes)
         if p > 1 and _stage_has_embedding(spec, stage):
             embedding_bytes = spec.vocab_size * spec.hidden_size / spec.tensor_parallel * BF16_BYTES
             seconds += embedding_bytes / self.pp_link + c.collective_latency_seconds
             moved += 2.0 * embedding_bytes
         dp = _comm_segment(seconds, moved / seconds if seconds else 0.0, self.gpu)
+        if spec.sharding != "none":
+            params /= d  # each replica steps its shard
         opt_seconds = params * OPTIMIZER_STEP_BYTES_PER_PARAM / self.gpu.hbm_bytes_per_second
         optimizer = _Segment(opt_seconds, (*_OPTIMIZER_PROFILE, 0.0))
         return dp, optimizer
@@ -788,7 +892,7 @@ def simulate_telemetry(
     Each one-second sample averages the iteration's phases that fall in it, so
     iterations much shorter than a second read smooth and long ones oscillate.
     GPU ranks follow Megatron's order (tensor fastest, then data, then
-    pipeline), 8 per host named ``node0``, ``node1``, ...; pipeline stages
+    pipeline), ``gpus_per_node`` per host named ``node0``, ``node1``, ...; pipeline stages
     differ, so the stage that idles while the slowest one works shows it.
     Deterministic for a ``seed``. Raises :class:`SpecError` when the job does
     not fit in memory (it would not run) or ``minutes`` gives no sample.
@@ -858,8 +962,8 @@ def simulate_telemetry(
     frame = pd.DataFrame(
         {
             schema.TIMESTAMP: np.tile(times, n),
-            schema.HOST: [f"node{r}" for r in ranks // GPUS_PER_HOST],
-            schema.GPU: (ranks % GPUS_PER_HOST).astype(str),
+            schema.HOST: [f"node{r}" for r in ranks // spec.node_gpus],
+            schema.GPU: (ranks % spec.node_gpus).astype(str),
             schema.JOB_ID: job_id,
             schema.GPU_MODEL: gpu.nvml_name,
             MEM_TOTAL: gpu.memory_total_bytes,
