@@ -261,3 +261,16 @@ def test_an_estimated_z_e_says_what_it_is_relative_to() -> None:
     )
     assert "lower bound" in json.loads(as_json.stdout)["z_expected_relative_to"]
     assert json.loads(given.stdout)["z_expected_relative_to"] is None  # the user's own Z_e: their definition
+
+
+def test_missing_signals_are_named_in_the_notes() -> None:
+    capture = Path(__file__).parent / "data" / "captures" / "a100x2_job4242_smi.csv"
+    smi = run("--job-id", "4242", "--source", str(capture), "--duration-hours", "100", "--no-slurm",
+              "--output", "json")  # fmt: skip
+    full = run(
+        "--job-id", "gpt13b-a100-tp4", "--source", "example", "--duration-hours", "100", "--output", "json"
+    )
+    assert smi.returncode == 0 and full.returncode == 0, smi.stderr + full.stderr
+    widened = [n for n in json.loads(smi.stdout)["notes"] if n.startswith("Z_e interval widened for missing")]
+    assert len(widened) == 1 and "sm_active_ratio" in widened[0]
+    assert not any("widened for missing" in n for n in json.loads(full.stdout)["notes"])

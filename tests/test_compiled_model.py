@@ -144,8 +144,11 @@ def test_the_shipped_compiled_model_predicts_what_the_shipped_regressor_predicts
 
 
 def test_the_shipped_npz_is_the_shipped_skops_compiled() -> None:
-    """The two artifacts describe one model: rebuild both with zest train, never one alone."""
-    assert SHIPPED_NPZ.read_bytes() == compiled_bytes(compile_ze_model(load_default_model().model))
+    """The two artifacts describe one model: rebuild both with zest train, never one alone. The npz also
+    keeps the training rows' features (tests/test_missing_signals.py checks they are zest train's)."""
+    rows = load_compiled_model(SHIPPED_NPZ).reference_
+    assert len(rows) > 0
+    assert SHIPPED_NPZ.read_bytes() == compiled_bytes(compile_ze_model(load_default_model().model, rows))
 
 
 # --- the file -----------------------------------------------------------------------------------------
@@ -200,6 +203,12 @@ def test_a_bad_npz_is_a_model_error_that_says_rebuild(tmp_path: Path, small: ZeR
         "bad tree": _rewritten(good, {"mid.left": left}).read_bytes(),
         "bad coverage": _rewritten(good, {"coverage": np.float64(1.5)}).read_bytes(),
         "one array": npy.read_bytes(),
+        "no training rows": _rewritten(good, drop="reference").read_bytes(),
+        "rows too narrow": _rewritten(good, {"reference": np.zeros((3, 3))}).read_bytes(),
+        "rows of one dimension": _rewritten(good, {"reference": np.zeros(4)}).read_bytes(),
+        "infinite rows": _rewritten(good, {"reference": np.full((3, 4), np.inf)}).read_bytes(),
+        "format 1 with rows": _rewritten(good, {"format": np.int64(1)}).read_bytes(),
+        "format 3": _rewritten(good, {"format": np.int64(3)}).read_bytes(),
     }
     for name, content in files.items():
         path = tmp_path / f"{name.replace(' ', '-')}.npz"
@@ -209,6 +218,18 @@ def test_a_bad_npz_is_a_model_error_that_says_rebuild(tmp_path: Path, small: ZeR
         assert "\n" not in str(raised.value), name
     with pytest.raises(ModelError, match="No such file"):
         load_compiled_model(tmp_path / "absent.npz")
+
+
+def test_a_format_1_npz_loads_without_training_rows(tmp_path: Path, small: ZeRegressor) -> None:
+    """As zest train wrote it before the npz kept the training rows: it fills in no missing feature."""
+    good = tmp_path / "model.npz"
+    rows = noisy_rows(40, 4, seed=8, nan_share=0.0)[0]
+    good.write_bytes(compiled_bytes(compile_ze_model(small, rows)))
+    np.testing.assert_array_equal(load_compiled_model(good).reference_, rows)
+    old = load_compiled_model(_rewritten(good, {"format": np.int64(1)}, drop="reference"))
+    assert old.reference_.shape == (0, 4)
+    probe = pd.DataFrame(noisy_rows(30, 4, seed=9, nan_share=0.3)[0], columns=["a", "b", "c", "d"])
+    assert predict_z_intervals(old, probe) == predict_z_intervals(small, probe)
 
 
 # --- what estimates load ------------------------------------------------------------------------------

@@ -316,11 +316,13 @@ def estimate(
         notes.extend(telemetry.notes + list(found.notes))
         z_expected = found.z_percent
     if needs_estimate:
-        from estimator.model.default import default_model, model_origin
+        from estimator.model.default import default_model, missing_signals_note, model_origin
 
         notes.append(
             f"Z_e ({default_model().coverage:.0%} interval) from {model_origin()} (models/README.md)"
         )
+        if found is not None and (note := missing_signals_note(found.features)):
+            notes.append(note)
     if gpus is None and found is not None and math.isfinite(found.gpus_seen):
         notes.append(f"G = {int(found.gpus_seen)}: the GPUs seen in the job's telemetry (--gpus overrides)")
     elif gpus is None:

@@ -210,7 +210,9 @@ def train(
     model = fit_model(rows)
     shares = default_capture_shares(capture_share_table(data.frame))
     metadata = artifact_metadata(data, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
-    model_path, json_path = save_model(model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata)
+    model_path, json_path = save_model(
+        model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata, reference=rows
+    )
     click.echo(
         f"trained on {len(rows)} configurations of {data.studies} studies "
         f"(interval widened by {model.interval_adjustment_:.2f} pp for {100 * model.coverage:.0f} % coverage)"

@@ -4,11 +4,13 @@
 call (the exporter estimates thousands of jobs a cycle); :func:`z_interval_for`
 one row. The model is loaded once per process, compiled where it can be
 (:mod:`estimator.model.compiled`): estimates import neither scikit-learn nor skops
-unless a local model asks for them.
+unless a local model asks for them. A job lacking features gets an interval
+widened for them, and :func:`missing_signals_note` says so in its notes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 
 import pandas as pd
@@ -18,6 +20,7 @@ from estimator.model.compiled import (
     LoadedModel,
     load_model_for_estimates,
     local_model_path,
+    missing_features_note,
     predict_z_intervals,
     trained_model_path,
 )
@@ -50,12 +53,25 @@ def model_origin() -> str:
 def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) -> list[ZInterval]:
     """Z_e (% of training time, low/mid/high) of each row of ``features`` (columns: feature names).
 
-    One prediction call for all rows. Raises :class:`collectors.errors.ModelError`
-    if the features lack one the model needs.
+    One prediction call for all rows; a job lacking features (NaN: signals
+    its source does not report) gets an interval widened for them
+    (:func:`estimator.model.compiled.predict_z_intervals`). Raises
+    :class:`collectors.errors.ModelError` if the features lack a column the
+    model needs.
     """
-    return predict_z_intervals((model if model is not None else default_model()).model, features)
+    loaded = model if model is not None else default_model()
+    return predict_z_intervals(loaded.model, features, reference=loaded.reference)
 
 
 def z_interval_for(features_row: pd.Series, model: LoadedModel | None = None) -> ZInterval:
     """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
     return z_intervals_for(features_row.to_frame().T, model)[0]
+
+
+def missing_signals_note(
+    features: Mapping[str, float] | pd.Series, model: LoadedModel | None = None
+) -> str | None:
+    """The estimate's note on the features a job lacks (NaN: signals its source does not report) and how
+    they widened its Z_e interval; None when the job has every feature the model reads."""
+    loaded = model if model is not None else default_model()
+    return missing_features_note(loaded.model, features, reference=loaded.reference)

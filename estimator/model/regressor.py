@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import skops.io as sio
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -53,6 +54,7 @@ from estimator.model.compiled import (
     load_metadata,
     load_model_for_estimates,
     local_model_path,
+    missing_features_note,
     packaged_file,
     predict_z_interval,
     predict_z_intervals,
@@ -76,6 +78,7 @@ __all__ = [
     "load_model",
     "load_model_for_estimates",
     "local_model_path",
+    "missing_features_note",
     "predict_z_interval",
     "predict_z_intervals",
     "save_model",
@@ -247,18 +250,22 @@ def _canonical(buffer: bytes) -> bytes:
     return fixed_time_zip(members)
 
 
-def save_model(model: ZeModel, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
+def save_model(
+    model: ZeModel, path: Path, metadata: Mapping[str, Any], *, reference: pd.DataFrame | None = None
+) -> tuple[Path, Path]:
     """Write ``model`` with skops to ``path`` (``.skops``) and ``metadata`` as JSON beside it (``.json``).
 
     A :class:`ZeRegressor` is also written compiled (``.npz``, what estimates
-    read); for another model a compiled file left there is removed. The same
-    model and metadata give the same bytes. Raises :class:`OutputError` if a
-    file cannot be written.
+    read), with the feature columns of ``reference``, the rows it was trained
+    on, which fill in the features a job lacks (none: missing features take
+    the trees' missing-value branch); for another model a compiled file left
+    there is removed. The same model, rows and metadata give the same bytes.
+    Raises :class:`OutputError` if a file cannot be written.
     """
     check_is_fitted(model)
     buffer = io.BytesIO()
     sio.dump(model, buffer)
-    compiled = compiled_bytes(compile_ze_model(model)) if isinstance(model, ZeRegressor) else None
+    compiled = compiled_bytes(compile_ze_model(model, reference)) if isinstance(model, ZeRegressor) else None
     json_path = path.with_suffix(".json")
     compiled_path = path.with_suffix(COMPILED_SUFFIX)
     try:

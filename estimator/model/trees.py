@@ -7,7 +7,7 @@ concatenated. A row goes left at a split where ``x <= threshold`` and, where
 ``x`` is NaN, to the side the tree learned for missing values, as scikit-learn's
 ``_predictor.pyx`` does; the leaf values are added to the baseline tree by
 tree, in scikit-learn's order, so the predictions are the same to the bit.
-All rows and trees descend together, one level a step.
+Rows descend all trees of one depth together, one level a step.
 
 Only :func:`compile_hgb`, which training calls, imports scikit-learn.
 """
@@ -83,7 +83,11 @@ class CompiledTrees:
         self._missing_right = ~self._nodes["missing_left"]
         self._value = self._nodes["value"]
         self._root_nodes = self._roots.astype(np.intp)
-        self.depth = self._max_depth()
+        depths = self._tree_depths()
+        self.depth = int(depths.max())
+        # trees of one depth descend together, that many steps: a shallow tree is not walked as deep as the
+        # deepest (the mean depth is about 60 % of the deepest in the Z_e model)
+        self._by_depth = [(int(d), np.flatnonzero(depths == d)) for d in np.unique(depths)]
 
     def _check(self) -> None:
         nodes, roots = self._nodes, self._roots
@@ -111,16 +115,20 @@ class CompiledTrees:
             if np.any((child[split] <= own[split]) | (child[split] >= end[split])):
                 raise ValueError(f"a {side} child is not a later node of the same tree")
 
-    def _max_depth(self) -> int:
-        """Splits on the longest path from a root to a leaf; children come after their parent, so it ends."""
+    def _tree_depths(self) -> npt.NDArray[np.intp]:
+        """Splits on the longest path from each tree's root to a leaf; children come after their parent (and
+        stay in its tree), so it ends."""
+        tree_of = np.searchsorted(self._roots, np.arange(len(self._value)), side="right") - 1
+        depths = np.zeros(self.n_trees, dtype=np.intp)
         depth, level = 0, self._root_nodes
         while True:
             level = level[~self._nodes["is_leaf"][level]]
             if len(level) == 0:
-                return depth
+                return depths
             # unique: a file could name one node the child of many, and the level must not grow past the nodes
             level = np.unique(np.concatenate([self._nodes["left"][level], self._nodes["right"][level]]))
             depth += 1
+            depths[tree_of[level]] = depth  # the levels come deeper and deeper: the last one is the deepest
 
     @property
     def n_trees(self) -> int:
@@ -144,18 +152,21 @@ class CompiledTrees:
         rows, trees = len(X), self.n_trees
         flat = X.ravel()
         row_start = (np.arange(rows, dtype=np.intp) * self.n_features)[:, None]
-        node = np.broadcast_to(self._root_nodes, (rows, trees)).copy()
-        for _ in range(self.depth):
-            x = flat[row_start + self._feature[node]]
-            go_right = x > self._threshold[node]  # not (x <= threshold); False for NaN, set below
-            missing = np.isnan(x)
-            if missing.any():
-                go_right[missing] = self._missing_right[node[missing]]
-            node = self._children[2 * node + go_right]
+        leaf = np.empty((rows, trees), dtype=np.intp)
+        for depth, members in self._by_depth:
+            node = np.broadcast_to(self._root_nodes[members], (rows, len(members))).copy()
+            for _ in range(depth):
+                x = flat[row_start + self._feature[node]]
+                go_right = x > self._threshold[node]  # not (x <= threshold); False for NaN, set below
+                missing = np.isnan(x)
+                if missing.any():
+                    go_right[missing] = self._missing_right[node[missing]]
+                node = self._children[2 * node + go_right]
+            leaf[:, members] = node
         # baseline, then each tree in boosting order: scikit-learn's sum, rounding included
         terms = np.empty((rows, trees + 1), dtype=np.float64)
         terms[:, 0] = self.baseline
-        terms[:, 1:] = self._value[node]
+        terms[:, 1:] = self._value[leaf]
         return np.cumsum(terms, axis=1)[:, -1]
 
 
