@@ -274,3 +274,15 @@ def test_missing_signals_are_named_in_the_notes() -> None:
     widened = [n for n in json.loads(smi.stdout)["notes"] if n.startswith("Z_e interval widened for missing")]
     assert len(widened) == 1 and "sm_active_ratio" in widened[0]
     assert not any("widened for missing" in n for n in json.loads(full.stdout)["notes"])
+
+
+def test_a_job_outside_the_training_domain_is_named_as_such() -> None:
+    def notes(job: str) -> list[str]:
+        done = run("--job-id", job, "--source", "example", "--duration-hours", "100", "--output", "json")
+        assert done.returncode == 0, done.stderr
+        return [n for n in json.loads(done.stdout)["notes"] if n.startswith("outside the model's training")]
+
+    (hopper,) = notes("gpt7b-h100-pp4")  # 16 H100s on 2 hosts; the model learned from 2-8 A100s in one node
+    assert "GPU model h100-sxm (trained on a100-80gb only)" in hopper
+    assert "16 GPUs (trained on 2-8)" in hopper and "2 hosts" in hopper
+    assert notes("gpt13b-a100-tp4") == []

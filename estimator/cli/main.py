@@ -312,17 +312,23 @@ def estimate(
             prometheus_auth=prometheus_auth,
             hpc_job_dir=hpc_job_dir,
         )
-        found = _one_job(telemetry, plan, shares, z_expected, window)
+        found, gpu_models = _one_job(telemetry, plan, shares, z_expected, window)
         notes.extend(telemetry.notes + list(found.notes))
         z_expected = found.z_percent
     if needs_estimate:
-        from estimator.model.default import default_model, missing_signals_note, model_origin
+        from estimator.features.extract import GPU_COUNT, HOST_COUNT
+        from estimator.model.default import default_model, domain_note, missing_signals_note, model_origin
 
         notes.append(
             f"Z_e ({default_model().coverage:.0%} interval) from {model_origin()} (models/README.md)"
         )
         if found is not None and (note := missing_signals_note(found.features)):
             notes.append(note)
+        if found is not None:
+            seen = found.features
+            note = domain_note(gpu_models, seen.get(GPU_COUNT, math.nan), seen.get(HOST_COUNT, math.nan))
+            if note:
+                notes.append(note)
     if gpus is None and found is not None and math.isfinite(found.gpus_seen):
         notes.append(f"G = {int(found.gpus_seen)}: the GPUs seen in the job's telemetry (--gpus overrides)")
     elif gpus is None:
@@ -374,8 +380,10 @@ def _shares(chosen: Sequence[AlgorithmChoice], notes: list[str]) -> CaptureShare
 
 def _one_job(
     telemetry: Telemetry, plan: Plan, shares: CaptureShares, z_given: ZInterval | None, window: float | None
-) -> JobEstimate:
-    """The job's telemetry through the stages; a source that names several jobs is refused."""
+) -> tuple[JobEstimate, tuple[str, ...]]:
+    """The job's telemetry through the stages, and the GPU models it ran on; a source that names several
+    jobs is refused."""
+    from collectors.schema import GPU_MODEL
     from estimator.model.default import z_intervals_for
     from estimator.pipeline import estimate as estimate_stages
     from estimator.pipeline import gpu_summary
@@ -395,7 +403,7 @@ def _one_job(
         raise MalformedCapture(
             f"{telemetry.source}: the job's telemetry names {len(estimates)} jobs ({named})"
         )
-    return estimates[0]
+    return estimates[0], tuple(str(m) for m in summary[GPU_MODEL].dropna().unique())
 
 
 def telemetry_document(source: str, found: JobEstimate) -> dict[str, Any]:

@@ -10,7 +10,8 @@ widened for them, and :func:`missing_signals_note` says so in its notes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from functools import cache
 
 import pandas as pd
@@ -66,6 +67,35 @@ def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) ->
 def z_interval_for(features_row: pd.Series, model: LoadedModel | None = None) -> ZInterval:
     """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
     return z_intervals_for(features_row.to_frame().T, model)[0]
+
+
+def domain_note(
+    gpu_models: Sequence[str], gpus: float, hosts: float, model: LoadedModel | None = None
+) -> str | None:
+    """The estimate's note on what of the job lies outside the rows the model learned from (GPU model,
+    GPU count, hosts); None when nothing does, or the model does not say its domain."""
+    from collectors import gpuspecs
+
+    loaded = model if model is not None else default_model()
+    domain = loaded.metadata.get("training_data", {}).get("domain")
+    if not domain:
+        return None
+    outside = []
+    keys = {spec.key if (spec := gpuspecs.from_nvml_name(name)) else name for name in gpu_models}
+    unknown = sorted(keys - set(domain["gpu_models"]))
+    if unknown:
+        outside.append(f"GPU model {', '.join(unknown)} (trained on {', '.join(domain['gpu_models'])} only)")
+    low, high = domain["gpus"]
+    if math.isfinite(gpus) and not low <= gpus <= high:
+        outside.append(f"{gpus:.0f} GPUs (trained on {low}-{high})")
+    if math.isfinite(hosts) and hosts > domain["hosts"][1]:
+        outside.append(f"{hosts:.0f} hosts (trained on jobs in {domain['hosts'][1]} node)")
+    if not outside:
+        return None
+    return (
+        f"outside the model's training domain: {'; '.join(outside)}: Z_e is an extrapolation there, "
+        "and its interval does not widen for it yet"
+    )
 
 
 def missing_signals_note(

@@ -239,6 +239,16 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
+def training_domain(data: StudyData) -> dict[str, Any]:
+    """Where the model's rows lie: the GPU model they were simulated on, the GPU and host counts."""
+    gpus = data.frame[GROUP_KEYS[0]]  # "# GPUs"
+    return {
+        "gpu_models": [calibration.FITTED_GPU.key],
+        "gpus": [int(gpus.min()), int(gpus.max())],
+        "hosts": [1, 1],
+    }
+
+
 def artifact_metadata(
     data: StudyData,
     model: ZeRegressor,
@@ -280,6 +290,7 @@ def artifact_metadata(
                 f"models/calibrate_perfmodel.py assumes), seeds {seed} + row number"
             ),
             "perfmodel_constants_sha256": hashlib.sha256(constants_path.read_bytes()).hexdigest(),
+            "domain": training_domain(data),
             "source": (
                 "Bang, Choi, Kim, Kim and Rhu, 'vTrain: A Simulation Framework for Evaluating "
                 "Cost-effective and Compute-optimal Large Language Model Training', MICRO 2024; "
