@@ -16,10 +16,12 @@ import pandas.testing as pdt
 import pytest
 from click.testing import CliRunner
 
+from collectors.errors import InputError
 from collectors.files import read_capture
 from estimator.cli.model import evaluate_command as evaluate_cli
 from estimator.cli.model import simulate, train
 from estimator.features.extract import FEATURES
+from estimator.model.compiled import LoadedModel
 from estimator.model.regressor import MODEL_FEATURES, ZeRegressor, load_model
 from estimator.perfmodel.iteration import SpecError
 from estimator.training.evaluation import (
@@ -34,6 +36,16 @@ from estimator.training.evaluation import (
     evaluate,
     render_markdown,
     update_card,
+)
+from estimator.training.heldout import (
+    HELD_OUT_BEGIN,
+    HELD_OUT_END,
+    MPT_FILE,
+    evaluate_held_out,
+    held_out_rows,
+    read_mpt_studies,
+    render_held_out_markdown,
+    score_held_out,
 )
 from estimator.training.rows import (
     DATA_FILE,
@@ -290,3 +302,155 @@ def test_train_and_evaluate_commands_on_a_small_copy_of_the_data(tmp_path: Path,
     assert f"Local outcomes: none; no outcomes store at {no_store}" in result.output
     text = card.read_text(encoding="utf-8")
     assert "| zest (Z_e model) |" in text and text.startswith("# card\n") and text.endswith(f"{CARD_END}\n")
+
+
+# --- held-out evaluation on llm-foundry-like measurements ---------------------------------------------
+
+MPT_COLUMNS = (
+    "table,model,seq_len,n_gpus,gpu,micro_batch_size,grad_accum,global_batch_size,throughput_tokens_per_s,"
+    "global_batch_tokens,precision,sharding_strategy,activation_checkpointing,activation_cpu_offload"
+)
+
+
+def write_mpt_table(root: Path) -> Path:
+    """A hand-made table in llm-foundry's columns: one 3-configuration study on 8 A100s (1000, 800 and
+    500 tokens/s: Z = 0, 20, 50 %) plus a faster FP8 row of the same job (dropped, so not its best), and one
+    study of one configuration on 16 GPUs (two nodes)."""
+    table = "A100 80GB with 1600 Gbps node-node interconnect (RoCE)"
+    lines = [
+        MPT_COLUMNS,
+        f"{table},125m,2048,8,a100_80gb,4,16,512,1000,1048576,amp_bf16,FULL_SHARD,False,False",
+        f"{table},125m,2048,8,a100_80gb,8,8,512,800,1048576,amp_bf16,FULL_SHARD,False,False",
+        f"{table},125m,2048,8,a100_80gb,16,4,512,500,1048576,amp_bf16,FULL_SHARD,True,False",
+        f"{table},125m,2048,8,a100_80gb,16,4,512,2000,1048576,amp_fp8,FULL_SHARD,False,False",
+        f"{table},350m,2048,16,a100_80gb,8,4,512,3000,1048576,amp_bf16,FULL_SHARD,False,False",
+    ]
+    path = root / MPT_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_held_out_studies_and_measured_z_by_hand(tmp_path: Path) -> None:
+    write_mpt_table(tmp_path)
+    held = read_mpt_studies(tmp_path)
+    frame = held.frame
+    assert len(frame) == len(held.specs) == 4
+    np.testing.assert_allclose(frame[Z_PERCENT], [0.0, 20.0, 50.0, 0.0])
+    assert frame[STUDY].tolist() == [0, 0, 0, 1]
+    assert frame["set"].tolist() == ["llm-foundry, one node"] * 3 + ["llm-foundry, several nodes"]
+    assert frame["hosts"].tolist() == [1, 1, 1, 2]
+    assert held.dropped["rows"].tolist() == [1] and "FP8" in held.dropped["reason"].iloc[0]
+    assert [s.sharding for s in held.specs] == ["full"] * 4
+    assert [s.recompute for s in held.specs] == ["selective", "selective", "full", "selective"]
+
+    with pytest.raises(DataError, match="--held-out"):
+        read_mpt_studies(tmp_path / "nowhere")
+    bad = pd.read_csv(tmp_path / MPT_FILE).drop(columns=["global_batch_tokens"])
+    bad.to_csv(tmp_path / MPT_FILE, index=False)
+    with pytest.raises(DataError, match="global_batch_tokens"):
+        read_mpt_studies(tmp_path)
+
+
+def test_held_out_scores_mae_spearman_and_coverage_by_hand() -> None:
+    one, many = "llm-foundry, one node", "llm-foundry, several nodes"
+    predictions = pd.DataFrame(
+        {
+            "set": [one, one, one, one, many],
+            STUDY: [0, 0, 0, 1, 2],
+            Z_PERCENT: [0.0, 20.0, 50.0, 0.0, 0.0],
+            "zest_low": [0.0, 15.0, 10.0, 0.0, 0.0],
+            ZEST: [5.0, 25.0, 30.0, 40.0, 9.0],
+            "training_mean": [30.0] * 5,
+            "sm_rule": [50.0, 20.0, 0.0, 1.0, 1.0],
+            "perfmodel": [0.0, 10.0, 60.0, 0.0, 0.0],
+            "zest_high": [10.0, 30.0, 40.0, 50.0, 20.0],
+        }
+    )
+    table = score_held_out(predictions)
+    assert list(table.columns) == [
+        "set",
+        "rows",
+        "studies",
+        "scored_rows",
+        "scored_studies",
+        "method",
+        "mae_pp",
+        "spearman_median",
+        "spearman_studies",
+        "coverage_ratio",
+    ]
+    assert table["set"].unique().tolist() == [one, many, "llm-foundry, all"]
+    by = table[table["set"] == one].set_index("method")
+    zest = by.loc[METHODS[ZEST]]
+    # scored: the 3-row study only (a study of one has Z = 0 by definition)
+    assert (zest["rows"], zest["studies"], zest["scored_rows"], zest["scored_studies"]) == (4, 2, 3, 1)
+    assert zest["mae_pp"] == pytest.approx((5 + 5 + 20) / 3)
+    assert zest["coverage_ratio"] == pytest.approx(2 / 3)  # 50 lies above 40
+    assert zest["spearman_median"] == pytest.approx(1.0)
+    assert by.loc[METHODS["sm_rule"], "spearman_median"] == pytest.approx(-1.0)
+    assert by.loc[METHODS["perfmodel"], "mae_pp"] == pytest.approx((0 + 10 + 10) / 3)
+    assert by.loc[METHODS["training_mean"], "mae_pp"] == pytest.approx((30 + 10 + 20) / 3)
+    assert math.isnan(float(by.loc[METHODS["training_mean"], "spearman_median"]))
+    assert math.isnan(float(by.loc[METHODS["perfmodel"], "coverage_ratio"]))
+    nothing = table[table["set"] == many]
+    assert (nothing["scored_rows"] == 0).all() and nothing["mae_pp"].isna().all()
+    assert nothing["coverage_ratio"].isna().all()
+
+
+def test_held_out_evaluation_of_a_fitted_model(tmp_path: Path, data: StudyData) -> None:
+    write_mpt_table(tmp_path)
+    held = read_mpt_studies(tmp_path)
+    rows = held_out_rows(held, minutes=1, seed=3)
+    assert list(rows.columns) == [*FEATURES, "set", STUDY, Z_PERCENT]
+    assert rows[list(MODEL_FEATURES)].notna().all().all()
+    assert rows["gpus"].tolist() == [8, 8, 8, 16]
+    pdt.assert_frame_equal(held_out_rows(held, minutes=1, seed=3), rows)  # deterministic
+
+    small = subset(data, 5)
+    model = ZeRegressor(max_iter=30, min_samples_leaf=5).fit(
+        training_rows(small, minutes=1)[list(MODEL_FEATURES)],
+        small.frame[Z_PERCENT],
+        groups=small.frame[STUDY],
+    )
+    domain = {"gpu_models": ["a100-80gb"], "gpus": [2, 8], "hosts": [1, 1]}
+    loaded = LoadedModel(model, {"training_data": {"domain": domain}})
+    result = evaluate_held_out(held, rows, loaded, training_mean=33.5)
+    p = result.predictions
+    assert (p["zest_low"] <= p[ZEST]).all() and (p[ZEST] <= p["zest_high"]).all()
+    assert (p["training_mean"] == 33.5).all()
+    assert p.groupby(STUDY)["perfmodel"].min().eq(0).all()  # each study's predicted best
+    assert result.outside_domain == 1  # only the 16-GPU, 2-host row by the model's own check
+    markdown = render_held_out_markdown(result, held)
+    assert "| llm-foundry, one node | 4 | 2 |" not in markdown  # sets are scored apart
+    assert "| llm-foundry, one node | 3 | 1 | 3 (1) | zest (Z_e model) |" in markdown
+    assert "| llm-foundry, several nodes | 1 | 1 | 0 (0) | every method |" in markdown
+    assert "Outside the training domain" in markdown and "nan" not in markdown
+
+
+def test_evaluate_command_writes_the_held_out_section(tmp_path: Path, data: StudyData) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    pd.read_csv(data.path)[kept(data, 5).to_numpy()].to_csv(data_dir / DATA_FILE, index=False)
+    write_mpt_table(tmp_path / "shared")
+    card = tmp_path / "README.md"
+    before = f"# card\n{CARD_BEGIN}\n{CARD_END}\n\nkept\n{HELD_OUT_BEGIN}\nOLD TABLE\n{HELD_OUT_END}\ntail\n"
+    card.write_text(before, encoding="utf-8")
+    args = ["--data", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--store", str(tmp_path / "s")]
+    result = CliRunner().invoke(
+        evaluate_cli, [*args, "--held-out", str(tmp_path / "shared"), "--card", str(card)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| llm-foundry, one node | 3 | 1 | 3 (1) |" in result.output
+    text = card.read_text(encoding="utf-8")
+    assert "| zest (Z_e model) |" in text.split(CARD_END)[0]
+    held = text.split(HELD_OUT_BEGIN)[1].split(HELD_OUT_END)[0]
+    assert "OLD TABLE" not in held and "| vTrain, one node (cross-validated) |" in held
+    assert text.endswith(f"{HELD_OUT_END}\ntail\n") and "\nkept\n" in text
+
+    card.write_text(f"# card\n{CARD_BEGIN}\n{CARD_END}\n", encoding="utf-8")
+    no_markers = CliRunner().invoke(
+        evaluate_cli, [*args, "--held-out", str(tmp_path / "shared"), "--card", str(card)]
+    )
+    assert isinstance(no_markers.exception, InputError) and HELD_OUT_BEGIN in str(no_markers.exception)
+    assert card.read_text(encoding="utf-8") == f"# card\n{CARD_BEGIN}\n{CARD_END}\n"  # nothing written

@@ -35,6 +35,7 @@ from estimator.model.regressor import (
 from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec
 from estimator.training.evaluation import (
+    Evaluation,
     capture_share_table,
     default_capture_shares,
     evaluate,
@@ -46,6 +47,8 @@ from estimator.training.rows import (
     DATA_FILE,
     DEFAULT_MINUTES,
     DEFAULT_SEED,
+    Z_PERCENT,
+    StudyData,
     artifact_metadata,
     fit_model,
     read_study_data,
@@ -280,11 +283,26 @@ def _train_local(store_path: Path) -> None:
     help="Model card whose evaluation section (between its markers) is rewritten (models/README.md of a "
     "checkout); without it the evaluation is only printed.",
 )
+@click.option(
+    "--held-out",
+    "held_out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Also score the shipped model, not refitted, on llm-foundry's measured MPT tables under DIR (the "
+    "folder holding llm-foundry/; in a checkout: ../shared/data); with --card, written between the card's "
+    "held-out markers.",
+)
 @store_option
 def evaluate_command(
-    data_dir: Path | None, cache_dir: Path | None, card: Path | None, store_path: Path | None
+    data_dir: Path | None,
+    cache_dir: Path | None,
+    card: Path | None,
+    held_out_dir: Path | None,
+    store_path: Path | None,
 ) -> None:
-    """Grouped cross-validation of the Z_e model against three baselines; print it, update a model card."""
+    """Grouped cross-validation of the Z_e model against three baselines, and with --held-out the shipped
+    model on measured studies it never saw; print them, update a model card."""
     text = None
     if card is not None:
         try:
@@ -293,20 +311,50 @@ def evaluate_command(
             raise InputError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
     data = read_study_data(_required_data(data_dir))
     rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=_cache(cache_dir))
-    section = render_markdown(evaluate(data, rows))
+    evaluation = evaluate(data, rows)
+    section = render_markdown(evaluation)
     click.echo(section)
+    held_section = None
+    if held_out_dir is not None:
+        held_section = _held_out_section(held_out_dir, data, evaluation)
+        click.echo("\n" + held_section)
     if card is not None and text is not None:
         try:
             updated = update_card(text, section)
         except ValueError as exc:
             raise InputError(f"{card}: {exc}; add them where the evaluation belongs") from None
+        if held_section is not None:
+            from estimator.training.heldout import HELD_OUT_BEGIN, HELD_OUT_END
+
+            try:
+                updated = update_card(updated, held_section, begin=HELD_OUT_BEGIN, end=HELD_OUT_END)
+            except ValueError as exc:
+                raise InputError(f"{card}: {exc}; add them where the held-out evaluation belongs") from None
         try:
             card.write_text(updated, encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot write model card {card} ({exc.strerror})") from None
-        click.echo(f"\nupdated the evaluation section of {card}")
+        sections = "evaluation and held-out sections" if held_section is not None else "evaluation section"
+        click.echo(f"\nupdated the {sections} of {card}")
     # this cluster's results: printed, not written into the shipped model's card
     click.echo("\n" + local_outcomes_section(resolved_store(store_path)))
+
+
+def _held_out_section(held_out_dir: Path, data: StudyData, evaluation: Evaluation) -> str:
+    """The shipped model on llm-foundry's measured tables under ``held_out_dir``, beside vTrain's figures."""
+    from estimator.model.regressor import load_default_model
+    from estimator.training.heldout import (
+        evaluate_held_out,
+        held_out_rows,
+        read_mpt_studies,
+        render_held_out_markdown,
+    )
+
+    held_out = read_mpt_studies(held_out_dir)
+    rows = held_out_rows(held_out, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
+    training_mean = float(data.frame[Z_PERCENT].mean())  # the shipped model's rows: all of vTrain
+    scored = evaluate_held_out(held_out, rows, load_default_model(), training_mean=training_mean)
+    return render_held_out_markdown(scored, held_out, evaluation)
 
 
 def local_outcomes_section(store_path: Path) -> str:

@@ -450,6 +450,12 @@ def _mpt_rows(frame: pd.DataFrame) -> list[_Measured]:
     return rows
 
 
+def mpt_job_specs(frame: pd.DataFrame) -> list[tuple[JobSpec | None, str]]:
+    """Each row of llm-foundry's MPT table as :func:`held_out_predictions` expresses it, in order: its job
+    spec (None where it cannot be expressed) and the note saying how, or why not."""
+    return [(row.spec, row.note) for row in _mpt_rows(frame)]
+
+
 def _llama_rows(frame: pd.DataFrame) -> list[_Measured]:
     rows = []
     for _, r in frame.iterrows():

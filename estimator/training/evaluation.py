@@ -54,7 +54,9 @@ __all__ = [
     "perfmodel_z_percent",
     "render_markdown",
     "score",
+    "sm_rule_z_percent",
     "update_card",
+    "within_study_spearman",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -93,6 +95,11 @@ def perfmodel_z_percent(data: StudyData) -> pd.Series:
     return (100.0 * (1.0 - best / seconds)).clip(0.0, Z_MAX_PERCENT)
 
 
+def sm_rule_z_percent(rows: pd.DataFrame) -> FloatArray:
+    """The rule baseline Z = 100 · (1 − mean SM active), clipped to the model's range, per row of features."""
+    return np.clip(100.0 * (1.0 - rows[SM_ACTIVE_MEAN].to_numpy()), 0.0, Z_MAX_PERCENT)
+
+
 def cross_validated_predictions(
     rows: pd.DataFrame,
     perfmodel_z: pd.Series,
@@ -119,7 +126,7 @@ def cross_validated_predictions(
     out[LOW] = low
     out[ZEST] = mid
     out["training_mean"] = mean
-    out["sm_rule"] = np.clip(100.0 * (1.0 - rows[SM_ACTIVE_MEAN].to_numpy()), 0.0, Z_MAX_PERCENT)
+    out["sm_rule"] = sm_rule_z_percent(rows)
     out["perfmodel"] = perfmodel_z.to_numpy(dtype=np.float64)
     out[HIGH] = high
     return out
@@ -472,12 +479,13 @@ def _comparison(evaluation: Evaluation) -> str:
     return " ".join(sentences)
 
 
-def update_card(card: str, section: str) -> str:
-    """``card`` with the text between :data:`CARD_BEGIN` and :data:`CARD_END` replaced by ``section``.
+def update_card(card: str, section: str, *, begin: str = CARD_BEGIN, end: str = CARD_END) -> str:
+    """``card`` with the text between the markers ``begin`` and ``end`` (default: the evaluation section's,
+    :data:`CARD_BEGIN` and :data:`CARD_END`) replaced by ``section``.
 
     Raises ``ValueError`` when the markers are missing or out of order.
     """
-    begin, end = card.find(CARD_BEGIN), card.find(CARD_END)
-    if begin < 0 or end < begin:
-        raise ValueError(f"the model card lacks the markers {CARD_BEGIN} ... {CARD_END}")
-    return card[: begin + len(CARD_BEGIN)] + "\n" + section.strip("\n") + "\n" + card[end:]
+    first, last = card.find(begin), card.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"the model card lacks the markers {begin} ... {end}")
+    return card[: first + len(begin)] + "\n" + section.strip("\n") + "\n" + card[last:]
