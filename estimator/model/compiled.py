@@ -429,6 +429,19 @@ def local_model_path() -> Path:
     return user_data_dir() / "models" / f"{LOCAL_ARTIFACT}.skops"
 
 
+@contextmanager
+def base_artifact(suffix: str) -> Iterator[Path]:
+    """A file (by ``suffix``: ``.skops``, ``.npz``, ``.json``) of the base model: the one a user trained
+    (``zest train``, default folder) when there is one, else the shipped one. The one place that choice
+    is made: estimates, the local model's training rows and its base all take it from here."""
+    trained = trained_model_path()
+    if trained.is_file():
+        yield trained.with_suffix(suffix)
+    else:
+        with packaged_file(f"{DEFAULT_ARTIFACT}{suffix}") as path:
+            yield path
+
+
 def _fast(skops_path: Path, compiled_path: Path) -> ZeModel:
     """The model of ``skops_path`` for estimates: its compiled twin when there is one."""
     if compiled_path.is_file():
@@ -456,15 +469,10 @@ def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
             load_metadata(path.with_suffix(".json")),
             _base_reference(),
         )
-    trained = trained_model_path()  # the same choice as regressor.load_base_model
-    if trained.is_file():
-        return LoadedModel(
-            _fast(trained, trained.with_suffix(COMPILED_SUFFIX)), load_metadata(trained.with_suffix(".json"))
-        )
     with (
-        packaged_file(f"{DEFAULT_ARTIFACT}.skops") as skops_path,
-        packaged_file(f"{DEFAULT_ARTIFACT}{COMPILED_SUFFIX}") as compiled_path,
-        packaged_file(f"{DEFAULT_ARTIFACT}.json") as metadata_path,
+        base_artifact(".skops") as skops_path,
+        base_artifact(COMPILED_SUFFIX) as compiled_path,
+        base_artifact(".json") as metadata_path,
     ):
         return LoadedModel(_fast(skops_path, compiled_path), load_metadata(metadata_path))
 
@@ -472,13 +480,7 @@ def load_model_for_estimates(local_path: Path | None = None) -> LoadedModel:
 def _base_reference() -> pd.DataFrame | None:
     """The training rows' features kept with the model a local model corrects (the trained model, else the
     shipped one), as a frame; None if its compiled file has none."""
-    trained = trained_model_path()  # the same choice as regressor.load_base_model
-    context: AbstractContextManager[Path] = (
-        nullcontext(trained.with_suffix(COMPILED_SUFFIX))
-        if trained.is_file()
-        else packaged_file(f"{DEFAULT_ARTIFACT}{COMPILED_SUFFIX}")
-    )
-    with context as compiled_path:
+    with base_artifact(COMPILED_SUFFIX) as compiled_path:
         if not compiled_path.is_file():  # written by a zest that compiled nothing
             return None
         base = load_compiled_model(compiled_path)

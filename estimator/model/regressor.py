@@ -46,6 +46,7 @@ from estimator.model.compiled import (
     Z_MAX_PERCENT,
     LoadedModel,
     ZeModel,
+    base_artifact,
     clip_z,
     compile_ze_model,
     compiled_bytes,
@@ -319,12 +320,8 @@ def load_base_model() -> LoadedModel:
 
     Either is a :class:`ZeRegressor`, the base a local model corrects.
     """
-    path = trained_model_path()
-    loaded = (
-        load_default_model()
-        if not path.is_file()
-        else LoadedModel(load_model(path), load_metadata(path.with_suffix(".json")))
-    )
+    with base_artifact(".skops") as path, base_artifact(".json") as metadata_path:
+        loaded = LoadedModel(load_model(path), load_metadata(metadata_path))
     if not isinstance(loaded.model, ZeRegressor):
         raise ModelError(f"{path} holds no ZeRegressor to build a local model on: rebuild it with zest train")
     return loaded
