@@ -45,11 +45,14 @@ __all__ = [
     "DURATION_HOURS",
     "REUSES",
     "Evaluation",
+    "accuracy",
     "best_of_random_seconds",
     "capture_share_table",
     "cross_validated_predictions",
     "default_capture_shares",
     "evaluate",
+    "fmt_number",
+    "fmt_percent",
     "heuristic_choice",
     "perfmodel_z_percent",
     "render_markdown",
@@ -165,6 +168,23 @@ def _verdicts(z: pd.DataFrame, trials: pd.Series, reuse: int) -> list[Verdict]:
     ]
 
 
+def accuracy(predictions: pd.DataFrame, method: str) -> dict[str, float]:
+    """How ``method``'s column of ``predictions`` matches the measured Z: MAE (pp, NaN without rows),
+    median Spearman within studies and how many studies it rests on, and the interval's coverage (zest
+    only; NaN for the others)."""
+    truth = predictions[Z_PERCENT]
+    rhos = within_study_spearman(predictions, method)
+    coverage = math.nan
+    if method == ZEST and len(predictions):
+        coverage = float(((predictions[LOW] <= truth) & (truth <= predictions[HIGH])).mean())
+    return {
+        "mae_pp": float((predictions[method] - truth).abs().mean()) if len(predictions) else math.nan,
+        "spearman_median": float(rhos.median()) if rhos.notna().any() else math.nan,
+        "spearman_studies": int(rhos.notna().sum()),
+        "coverage_ratio": coverage,
+    }
+
+
 def score(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evaluation table (one row per method) and zest's interval verdicts (one row per R).
 
@@ -182,16 +202,11 @@ def score(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = []
     for method, label in METHODS.items():
         predicted = predictions[method]
-        rhos = within_study_spearman(predictions, method)
+        figures = accuracy(predictions, method)
         entry: dict[str, Any] = {
             "method": label,
-            "mae_pp": float((predicted - truth).abs().mean()),
-            "spearman_median": float(rhos.median()) if rhos.notna().any() else math.nan,
-            "coverage_ratio": math.nan,
+            **{k: figures[k] for k in ("mae_pp", "spearman_median", "coverage_ratio")},
         }
-        if method == ZEST:
-            inside = (predictions[LOW] <= truth) & (truth <= predictions[HIGH])
-            entry["coverage_ratio"] = float(inside.mean())
         point = pd.DataFrame({"low": predicted, "mid": predicted, "high": predicted})
         for r in REUSES:
             agree = np.equal(_verdicts(point, trials, r), true_verdicts[r])
@@ -385,11 +400,13 @@ def evaluate(
     )
 
 
-def _number(value: float, digits: int = 2) -> str:
+def fmt_number(value: float, digits: int = 2) -> str:
+    """A figure of the card's tables: ``digits`` decimals, n/a for NaN."""
     return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _percent(value: float) -> str:
+def fmt_percent(value: float) -> str:
+    """A ratio of the card's tables as a percentage, n/a for NaN."""
     return "n/a" if not math.isfinite(value) else f"{100 * value:.1f} %"
 
 
@@ -408,10 +425,10 @@ def render_markdown(evaluation: Evaluation) -> str:
         "|---|---:|---:|---:|" + "---:|" * len(REUSES),
     ]
     for _, row in t.iterrows():
-        agreements = " | ".join(_percent(row[f"verdict_agreement_r{r}"]) for r in REUSES)
+        agreements = " | ".join(fmt_percent(row[f"verdict_agreement_r{r}"]) for r in REUSES)
         lines.append(
-            f"| {row['method']} | {_number(row['mae_pp'])} | {_number(row['spearman_median'], 3)} | "
-            f"{_percent(row['coverage_ratio'])} | {agreements} |"
+            f"| {row['method']} | {fmt_number(row['mae_pp'])} | {fmt_number(row['spearman_median'], 3)} | "
+            f"{fmt_percent(row['coverage_ratio'])} | {agreements} |"
         )
     lines += ["", _comparison(evaluation)]
     lines += [
@@ -423,8 +440,9 @@ def render_markdown(evaluation: Evaluation) -> str:
     ]
     for _, row in evaluation.decisions.iterrows():
         lines.append(
-            f"| {int(row['reuse'])} | {_percent(row['agree_ratio'])} | {_percent(row['marginal_ratio'])} | "
-            f"{_percent(row['wrong_ratio'])} | {_percent(row['truth_proceed_ratio'])} |"
+            f"| {int(row['reuse'])} | {fmt_percent(row['agree_ratio'])} | "
+            f"{fmt_percent(row['marginal_ratio'])} | {fmt_percent(row['wrong_ratio'])} | "
+            f"{fmt_percent(row['truth_proceed_ratio'])} |"
         )
     shares = evaluation.capture_shares
     fractions = " | ".join(f"N = {f:g}·M" for f in TRIAL_FRACTIONS)
@@ -464,7 +482,7 @@ def _comparison(evaluation: Evaluation) -> str:
             (better if zest["spearman_median"] > other["spearman_median"] else not_better).append(rho)
         for r in REUSES:
             key = f"verdict_agreement_r{r}"
-            agree = f"verdict agreement at R = {r} ({_percent(zest[key])} vs {_percent(other[key])})"
+            agree = f"verdict agreement at R = {r} ({fmt_percent(zest[key])} vs {fmt_percent(other[key])})"
             (better if zest[key] > other[key] else not_better).append(agree)
         sentence = f"Against “{label}”: zest is better on {', '.join(better) or 'nothing'}"
         if not_better:
@@ -473,7 +491,7 @@ def _comparison(evaluation: Evaluation) -> str:
     coverage = zest["coverage_ratio"]
     judged = "conservative" if coverage >= evaluation.coverage else "too narrow"
     sentences.append(
-        f"The interval covers {_percent(coverage)} of held-out rows against "
+        f"The interval covers {fmt_percent(coverage)} of held-out rows against "
         f"{100 * evaluation.coverage:.0f} % stated ({judged})."
     )
     return " ".join(sentences)

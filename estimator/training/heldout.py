@@ -40,6 +40,9 @@ from estimator.training.evaluation import (
     SPEARMAN_MIN_ROWS,
     ZEST,
     Evaluation,
+    accuracy,
+    fmt_number,
+    fmt_percent,
     sm_rule_z_percent,
     within_study_spearman,
 )
@@ -232,28 +235,18 @@ def _score_set(name: str, predictions: pd.DataFrame) -> list[dict[str, Any]]:
     """One entry per method: scored on the rows of studies with 2 or more configurations."""
     sizes = predictions.groupby(STUDY)[STUDY].transform("size")
     scored = predictions[sizes >= 2]
-    truth = scored[Z_PERCENT]
-    entries = []
-    for method, label in METHODS.items():
-        rhos = within_study_spearman(scored, method)
-        coverage = math.nan
-        if method == ZEST and len(scored):
-            coverage = float(((scored[LOW] <= truth) & (truth <= scored[HIGH])).mean())
-        entries.append(
-            {
-                "set": name,
-                "rows": len(predictions),
-                "studies": int(predictions[STUDY].nunique()),
-                "scored_rows": len(scored),
-                "scored_studies": int(scored[STUDY].nunique()),
-                "method": label,
-                "mae_pp": float((scored[method] - truth).abs().mean()) if len(scored) else math.nan,
-                "spearman_median": float(rhos.median()) if rhos.notna().any() else math.nan,
-                "spearman_studies": int(rhos.notna().sum()),
-                "coverage_ratio": coverage,
-            }
-        )
-    return entries
+    return [
+        {
+            "set": name,
+            "rows": len(predictions),
+            "studies": int(predictions[STUDY].nunique()),
+            "scored_rows": len(scored),
+            "scored_studies": int(scored[STUDY].nunique()),
+            "method": label,
+            **accuracy(scored, method),
+        }
+        for method, label in METHODS.items()
+    ]
 
 
 def score_held_out(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -323,14 +316,6 @@ def evaluate_held_out(
     )
 
 
-def _number(value: float, digits: int = 2) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _percent(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{100 * value:.1f} %"
-
-
 def _span(values: Sequence[int] | pd.Series, unit: str = "") -> str:
     low, high = int(min(values)), int(max(values))
     return f"{low:,}{unit}" if low == high else f"{low:,}-{high:,}{unit}"
@@ -376,8 +361,8 @@ def render_held_out_markdown(
             rhos = int(within_study_spearman(cv.predictions, method).notna().sum())
             lines.append(
                 f"| vTrain, one node (cross-validated) | {cv.rows} | {cv.studies} | {cv.rows} "
-                f"({cv.studies}) | {row['method']} | {_number(row['mae_pp'])} | "
-                f"{_number(row['spearman_median'], 3)} ({rhos}) | {_percent(row['coverage_ratio'])} |"
+                f"({cv.studies}) | {row['method']} | {fmt_number(row['mae_pp'])} | "
+                f"{fmt_number(row['spearman_median'], 3)} ({rhos}) | {fmt_percent(row['coverage_ratio'])} |"
             )
     for (name, _), group in held_out.table.groupby(["set", "rows"], sort=False):
         first = group.iloc[0]
@@ -389,9 +374,9 @@ def render_held_out_markdown(
         for _, row in group.iterrows():
             lines.append(
                 f"| {row['set']} | {row['rows']} | {row['studies']} | {row['scored_rows']} "
-                f"({row['scored_studies']}) | {row['method']} | {_number(row['mae_pp'])} | "
-                f"{_number(row['spearman_median'], 3)} ({row['spearman_studies']}) | "
-                f"{_percent(row['coverage_ratio'])} |"
+                f"({row['scored_studies']}) | {row['method']} | {fmt_number(row['mae_pp'])} | "
+                f"{fmt_number(row['spearman_median'], 3)} ({row['spearman_studies']}) | "
+                f"{fmt_percent(row['coverage_ratio'])} |"
             )
     width = p[HIGH] - p[LOW]
     lines += [
