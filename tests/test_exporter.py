@@ -34,7 +34,7 @@ from estimator.cli.options import HPC_JOB_MAPPING_DIR_ENV
 from estimator.cli.serve import make_source, parse_listen, serve
 from estimator.decision.algorithms import capture_shares
 from estimator.features.extract import features_frame, summarize_gpus
-from estimator.model.default import default_model, z_interval_for, z_intervals_for
+from estimator.model.default import default_model, z_intervals_for
 from estimator.serving import http as http_module
 from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
 from estimator.serving.config import ServeConfig, load_config, parse_config
@@ -131,7 +131,7 @@ def test_batched_summaries_of_an_empty_window(prometheus_dataset: Dataset) -> No
 def test_z_interval_for_one_row_equals_the_batch() -> None:
     features = features_frame(example_summary())
     batch = z_intervals_for(features)
-    assert [z_interval_for(features.iloc[i]) for i in range(len(features))] == batch
+    assert [z_intervals_for(features.iloc[[i]])[0] for i in range(len(features))] == batch
 
 
 def test_snapshot_holds_every_job_with_its_decision() -> None:

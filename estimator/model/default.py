@@ -1,8 +1,7 @@
 """Z_e of many jobs from their features through the shipped model, in one prediction call.
 
 :func:`z_intervals_for` estimates a whole features frame in one prediction
-call (the exporter estimates thousands of jobs a cycle); :func:`z_interval_for`
-one row. The model is loaded once per process, compiled where it can be
+call, one job (estimate-z) or thousands (the exporter). The model is loaded once per process, compiled where it can be
 (:mod:`estimator.model.compiled`): estimates import neither scikit-learn nor skops
 unless a local model asks for them. A job lacking features gets an interval
 widened for them, and :func:`missing_signals_note` says so in its notes.
@@ -62,11 +61,6 @@ def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) ->
     """
     loaded = model if model is not None else default_model()
     return predict_z_intervals(loaded.model, features, reference=loaded.reference)
-
-
-def z_interval_for(features_row: pd.Series, model: LoadedModel | None = None) -> ZInterval:
-    """Z_e of one job from its feature row (indexed by feature name; extra entries are ignored)."""
-    return z_intervals_for(features_row.to_frame().T, model)[0]
 
 
 def domain_note(
