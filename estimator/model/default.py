@@ -1,9 +1,10 @@
 """Z_e of many jobs from their features through the shipped model, in one prediction call.
 
 :func:`z_intervals_for` estimates a whole features frame in one prediction
-call, one job (estimate-z) or thousands (the exporter). The model is loaded once per process, compiled where it can be
-(:mod:`estimator.model.compiled`): estimates import neither scikit-learn nor skops
-unless a local model asks for them. A job lacking features gets an interval
+call, one job (estimate-z) or thousands (the exporter). The model is loaded
+once per process, compiled where it can be (:mod:`estimator.model.compiled`):
+estimates import neither scikit-learn nor skops unless a local model asks
+for them. A job lacking features gets an interval
 widened for them, and :func:`missing_signals_note` says so in its notes.
 """
 
