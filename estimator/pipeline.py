@@ -38,7 +38,6 @@ class JobEstimate:
     job_id: str
     features: Mapping[str, float]
     z_percent: ZInterval | None = None
-    plan: Plan | None = None
     decision: Decision | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -98,5 +97,5 @@ def estimate(
         notes: tuple[str, ...] = ()
         if by_job is not None:
             notes = tuple(feature_notes(row, by_job.get_group(job_id), requested_window_seconds))
-        out.append(JobEstimate(str(job_id), values, z, plan, decision, notes))
+        out.append(JobEstimate(str(job_id), values, z, decision, notes))
     return out
