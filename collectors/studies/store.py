@@ -123,6 +123,21 @@ def _stored(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
+def read_outcomes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The studies and trials recorded in the store at ``path``; None when there is no store there.
+
+    Looking back creates nothing, neither the file nor its folder. Raises
+    :class:`StoreError` when ``path`` cannot hold a store (its folder is a
+    file) or the file there is not one.
+    """
+    if not path.exists():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise StoreError(f"cannot create the folder of {path} (Not a directory): pass --store")
+        return None
+    with OutcomeStore(path) as store:
+        return store.studies(), store.trials()
+
+
 class OutcomeStore:
     """The outcomes of recorded tuning studies in one SQLite file; use as a context manager.
 

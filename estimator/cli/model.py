@@ -19,7 +19,7 @@ import pandas as pd
 
 from collectors.errors import InputError, OutcomesError, OutputError
 from collectors.files import write_capture
-from collectors.studies.store import OutcomeStore
+from collectors.studies.store import read_outcomes
 from collectors.util import user_cache_dir
 from estimator.cli.options import capture_output_options, check_output
 from estimator.cli.outcomes import resolved_store, store_option
@@ -246,8 +246,10 @@ def _make_folder(folder: Path) -> None:
 
 def _train_local(store_path: Path) -> None:
     """Fit and write the local model from the store's rows alone, over the shipped model."""
-    with OutcomeStore(store_path) as store:
-        studies, trials = store.studies(), store.trials()
+    recorded = read_outcomes(store_path)
+    if recorded is None:
+        raise OutcomesError(f"no outcomes store at {store_path}: record studies with zest record --source")
+    studies, trials = recorded
     rows = local_rows(studies, trials)
     have = int(rows["study"].nunique()) if not rows.empty else 0
     if have < 2:
@@ -359,10 +361,10 @@ def _held_out_section(held_out_dir: Path, data: StudyData, evaluation: Evaluatio
 
 def local_outcomes_section(store_path: Path) -> str:
     """The evaluation on the recorded outcomes, grouped by study, or why there is none."""
-    if not store_path.is_file():
+    recorded = read_outcomes(store_path)
+    if recorded is None:
         return f"Local outcomes: none; no outcomes store at {store_path} (zest record writes one)."
-    with OutcomeStore(store_path) as store:
-        rows = local_rows(store.studies(), store.trials())
+    rows = local_rows(*recorded)
     if rows.empty:
         return (
             f"Local outcomes: none; {store_path} holds no trial with telemetry "

@@ -27,7 +27,7 @@ from collectors.studies.optuna import (
     trial_telemetry,
     with_features,
 )
-from collectors.studies.store import OutcomeStore, RecordResult, default_store_path
+from collectors.studies.store import OutcomeStore, RecordResult, default_store_path, read_outcomes
 from estimator.cli.options import prometheus_access_options
 from estimator.pipeline import estimate, gpu_summary
 from estimator.training.outcomes import history
@@ -201,15 +201,14 @@ def _json_value(value: Any) -> Any:
 def history_command(store_path: Path | None, output: str) -> None:
     """Past tuning studies: T, N, t, measured Z, reuse so far, and whether each paid off."""
     path = resolved_store(store_path)
-    parent_is_a_file = path.parent.exists() and not path.parent.is_dir()
-    if not path.exists() and not parent_is_a_file:  # looking back creates nothing
+    recorded = read_outcomes(path)
+    if recorded is None:
         if output == "json":
             click.echo(json.dumps({"store": str(path), "studies": []}, indent=2))
         else:
             click.echo(f"no studies recorded in {path}: record some with zest record")
         return
-    with OutcomeStore(path) as store:
-        table = history(store.studies(), store.trials())
+    table = history(*recorded)
     if output == "json":
         records = [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
         click.echo(json.dumps({"store": str(path), "studies": records}, indent=2))
