@@ -1,13 +1,14 @@
 """Refit the performance model's constants from the repository's measured data (a thin script).
 
-    python models/calibrate_perfmodel.py [--data DIR] [--out FILE] [--cv]
+    python models/calibrate_perfmodel.py [--data DIR] [--shared DIR] [--out FILE] [--no-cv]
     python models/calibrate_perfmodel.py --held-out [--shared DIR]
 
 The fit itself is :mod:`estimator.perfmodel.calibration`; this script only
-names the paths of a checkout: vTrain's table in ``../shared/data/vtrain``
-and ``models/perfmodel_constants.json``. ``--held-out`` prints the error of
-those constants on the llm-foundry and torchtitan tables in ``../shared/data``
-(not fitted; nothing written).
+names the paths of a checkout: the measured tables under ``../shared/data``
+(vTrain, llm-foundry, torchtitan) and ``models/perfmodel_constants.json``.
+It takes about 3 minutes on 2 cores (fits and a 5-fold cross-validation
+grouped by model). ``--held-out`` prints the error of the written constants
+on the llm-foundry and torchtitan tables (nothing fitted or written).
 """
 
 from __future__ import annotations

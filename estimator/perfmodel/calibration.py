@@ -3,40 +3,50 @@
 Library code; ``models/calibrate_perfmodel.py`` is the thin script that runs
 :func:`main` with the repository's paths::
 
-    python models/calibrate_perfmodel.py [--data DIR] [--out FILE] [--cv]
+    python models/calibrate_perfmodel.py [--data DIR] [--shared DIR] [--out FILE] [--folds K] [--no-cv]
     python models/calibrate_perfmodel.py --held-out [--shared DIR]
 
-The data (vTrain, Bang et al., MICRO 2024; MIT licence) holds iteration times
-of GPT-style models measured with Megatron-DeepSpeed on one node of A100 GPUs,
-2 to 8 of them, with activation checkpointing on (``use_checkpoint: true`` in
-every single-node validation config of the vTrain repository, which is full
-recomputation). It is read from ``--data`` and never copied into this
-repository. The fit is least squares on log iteration time
-(``scipy.optimize.least_squares``), one set of constants for the GPU type.
-The sources read (vTrain's repository and summaries of the paper) do not say
-whether its A100s have 40 or 80 GB; the fit assumes 80 GB SXM. Capacity does
-not enter the time model; HBM bandwidth does (memory-bound kernels, optimizer),
-so on 40 GB parts (1,555 instead of 2,039 GB/s) the fitted traffic constant
-would come out about a quarter lower, with the same predicted times.
+Three measured data sets, read from the shared data folder and never copied
+into this repository (see each one's README for provenance):
 
-Constants of the other GPU types are derived, not fitted: the efficiencies,
-overheads and latencies carry over; the matmul size at half efficiency scales
-with the machine balance (peak FLOPs over HBM bandwidth), since a matmul
-needs proportionally more work per byte to saturate a GPU with more FLOPs
-per byte.
+* vTrain (Bang et al., MICRO 2024; MIT licence): iteration times of GPT-style
+  models, Megatron-DeepSpeed, one node of 2-8 A100s, activation checkpointing
+  on (``use_checkpoint: true`` in every single-node validation config: full
+  recomputation), unfused attention. Whether its A100s have 40 or 80 GB is not
+  stated in the sources read; the fit assumes 80 GB SXM.
+* llm-foundry (mosaicml/llm-foundry at 8c8dd48, Apache-2.0): MPT throughput,
+  FSDP, FlashAttention, A100 40/80 GB and H100, 8-128 GPUs.
+* torchtitan (pytorch/torchtitan at b5bcd76, BSD-3-Clause): Llama 3.1
+  throughput, FSDP (+TP), FlashAttention, H100, 8-256 GPUs.
 
-Reported: MAPE of the iteration time over all rows, and, within each group of
-rows that share the model and workload (# GPUs, global batch, hidden size,
+Two GPU types are fitted (:data:`FITTED_GPUS`), each by weighted least squares
+on log iteration time (``scipy.optimize.least_squares``), each study given the
+same total weight: ``a100-80gb`` on vTrain and llm-foundry's A100 rows (the
+40 GB rows predicted with the constants :func:`derive` gives, so they inform
+the fit too), ``h100-sxm`` on llm-foundry's H100 BF16 rows and torchtitan's BF16
+rows. Every other GPU type is derived from the fitted GPU nearest in peak
+FLOPs (:func:`derived_from`): the efficiencies, overheads and latencies carry
+over; the matmul size at half efficiency scales with the machine balance (peak
+FLOPs over HBM bandwidth), since a matmul needs proportionally more work per
+byte to saturate a GPU with more FLOPs per byte. FP8/Float8 rows, asynchronous
+TP, context and torchtitan's pipeline parallelism cannot be expressed and are
+left out (listed in the output with why).
+
+Reported: in-sample error by study and GPU type; held-out error from a
+cross-validation whose folds are grouped by model shape (hidden size and
+layers, whichever study ran it; :func:`grouped_cross_validation`), by GPU
+type and by GPU count; and vTrain's own figures: MAPE and, within each group
+of rows that share the model and workload (# GPUs, global batch, hidden size,
 heads, layers, sequence length), the Spearman rank correlation of predicted
-and measured time (median and interquartile range over groups with at least
-three rows), plus how often the predicted fastest configuration is the
-measured fastest; also the same figures on held-out groups (5-fold, by group).
+and measured time (median and IQR over groups of >= 3 rows) and how often the
+predicted fastest configuration is the measured fastest.
 
-``--held-out`` fits nothing and writes nothing: it predicts measured throughput
-the model never saw (llm-foundry's MPT tables, FSDP on A100/H100 at 8-128 GPUs;
-torchtitan's Llama 3.1 tables on H100) with the shipped constants and prints
-the error by GPU type and GPU count, and the Spearman rank correlation within
-each table and model (:func:`held_out_predictions`, :func:`held_out_summary`).
+``--held-out`` fits nothing and writes nothing: it prints the error of the
+written constants on the llm-foundry and torchtitan tables by GPU type and
+count and the Spearman correlation within each table and model
+(:func:`held_out_predictions`, :func:`held_out_summary`). Since those tables
+are now fitted on, these are in-sample figures; the held-out ones are the
+cross-validation's.
 """
 
 from __future__ import annotations
@@ -46,7 +56,8 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -69,11 +80,26 @@ from estimator.perfmodel.iteration import (
 
 DATA_FILE = "measured_single_node.csv"
 FITTED_GPU = gpuspecs.A100_80GB
+#: The GPU types whose constants are fitted; every other type's are derived from the nearest of them.
+FITTED_GPUS: tuple[str, ...] = (gpuspecs.A100_80GB.key, gpuspecs.H100_SXM.key)
+#: Host-side constants (Python, launches, NCCL step latency): the H100 rows (FSDP, almost no TP or PP)
+#: cannot tell them apart from the GPU's, so the H100 fit takes them from the A100 fit (vTrain's TP and
+#: PP layouts pin them down) and fits only the GPU's.
+HOST_CONSTANTS: tuple[str, ...] = (
+    "layer_host_seconds",
+    "overlap_sharpness",
+    "collective_latency_seconds",
+    "p2p_latency_seconds",
+    "iteration_overhead_seconds",
+)
+HOST_CONSTANTS_FROM: dict[str, str] = {gpuspecs.H100_SXM.key: gpuspecs.A100_80GB.key}
 #: GPT-2's vocabulary, which Megatron pads to a multiple of 128·t (vTrain's default vocab_size).
 GPT2_VOCAB = 50257
 GROUP_KEYS = ("# GPUs", "global batch", "hidden size", "attention heads", "# layers", "sequence length")
 MEASURED = "iteration time (ms)"
 FOLDS = 5
+#: Residual evaluations per starting point of one fit (scipy's max_nfev).
+MAX_EVALUATIONS = 300
 
 # Fitted constants: name, initial value, lower and upper bound (in the units of PerfConstants).
 PARAMETERS: tuple[tuple[str, float, float, float], ...] = (
@@ -87,6 +113,7 @@ PARAMETERS: tuple[tuple[str, float, float, float], ...] = (
     ("collective_latency_seconds", 2.0e-5, 0.0, 2.0e-3),
     ("p2p_latency_seconds", 1.0e-4, 0.0, 2.0e-2),
     ("iteration_overhead_seconds", 0.02, 0.0, 0.5),
+    ("flash_attention_efficiency_ratio", 1.0, 0.2, 2.0),
 )
 LOG_SCALED = {"matmul_half_size_elements"}  # fitted as log10
 
@@ -137,31 +164,62 @@ def constants_of(theta: npt.NDArray[np.float64], gpu: str) -> PerfConstants:
 
 
 def predict_seconds(specs: Sequence[JobSpec], constants: PerfConstants) -> npt.NDArray[np.float64]:
-    return np.array([iteration_seconds(spec, constants) for spec in specs])
+    """Iteration time of each spec: under ``constants``, or under their :func:`derive` for another GPU."""
+    per_gpu: dict[str, PerfConstants] = {constants.gpu: constants}
+    for spec in specs:
+        if spec.gpu not in per_gpu:
+            per_gpu[spec.gpu] = derive(constants, spec.gpu_spec)
+    return np.array([iteration_seconds(spec, per_gpu[spec.gpu]) for spec in specs])
 
 
-def fit(specs: Sequence[JobSpec], measured_seconds: npt.NDArray[np.float64]) -> PerfConstants:
-    """Least squares on log time from a few deterministic starting points; the best one wins."""
+def fit(
+    specs: Sequence[JobSpec],
+    measured_seconds: npt.NDArray[np.float64],
+    gpu: str = FITTED_GPU.key,
+    weights: npt.NDArray[np.float64] | None = None,
+    max_evaluations: int = MAX_EVALUATIONS,
+    fixed: Mapping[str, float] | None = None,
+) -> PerfConstants:
+    """Weighted least squares on log time from a few deterministic starting points; the best one wins.
+
+    The constants are ``gpu``'s; rows on another GPU type are predicted with their :func:`derive`.
+    ``max_evaluations`` bounds the residual evaluations of each start (fewer: faster, less converged).
+    ``fixed`` holds the named constants at the given values instead of fitting them.
+    """
 
     def bound(name: str, value: float) -> float:
         return math.log10(value) if name in LOG_SCALED else value
 
-    lower = np.array([bound(n, lo) for n, _, lo, _ in PARAMETERS])
-    upper = np.array([bound(n, hi) for n, _, _, hi in PARAMETERS])
-    initial = np.array([bound(n, x0) for n, x0, _, _ in PARAMETERS])
+    held = dict(fixed or {})
+    free = [k for k, (n, *_) in enumerate(PARAMETERS) if n not in held]
+    full = np.array([bound(n, held.get(n, x0)) for n, x0, _, _ in PARAMETERS])
+    lower = np.array([bound(n, lo) for n, _, lo, _ in PARAMETERS])[free]
+    upper = np.array([bound(n, hi) for n, _, _, hi in PARAMETERS])[free]
+    initial = full[free]
     log_measured = np.log(measured_seconds)
+    scale = np.ones(len(specs)) if weights is None else np.sqrt(weights)
+
+    def complete(theta: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        values = full.copy()
+        values[free] = theta
+        return values
 
     def residuals(theta: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return np.log(predict_seconds(specs, constants_of(theta, FITTED_GPU.key))) - log_measured
+        predicted = predict_seconds(specs, constants_of(complete(theta), gpu))
+        return np.asarray(scale * (np.log(predicted) - log_measured), dtype=np.float64)
 
     best: Any = None
     for start in (initial, lower + 0.3 * (upper - lower)):
         result = least_squares(
-            residuals, start, bounds=(lower, upper), x_scale=np.maximum(np.abs(start), 1e-4), max_nfev=300
+            residuals,
+            start,
+            bounds=(lower, upper),
+            x_scale=np.maximum(np.abs(start), 1e-4),
+            max_nfev=max_evaluations,
         )
         if best is None or result.cost < best.cost:
             best = result
-    return constants_of(best.x, FITTED_GPU.key)
+    return constants_of(complete(best.x), gpu)
 
 
 def at_bounds(constants: PerfConstants) -> list[str]:
@@ -185,6 +243,7 @@ class Scores:
 
 
 def score(frame: pd.DataFrame, predicted_seconds: npt.NDArray[np.float64]) -> Scores:
+    """vTrain's figures: MAPE, Spearman within its groups, how often the fastest is found."""
     measured = frame[MEASURED].to_numpy() / 1000.0
     mape = float(np.mean(np.abs(predicted_seconds - measured) / measured) * 100.0)
     scored = frame.assign(_pred=predicted_seconds, _meas=measured)
@@ -196,20 +255,6 @@ def score(frame: pd.DataFrame, predicted_seconds: npt.NDArray[np.float64]) -> Sc
             rhos.append(float(spearmanr(group["_pred"], group["_meas"]).statistic))
     q25, median, q75 = np.percentile(rhos, [25, 50, 75])
     return Scores(mape, float(median), float(q25), float(q75), len(rhos), float(np.mean(agree)))
-
-
-def cross_validate(frame: pd.DataFrame, specs: Sequence[JobSpec]) -> Scores:
-    """Fit on 4/5 of the groups, predict the other fifth; a hash of the group key picks its fold."""
-    keys = frame[list(GROUP_KEYS)].astype(str).agg("|".join, axis=1)
-    fold = keys.map(lambda k: int(hashlib.sha256(k.encode()).hexdigest(), 16) % FOLDS).to_numpy()
-    measured = frame[MEASURED].to_numpy() / 1000.0
-    predicted = np.empty(len(frame))
-    for k in range(FOLDS):
-        train = np.flatnonzero(fold != k)
-        test = np.flatnonzero(fold == k)
-        constants = fit([specs[int(i)] for i in train], measured[train])
-        predicted[test] = predict_seconds([specs[int(i)] for i in test], constants)
-    return score(frame, predicted)
 
 
 def derive(fitted: PerfConstants, target: gpuspecs.GpuSpec) -> PerfConstants:
@@ -224,84 +269,339 @@ def derive(fitted: PerfConstants, target: gpuspecs.GpuSpec) -> PerfConstants:
     return PerfConstants(gpu=target.key, **values)
 
 
+def derived_from(target: gpuspecs.GpuSpec) -> str:
+    """The fitted GPU whose constants ``target`` takes (:func:`derive`): the one nearest in peak FLOPs."""
+    peak = target.peak_bf16_flops_per_second
+    return min(FITTED_GPUS, key=lambda k: abs(math.log(gpuspecs.get(k).peak_bf16_flops_per_second / peak)))
+
+
+# --- the calibration set: vTrain, llm-foundry and torchtitan --------------------------------------
+
+#: Columns of :attr:`CalibrationSet.frame`: one measured iteration per row. ``shape`` (hidden size and
+#: layers) is what the cross-validation holds out: one model, whichever study ran it.
+CALIBRATION_COLUMNS = ("study", "model", "shape", "gpu", "num_gpus", "measured_seconds")
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """The measured rows the constants are fitted on, their job specs, and the rows left out and why."""
+
+    frame: pd.DataFrame  # CALIBRATION_COLUMNS; index 0..n-1
+    specs: tuple[JobSpec, ...]  # row i's job spec
+    not_expressed: pd.DataFrame  # study, note, rows
+    sha256: dict[str, str]  # file (relative to the shared data folder) -> sha256
+
+
+def _shape(spec: JobSpec) -> str:
+    return f"h{spec.hidden_size}-l{spec.num_layers}"
+
+
+def calibration_set(vtrain_dir: str | Path, shared_dir: str | Path) -> CalibrationSet:
+    """vTrain's table (``vtrain_dir``) and the expressible llm-foundry and torchtitan rows (``shared_dir``).
+
+    Seconds per iteration: vTrain's measured time; global batch · sequence / tokens per second for the
+    throughput tables.
+    """
+    vtrain = read_measurements(Path(vtrain_dir))
+    specs: list[JobSpec] = specs_of(vtrain)
+    records = [
+        {
+            "study": "vtrain",
+            "model": _shape(spec),
+            "shape": _shape(spec),
+            "gpu": spec.gpu,
+            "num_gpus": spec.num_gpus,
+            "measured_seconds": float(ms) / 1000.0,
+        }
+        for spec, ms in zip(specs, vtrain[MEASURED], strict=True)
+    ]
+    root = Path(shared_dir)
+    sha = {DATA_FILE: hashlib.sha256((Path(vtrain_dir) / DATA_FILE).read_bytes()).hexdigest()}
+    skipped = []
+    for study, read in (("llm-foundry", _mpt_rows), ("torchtitan", _llama_rows)):
+        path = root / HELD_OUT_FILES[study]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; pass the shared data folder holding it")
+        sha[HELD_OUT_FILES[study]] = hashlib.sha256(path.read_bytes()).hexdigest()
+        for row in read(pd.read_csv(path)):
+            if row.spec is None:
+                skipped.append({"study": study, "note": row.note})
+                continue
+            tokens = row.spec.global_batch * row.spec.sequence_length
+            specs.append(row.spec)
+            records.append(
+                {
+                    "study": study,
+                    "model": row.model,
+                    "shape": _shape(row.spec),
+                    "gpu": row.spec.gpu,
+                    "num_gpus": row.num_gpus,
+                    "measured_seconds": tokens / row.measured_tokens_per_second,
+                }
+            )
+    frame = pd.DataFrame.from_records(records, columns=list(CALIBRATION_COLUMNS))
+    not_expressed = (
+        pd.DataFrame(skipped, columns=["study", "note"]).groupby(["study", "note"]).size().rename("rows")
+    )
+    return CalibrationSet(frame, tuple(specs), not_expressed.reset_index(), sha)
+
+
+def family_rows(frame: pd.DataFrame, gpu: str) -> npt.NDArray[np.intp]:
+    """Positions of the rows whose constants derive from fitted ``gpu`` (its own and its derived GPUs')."""
+    owner = frame["gpu"].map(lambda k: derived_from(gpuspecs.get(k)))
+    return np.flatnonzero((owner == gpu).to_numpy())
+
+
+def study_weights(studies: pd.Series) -> npt.NDArray[np.float64]:
+    """Each study the same total weight (vTrain's 1,103 rows would drown the others), mean weight 1."""
+    counts = studies.map(studies.value_counts())
+    weights = len(studies) / (studies.nunique() * counts.to_numpy(dtype=np.float64))
+    return np.asarray(weights, dtype=np.float64)
+
+
+#: One fit: the fitted GPU, the rows' specs, measured seconds, weights, evaluation budget, held constants.
+_FitTask = tuple[str, list[JobSpec], npt.NDArray[np.float64], npt.NDArray[np.float64], int, dict[str, float]]
+
+
+def _fit_task(task: _FitTask) -> PerfConstants:
+    gpu, specs, measured, weights, budget, fixed = task
+    return fit(specs, measured, gpu, weights, budget, fixed)
+
+
+def _fit_all(tasks: list[_FitTask], processes: int) -> list[PerfConstants]:
+    # each fit is deterministic, so running them in parallel changes nothing but the time
+    if processes <= 1 or len(tasks) <= 1:
+        return [_fit_task(t) for t in tasks]
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        return list(pool.map(_fit_task, tasks))
+
+
+def _fit_folds(
+    data: CalibrationSet, train_sets: list[npt.NDArray[np.intp]], processes: int, max_evaluations: int
+) -> list[dict[str, PerfConstants]]:
+    """The fitted GPUs' constants on each set of training rows, in :data:`FITTED_GPUS` order.
+
+    A GPU in :data:`HOST_CONSTANTS_FROM` takes the host-side constants from the other GPU's fit on the
+    same training rows, so its fits wait for those.
+    """
+    results: list[dict[str, PerfConstants]] = [{} for _ in train_sets]
+    for gpu in FITTED_GPUS:
+        tasks, where = [], []
+        for n, train in enumerate(train_sets):
+            rows = np.intersect1d(family_rows(data.frame, gpu), train)
+            if len(rows) == 0:
+                continue
+            part = data.frame.iloc[rows]
+            source = HOST_CONSTANTS_FROM.get(gpu)
+            fixed = {} if source is None else {k: getattr(results[n][source], k) for k in HOST_CONSTANTS}
+            tasks.append(
+                (
+                    gpu,
+                    [data.specs[int(i)] for i in rows],
+                    part["measured_seconds"].to_numpy(dtype=np.float64),
+                    study_weights(part["study"]),
+                    max_evaluations,
+                    fixed,
+                )
+            )
+            where.append(n)
+        for n, constants in zip(where, _fit_all(tasks, processes), strict=True):
+            results[n][gpu] = constants
+    return results
+
+
+def fit_all(
+    data: CalibrationSet, processes: int = 1, max_evaluations: int = MAX_EVALUATIONS
+) -> dict[str, PerfConstants]:
+    """The constants of each of :data:`FITTED_GPUS`, fitted on its rows, each study weighted alike."""
+    everything = np.arange(len(data.frame), dtype=np.intp)
+    return _fit_folds(data, [everything], processes, max_evaluations)[0]
+
+
+def shape_folds(shapes: pd.Series, folds: int = FOLDS) -> npt.NDArray[np.intp]:
+    """The fold of each row: the distinct shapes, ordered by size (h²·l, then name), dealt round-robin."""
+
+    def size(shape: str) -> tuple[int, str]:
+        hidden, layers = (int(x[1:]) for x in shape.split("-"))
+        return hidden * hidden * layers, shape
+
+    order = sorted(shapes.unique(), key=size)
+    fold_of = {shape: k % folds for k, shape in enumerate(order)}
+    return np.asarray(shapes.map(fold_of).to_numpy(), dtype=np.intp)
+
+
+def grouped_cross_validation(
+    data: CalibrationSet, folds: int = FOLDS, processes: int = 1, max_evaluations: int = MAX_EVALUATIONS
+) -> pd.DataFrame:
+    """Held-out predictions: each row predicted by constants fitted without any row of its model shape.
+
+    The shapes of all rows are dealt into ``folds`` folds (:func:`shape_folds`); each fold is predicted
+    by constants refitted on the others (:func:`fit_all`'s procedure, no GPU type seeing the fold).
+    Returns :attr:`CalibrationSet.frame` plus ``fold``, ``predicted_seconds`` and ``error_percent`` =
+    100·(predicted − measured)/measured.
+    """
+    frame = data.frame
+    fold = shape_folds(frame["shape"], folds)
+    ks = sorted(set(fold.tolist()))
+    train_sets = [np.flatnonzero(fold != k) for k in ks]
+    predicted = np.full(len(frame), np.nan)
+    for k, fitted in zip(ks, _fit_folds(data, train_sets, processes, max_evaluations), strict=True):
+        for gpu, constants in fitted.items():
+            test = np.intersect1d(family_rows(frame, gpu), np.flatnonzero(fold == k))
+            predicted[test] = predict_seconds([data.specs[int(i)] for i in test], constants)
+    measured = frame["measured_seconds"].to_numpy(dtype=np.float64)
+    return frame.assign(
+        fold=fold, predicted_seconds=predicted, error_percent=100.0 * (predicted - measured) / measured
+    )
+
+
+def error_table(predictions: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Rows, MAPE and median signed error (%) of the iteration time, by the columns ``by``."""
+    scored = predictions.dropna(subset=["error_percent"]).assign(ape=lambda f: f["error_percent"].abs())
+    grouped = scored.groupby(list(by), sort=True)
+    return pd.DataFrame(
+        {
+            "rows": grouped.size(),
+            "mape_percent": grouped["ape"].mean(),
+            "median_error_percent": grouped["error_percent"].median(),
+        }
+    ).reset_index()
+
+
 def rounded(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def document(
-    data_dir: Path, frame: pd.DataFrame, fitted: PerfConstants, in_sample: Scores, held_out: Scores | None
-) -> dict[str, Any]:
-    constants = {}
-    for gpu in gpuspecs.GPUS:
-        c = fitted if gpu.key == fitted.gpu else derive(fitted, gpu)
-        constants[gpu.key] = {f.name: rounded(getattr(c, f.name)) for f in fields(c) if f.name != "gpu"}
-    raw = (data_dir / DATA_FILE).read_bytes()
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for row in frame.to_dict(orient="records"):
+        out.append(
+            {
+                str(k): rounded(v) if isinstance(v, float) else int(v) if isinstance(v, np.integer) else v
+                for k, v in row.items()
+            }
+        )
+    return out
 
-    def figures(s: Scores) -> dict[str, float | int]:
-        return {k: rounded(v) if isinstance(v, float) else v for k, v in s.__dict__.items()}
 
-    fit: dict[str, Any] = {
-        "rows": len(frame),
-        "groups": int(frame.groupby(list(GROUP_KEYS)).ngroups),
-        "assumptions": [
-            "full activation recomputation (vTrain validation configs: use_checkpoint true)",
-            f"vocabulary {GPT2_VOCAB} padded to a multiple of 128·t",
-            "A100 SXM4 80 GB (the 40/80 GB variant is not stated in the sources read)",
-            "single node: all collectives over NVLink",
-        ],
-        "constants_at_a_bound": at_bounds(fitted),
-        "in_sample": figures(in_sample),
-        "spearman": "within each group of >= 3 rows; median and 25/75th percentiles over groups",
+def _figures(s: Scores) -> dict[str, float | int]:
+    return {k: rounded(v) if isinstance(v, float) else v for k, v in s.__dict__.items()}
+
+
+def all_constants(fitted: dict[str, PerfConstants]) -> dict[str, PerfConstants]:
+    """Every GPU type's constants: the fitted ones, and the others derived from the nearest fitted GPU."""
+    return {
+        gpu.key: fitted[gpu.key] if gpu.key in fitted else derive(fitted[derived_from(gpu)], gpu)
+        for gpu in gpuspecs.GPUS
     }
-    if held_out is not None:
-        fit[f"held_out_{FOLDS}_fold_by_group"] = figures(held_out)
+
+
+def document(
+    data: CalibrationSet,
+    vtrain: pd.DataFrame,
+    fitted: dict[str, PerfConstants],
+    cv: pd.DataFrame | None,
+    folds: int,
+) -> dict[str, Any]:
+    """The JSON written to ``perfmodel_constants.json``: constants, fit and held-out figures, provenance."""
+    constants = {
+        key: {f.name: rounded(getattr(c, f.name)) for f in fields(c) if f.name != "gpu"}
+        for key, c in all_constants(fitted).items()
+    }
+    derived = {key: derived_from(gpuspecs.get(key)) for key in constants if key not in fitted}
+    every = all_constants(fitted)
+    predicted = np.array([iteration_seconds(s, every[s.gpu]) for s in data.specs])
+    measured = data.frame["measured_seconds"].to_numpy(dtype=np.float64)
+    in_sample_frame = data.frame.assign(
+        predicted_seconds=predicted, error_percent=100.0 * (predicted - measured) / measured
+    )
+    vtrain_rows = np.flatnonzero((data.frame["study"] == "vtrain").to_numpy())
+    fit_section: dict[str, Any] = {
+        "rows": _records(data.frame.groupby(["study", "gpu"]).size().rename("rows").reset_index()),
+        "weights": "each study the same total weight within a fitted GPU's rows",
+        "assumptions": [
+            "vTrain: full activation recomputation (validation configs: use_checkpoint true), standard "
+            "(unfused) attention, A100 SXM4 80 GB (40/80 GB not stated in the sources read), one node",
+            f"vTrain: vocabulary {GPT2_VOCAB} padded to a multiple of 128·t",
+            "llm-foundry MPT: GPT shape, FlashAttention, FSDP as the table's sharding, t = p = 1; "
+            "ALiBi not modelled",
+            "torchtitan Llama 3.1: nearest GPT shape (GQA and SwiGLU not modelled), FlashAttention, FSDP; "
+            "H100 96 GB 500 W as h100-sxm; torch.compile not modelled",
+        ],
+        "constants_at_a_bound": {gpu: at_bounds(c) for gpu, c in fitted.items()},
+        "in_sample": _figures(score(vtrain, in_sample_frame["predicted_seconds"].to_numpy()[vtrain_rows])),
+        "in_sample_by_study_and_gpu": _records(error_table(in_sample_frame, ["study", "gpu"])),
+        "spearman": "vTrain: within each group of >= 3 rows; median and 25/75th percentiles over groups",
+    }
+    held_out: dict[str, Any] | None = None
+    if cv is not None:
+        vtrain_cv = score(vtrain, cv["predicted_seconds"].to_numpy()[vtrain_rows])
+        held_out = {
+            "method": (
+                f"{folds}-fold cross-validation per fitted GPU, folds grouped by model shape (hidden size, "
+                "layers; whichever study ran it), each fold refitted on the others; error of the iteration "
+                "time, 100·(predicted − measured)/measured"
+            ),
+            "by_study": _records(error_table(cv, ["study"])),
+            "by_gpu": _records(error_table(cv, ["gpu"])),
+            "by_num_gpus": _records(error_table(cv, ["num_gpus"])),
+            "by_study_and_gpu": _records(error_table(cv, ["study", "gpu"])),
+            "vtrain": _figures(vtrain_cv),
+        }
     return {
         "about": (
             "Efficiency constants of estimator.perfmodel.iteration, one set per GPU type. "
-            f"{fitted.gpu} is fitted (least squares on log iteration time) on measured Megatron-DeepSpeed "
-            "iteration times; the other GPU types are derived from that fit by scaling with their "
-            "datasheet figures (matmul_half_size_elements by machine balance = peak BF16 FLOPs / HBM "
-            "bandwidth; the rest unchanged), not measured. Written by models/calibrate_perfmodel.py --cv."
+            f"{' and '.join(fitted)} are fitted (weighted least squares on log iteration time) on measured "
+            "iteration times: vTrain and llm-foundry's A100 rows for a100-80gb (its a100-40gb rows through "
+            "the derivation), llm-foundry's H100 and torchtitan's BF16 rows for h100-sxm. The other GPU "
+            "types are derived from the fitted GPU nearest in peak FLOPs by scaling with their datasheet "
+            "figures (matmul_half_size_elements by machine balance = peak BF16 FLOPs / HBM bandwidth; the "
+            "rest unchanged), not measured. Written by models/calibrate_perfmodel.py."
         ),
-        "fitted_gpu": fitted.gpu,
-        "derived_gpus": sorted(k for k in constants if k != fitted.gpu),
+        "fitted_gpus": list(fitted),
+        "derived_gpus": derived,
         "constants": constants,
-        "fit": fit,
+        "fit": fit_section,
+        "held_out": held_out,
+        "not_expressed": _records(data.not_expressed),
         "data": {
-            "file": DATA_FILE,
-            "sha256": hashlib.sha256(raw).hexdigest(),
-            "source": (
-                "vTrain measured validation data (single node, 2-8 A100 GPUs, Megatron-DeepSpeed): "
-                "Bang, Choi, Kim, Kim and Rhu, 'vTrain: A Simulation Framework for Evaluating "
-                "Cost-effective and Compute-optimal Large Language Model Training', MICRO 2024; "
-                "github.com/VIA-Research/vTrain, MIT licence"
-            ),
+            "files": data.sha256,
+            "sources": [
+                "vTrain measured validation data (single node, 2-8 A100 GPUs, Megatron-DeepSpeed): Bang, "
+                "Choi, Kim, Kim and Rhu, 'vTrain: A Simulation Framework for Evaluating Cost-effective and "
+                "Compute-optimal Large Language Model Training', MICRO 2024; "
+                "github.com/VIA-Research/vTrain, MIT licence",
+                "llm-foundry MPT benchmark tables: mosaicml/llm-foundry, "
+                "scripts/train/benchmarking/README.md at 8c8dd48, Apache-2.0",
+                "torchtitan Llama 3.1 benchmark tables: pytorch/torchtitan, benchmarks/ at b5bcd76, "
+                "BSD-3-Clause",
+            ],
         },
     }
 
 
 def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: Path) -> int:
-    """Fit, score and write the constants; ``default_data``/``default_out`` are the caller's paths.
+    """Fit, cross-validate and write the constants; ``default_data``/``default_out`` are the caller's paths.
 
-    With ``--held-out`` only print the error on the held-out tables under ``--shared`` (by default the
-    folder above ``default_data``), fitting and writing nothing.
+    With ``--held-out`` only print the error of the written constants on the llm-foundry and torchtitan
+    tables under ``--shared`` (by default the folder above ``default_data``), fitting and writing nothing.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=default_data, help=f"directory holding {DATA_FILE}")
-    parser.add_argument("--out", type=Path, default=default_out, help="constants file to write")
-    parser.add_argument(
-        "--cv", action="store_true", help=f"also score {FOLDS}-fold held-out groups (6 fits, about 2 minutes)"
-    )
-    parser.add_argument(
-        "--held-out",
-        action="store_true",
-        help="print the error of the shipped constants on measured data never fitted (writes nothing)",
-    )
     parser.add_argument(
         "--shared",
         type=Path,
         default=default_data.parent,
         help=f"folder holding {' and '.join(HELD_OUT_FILES.values())}",
+    )
+    parser.add_argument("--out", type=Path, default=default_out, help="constants file to write")
+    parser.add_argument("--folds", type=int, default=FOLDS, help="cross-validation folds (grouped by model)")
+    parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (writes no held-out)")
+    parser.add_argument("--processes", type=int, default=2, help="fits run at once (the result is the same)")
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="print the error of the written constants on llm-foundry and torchtitan (writes nothing)",
     )
     args = parser.parse_args(argv)
     if args.held_out:
@@ -313,28 +613,36 @@ def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: 
         print(held_out_markdown(held_out_summary(predictions)), end="")
         return 0
     try:
-        frame = read_measurements(args.data)
+        data = calibration_set(args.data, args.shared)
+        vtrain = read_measurements(args.data)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    specs = specs_of(frame)
-    measured = frame[MEASURED].to_numpy() / 1000.0
-    fitted = fit(specs, measured)
-    in_sample = score(frame, predict_seconds(specs, fitted))
-    held_out = cross_validate(frame, specs) if args.cv else None
-    doc = document(args.data, frame, fitted, in_sample, held_out)
+    fitted = fit_all(data, args.processes)
+    cv = None if args.no_cv else grouped_cross_validation(data, args.folds, args.processes)
+    doc = document(data, vtrain, fitted, cv, args.folds)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    for name, s in (("in-sample", in_sample), ("held-out", held_out)):
-        if s is None:
-            continue
-        print(
-            f"{name}: MAPE {s.mape_percent:.1f}%, Spearman within groups median {s.spearman_median:.3f} "
-            f"(IQR {s.spearman_q25:.3f}-{s.spearman_q75:.3f}, {s.groups_scored} groups), "
-            f"best configuration found in {100 * s.best_config_agreement_ratio:.0f}% of groups"
-        )
-    print(f"constants of {fitted.gpu}: {doc['constants'][fitted.gpu]}")
+    s = doc["fit"]["in_sample"]
+    print(
+        f"vTrain in-sample: MAPE {s['mape_percent']:.1f}%, "
+        f"Spearman within groups median {s['spearman_median']:.3f}"
+    )
+    print("in-sample by study and GPU:\n" + error_table_text(doc["fit"]["in_sample_by_study_and_gpu"]))
+    if doc["held_out"] is not None:
+        h = doc["held_out"]
+        print(f"vTrain held-out: MAPE {h['vtrain']['mape_percent']:.1f}%")
+        for name in ("by_study_and_gpu", "by_gpu", "by_num_gpus"):
+            print(f"held-out {name}:\n" + error_table_text(h[name]))
+    for gpu in fitted:
+        print(f"constants of {gpu}: {doc['constants'][gpu]}")
     print(f"wrote {args.out}")
     return 0
+
+
+def error_table_text(records: list[dict[str, Any]]) -> str:
+    """Records of :func:`error_table` as a Markdown table."""
+    frame = pd.DataFrame(records)
+    return _markdown_table(frame) + "\n"
 
 
 # --- held-out error on measured data the model never saw --------------------------------------------
@@ -407,7 +715,7 @@ def _mpt_rows(frame: pd.DataFrame) -> list[_Measured]:
             f"{'AC' if bool(r['activation_checkpointing']) else 'no AC'}"
         )
         spec: JobSpec | None = None
-        note = "FlashAttention as selective recomputation; ALiBi (no position table) not modelled"
+        note = "ALiBi (no position table) not modelled"
         if "fp8" in str(r["precision"]):
             note = "FP8: the model knows only BF16 tensor cores"
         elif bool(r["activation_cpu_offload"]):
@@ -428,11 +736,11 @@ def _mpt_rows(frame: pd.DataFrame) -> list[_Measured]:
                 tensor_parallel=1,
                 pipeline_parallel=1,
                 data_parallel=n,
-                # FlashAttention stores no attention scores and recomputes them in backward: Korthikanti's
-                # selective recomputation; llm-foundry's activation checkpointing recomputes whole blocks
-                recompute="full" if bool(r["activation_checkpointing"]) else "selective",
+                # llm-foundry's activation checkpointing recomputes whole blocks
+                recompute="full" if bool(r["activation_checkpointing"]) else "none",
                 vocab_size=MPT_VOCAB,
                 sharding=MPT_SHARDING[str(r["sharding_strategy"])],
+                attention="flash",
             )
         rows.append(
             _Measured(
@@ -495,9 +803,12 @@ def _llama_rows(frame: pd.DataFrame) -> list[_Measured]:
                 tensor_parallel=tp,
                 pipeline_parallel=1,
                 data_parallel=dp,
+                # torchtitan's selective (per-op) checkpointing recomputes only element-wise ops: with
+                # FlashAttention, selective is no recomputation in the model
                 recompute="full" if checkpointing == "full" else "selective",
                 vocab_size=LLAMA_VOCAB,
                 sharding="full",
+                attention="flash",
             )
         rows.append(
             _Measured(
@@ -519,7 +830,7 @@ def held_out_predictions(data_root: str | Path, constants_path: Path | None = No
     """Every measured row of the held-out tables, with the model's tokens/s where the row is expressible.
 
     ``data_root`` is the shared data folder holding :data:`HELD_OUT_FILES`. Nothing is fitted: the
-    constants are the shipped ones (vTrain, A100, single node). Rows that cannot be expressed keep a
+    constants are the written ones (fitted on these rows too). Rows that cannot be expressed keep a
     NaN prediction and a ``note`` saying why; ``error_percent`` is 100·(predicted − measured)/measured.
     """
     root = Path(data_root)
@@ -612,16 +923,6 @@ def held_out_summary(predictions: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def held_out_markdown(summary: dict[str, pd.DataFrame]) -> str:
     """The summary as Markdown tables (what ``calibrate_perfmodel.py --held-out`` prints)."""
 
-    def table(frame: pd.DataFrame) -> str:
-        head = "| " + " | ".join(frame.columns) + " |"
-        numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-        rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
-        body = [
-            "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)
-        ]
-        return "\n".join([head, rule, *body])
-
     parts = []
     for name, title in (
         ("by_study", "MAPE of tokens/s by study"),
@@ -630,5 +931,16 @@ def held_out_markdown(summary: dict[str, pd.DataFrame]) -> str:
         ("spearman", "Spearman of tokens/s per GPU within each table and model (>= 3 rows)"),
         ("not_expressed", "rows not expressed"),
     ):
-        parts.append(f"{title}:\n\n{table(summary[name])}")
+        parts.append(f"{title}:\n\n{_markdown_table(summary[name])}")
     return "\n\n".join(parts) + "\n"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |"
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
+    body = [
+        "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
+    return "\n".join([head, rule, *body])

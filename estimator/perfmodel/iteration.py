@@ -11,6 +11,15 @@ parallelism, m = B/(b·d) micro-batches per iteration, v interleaved stages.
   the forward; full recomputation adds one forward: 96·B·s·l·h²·(1 + s/(6h) +
   V/(16·l·h)) per iteration with it, 72·B·s·l·h²·(1 + s/(6h) + V/(12·l·h))
   without.
+* Attention (``"attention"``): ``standard`` is unfused, as on the Megatron
+  runs vTrain measured: the b·a·s² scores (softmax input and output, dropout
+  mask and output) are written to HBM, kept for backward (Korthikanti's
+  5·a·s/h term) and streamed by the memory-bound kernels. ``flash`` is fused
+  FlashAttention (Dao et al. 2022; FlashAttention-2, Dao 2023): the scores stay
+  on-chip and are neither stored nor streamed; its backward recomputes QKᵀ,
+  2·b·s²·h FLOPs more per layer (backward 2.5x the attention's forward instead
+  of 2x). With ``flash``, ``recompute: selective`` is already done: it equals
+  ``none``.
 * Pipeline bubble of 1F1B: (p−1)/m of the ideal time, (p−1)/(m·v) interleaved.
 * Activation memory per layer: Korthikanti et al. 2022 ("Reducing Activation
   Recomputation in Large Transformer Models"), s·b·h·(34 + 5·a·s/h) bytes
@@ -43,9 +52,10 @@ parallelism, m = B/(b·d) micro-batches per iteration, v interleaved stages.
 What the analyses leave open (how close a GPU gets to its peak on a given
 matmul size, the HBM traffic of the memory-bound kernels, how much of the link
 bandwidth NCCL reaches, the host time to issue a layer's kernels, which the
-GPU hides only when its own work is longer) are the constants of :class:`PerfConstants`,
-fitted per GPU type by ``models/calibrate_perfmodel.py`` on measured
-iteration times (vTrain, A100) and stored in ``models/perfmodel_constants.json``.
+GPU hides only when its own work is longer, how fast FlashAttention runs) are the constants
+of :class:`PerfConstants`, fitted by ``models/calibrate_perfmodel.py`` on measured iteration
+times (A100: vTrain and llm-foundry; H100: llm-foundry and torchtitan; the other GPU types
+derived) and stored in ``models/perfmodel_constants.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ from collectors import gpuspecs, schema
 from collectors.errors import InputError
 
 __all__ = [
+    "ATTENTION_MODES",
     "RECOMPUTE_MODES",
     "SHARDING_MODES",
     "IterationBreakdown",
@@ -108,6 +119,9 @@ RECOMPUTE_MODES: Final = ("none", "selective", "full")
 #: Data-parallel sharding: none (replicated), zero1 (optimizer states), zero2 (+ gradients), full
 #: (+ weights: FSDP FULL_SHARD / ZeRO-3; llm-foundry's SHARD_GRAD_OP is zero2).
 SHARDING_MODES: Final = ("none", "zero1", "zero2", "full")
+#: Attention kernels: standard (unfused, scores in HBM, as vTrain's Megatron runs) or flash (fused
+#: FlashAttention, as llm-foundry's MPT and torchtitan's Llama runs).
+ATTENTION_MODES: Final = ("standard", "flash")
 
 BF16_BYTES: Final = 2
 #: fp16/bf16 weights and gradients (2 + 2) and fp32 master weights, momentum, variance (4 + 4 + 4).
@@ -180,7 +194,8 @@ class JobSpec:
     ``gpus_per_node`` to a node (None: the GPU's system, 8); ``sharding`` is one
     of :data:`SHARDING_MODES`; ``internode_gbps_per_gpu`` is each GPU's network
     rate between nodes in Gb/s per direction (None: the GPU's DGX/HGX NIC, 200
-    Gb/s on A100, 400 Gb/s InfiniBand NDR on H100/H200).
+    Gb/s on A100, 400 Gb/s InfiniBand NDR on H100/H200); ``attention`` is one of
+    :data:`ATTENTION_MODES`.
     """
 
     gpu: str
@@ -201,6 +216,7 @@ class JobSpec:
     sharding: str = "none"
     gpus_per_node: int | None = None
     internode_gbps_per_gpu: float | None = None
+    attention: str = "standard"
 
     def __post_init__(self) -> None:
         try:
@@ -218,6 +234,8 @@ class JobSpec:
             raise SpecError(f"sequence_parallel: must be true or false, got {self.sequence_parallel!r}")
         if self.sharding not in SHARDING_MODES:
             raise SpecError(f"sharding: must be one of {', '.join(SHARDING_MODES)}, got {self.sharding!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise SpecError(f"attention: must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
         node = self.gpus_per_node
         if node is not None and (isinstance(node, bool) or not isinstance(node, int) or node < 1):
             raise SpecError(f"gpus_per_node: must be a positive integer, got {node!r}")
@@ -336,6 +354,10 @@ class JobSpec:
             )
         if "sharding" in raw and not isinstance(raw["sharding"], str):
             raise SpecError(f"sharding: must be one of {', '.join(SHARDING_MODES)}, got {raw['sharding']!r}")
+        if "attention" in raw and not isinstance(raw["attention"], str):
+            raise SpecError(
+                f"attention: must be one of {', '.join(ATTENTION_MODES)}, got {raw['attention']!r}"
+            )
         spec = cls(**dict(raw))
         needed = memory_bytes_per_gpu(spec)
         capacity = spec.gpu_spec.memory_total_bytes
@@ -377,6 +399,9 @@ class PerfConstants:
     p2p_latency_seconds: float
     #: Host-side time per iteration (data loading, scheduling, logging) with the GPUs idle.
     iteration_overhead_seconds: float
+    #: FlashAttention's rate on the attention FLOPs (counted unmasked, as Narayanan's 4·b·s²·h) over the
+    #: matmul rate; above 1 where a causal kernel skips the masked half.
+    flash_attention_efficiency_ratio: float
 
     def matmul_efficiency(self, size_elements: float) -> float:
         """Achieved share of peak FLOPs for matmuls of ``size_elements`` = b·s·h/t."""
@@ -417,7 +442,10 @@ def load_constants(gpu: str, path: str | Path = DEFAULT_CONSTANTS_PATH) -> PerfC
 
 
 def model_flops_per_iteration(spec: JobSpec) -> float:
-    """FLOPs of one iteration over all GPUs (Narayanan et al. 2021, eq. 3), recomputation included."""
+    """FLOPs of one iteration over all GPUs (Narayanan et al. 2021, eq. 3), recomputation included.
+
+    FlashAttention's backward recomputes QKᵀ: 2·B·s²·h FLOPs per layer more.
+    """
     big_b, s, h, n_layers, vocab = (
         spec.global_batch,
         spec.sequence_length,
@@ -425,11 +453,15 @@ def model_flops_per_iteration(spec: JobSpec) -> float:
         spec.num_layers,
         spec.vocab_size,
     )
+    flash = spec.attention == "flash"
     if spec.recompute == "full":
-        return 96.0 * big_b * s * n_layers * h**2 * (1 + s / (6 * h) + vocab / (16 * n_layers * h))
-    flops = 72.0 * big_b * s * n_layers * h**2 * (1 + s / (6 * h) + vocab / (12 * n_layers * h))
-    if spec.recompute == "selective":
+        flops = 96.0 * big_b * s * n_layers * h**2 * (1 + s / (6 * h) + vocab / (16 * n_layers * h))
+    else:
+        flops = 72.0 * big_b * s * n_layers * h**2 * (1 + s / (6 * h) + vocab / (12 * n_layers * h))
+    if spec.recompute == "selective" and not flash:
         flops += 4.0 * big_b * s**2 * h * n_layers  # QKᵀ and attention·V run again in the backward pass
+    if flash:
+        flops += 2.0 * big_b * s**2 * h * n_layers  # QKᵀ again, on-chip, in the backward pass
     return flops
 
 
@@ -453,6 +485,7 @@ def activation_bytes_per_layer(spec: JobSpec, recompute: str | None = None) -> f
     """Activation bytes one layer keeps for one micro-batch (Korthikanti et al. 2022, Table 2).
 
     ``recompute`` overrides the spec's mode (e.g. "none" for what a layer holds while it runs).
+    FlashAttention stores no scores (its per-row softmax statistics, 4·a·s·b bytes, are neglected).
     """
     recompute = spec.recompute if recompute is None else recompute
     s, b, h, a, t = (
@@ -466,7 +499,8 @@ def activation_bytes_per_layer(spec: JobSpec, recompute: str | None = None) -> f
     sp = spec.sequence_parallel
     if recompute == "full":
         return 2.0 * sbh / (t if sp else 1)
-    attention_scores = 0.0 if recompute == "selective" else 5.0 * a * s / h
+    stored = recompute != "selective" and spec.attention == "standard"
+    attention_scores = 5.0 * a * s / h if stored else 0.0
     if sp:
         return sbh * (34.0 + attention_scores) / t
     return sbh * (10.0 + 24.0 / t + attention_scores / t)
@@ -682,20 +716,29 @@ class _Model:
         if stage == p - 1:
             forward += 2.0 * b * s * h * spec.vocab_size / t
             forward_bytes += traffic * 4.0 * b * s * spec.vocab_size / t  # fp32 logits
+        compute_math = 3.0 * forward / self.flop_rate
+        recompute_math = n_layers * layer_forward / self.flop_rate
+        if spec.attention == "flash":
+            # QKᵀ and attention·V (4·b·s²·h forward) run fused at their own rate; the backward recomputes
+            # QKᵀ, so it is 2.5 forwards of them instead of 2
+            attention = n_layers * 4.0 * b * s**2 * h / t
+            flash_rate = self.flop_rate * c.flash_attention_efficiency_ratio
+            compute_math = 3.0 * (forward - attention) / self.flop_rate + 3.5 * attention / flash_rate
+            recompute_math = (n_layers * layer_forward - attention) / self.flop_rate + attention / flash_rate
         # (math seconds, memory seconds, host seconds) of each phase; backward is twice the forward
         compute = (
-            3.0 * forward / self.flop_rate,
+            compute_math,
             3.0 * forward_bytes / hbm,
             3.0 * n_layers * c.layer_host_seconds,
         )
         recompute = (0.0, 0.0, 0.0)
         if spec.recompute == "full":
             recompute = (
-                n_layers * layer_forward / self.flop_rate,
+                recompute_math,
                 n_layers * layer_bytes / hbm,
                 n_layers * c.layer_host_seconds,
             )
-        elif spec.recompute == "selective":
+        elif spec.recompute == "selective" and spec.attention == "standard":
             # QKᵀ, softmax, dropout and attention·V again: their FLOPs and the 5as/h bytes
             score_bytes = 5.0 * spec.attention_heads * s * s * b / t
             recompute = (
@@ -816,7 +859,8 @@ def iteration(spec: JobSpec, constants: PerfConstants) -> IterationBreakdown:
     means = np.mean([model.mean_activity(k) for k in range(spec.pipeline_parallel)], axis=0)
     mean = dict(zip(_ACTIVITY, means, strict=True))
     gpu = spec.gpu_spec
-    useful_flops = model_flops_per_iteration(replace(spec, recompute="none"))
+    # MFU counts the model's FLOPs, not what the kernels recompute (PaLM's convention)
+    useful_flops = model_flops_per_iteration(replace(spec, recompute="none", attention="standard"))
     memory = memory_bytes_per_gpu(spec)
     return IterationBreakdown(
         compute_seconds=m * mb.compute.seconds,
