@@ -53,6 +53,12 @@ def example_jobs() -> list[str]:
     return sorted(p.name.removesuffix(".parquet") for p in example_dir().glob("*.parquet"))
 
 
+def example_spec(job_id: str) -> Path | None:
+    """The job spec a bundled example capture was simulated from (``<job id>.json``), if there is one."""
+    path = example_dir() / f"{job_id}.json"
+    return path if path.is_file() else None
+
+
 def read_job(
     source: str | None,
     job_id: str,

@@ -23,6 +23,7 @@ from estimator.model.compiled import (
     ZeModel,
     compile_ze_model,
     compiled_bytes,
+    conformal_interval,
     load_compiled_model,
     load_model_for_estimates,
     predict_z_intervals,
@@ -146,9 +147,8 @@ def test_the_shipped_compiled_model_predicts_what_the_shipped_regressor_predicts
 def test_the_shipped_npz_is_the_shipped_skops_compiled() -> None:
     """The two artifacts describe one model: rebuild both with zest train, never one alone. The npz also
     keeps the training rows' features (tests/test_missing_signals.py checks they are zest train's)."""
-    rows = load_compiled_model(SHIPPED_NPZ).reference_
-    assert len(rows) > 0
-    assert SHIPPED_NPZ.read_bytes() == compiled_bytes(compile_ze_model(load_default_model().model, rows))
+    assert len(load_compiled_model(SHIPPED_NPZ).reference_) > 0
+    assert SHIPPED_NPZ.read_bytes() == compiled_bytes(compile_ze_model(load_default_model().model))
 
 
 # --- the file -----------------------------------------------------------------------------------------
@@ -208,7 +208,10 @@ def test_a_bad_npz_is_a_model_error_that_says_rebuild(tmp_path: Path, small: ZeR
         "rows of one dimension": _rewritten(good, {"reference": np.zeros(4)}).read_bytes(),
         "infinite rows": _rewritten(good, {"reference": np.full((3, 4), np.inf)}).read_bytes(),
         "format 1 with rows": _rewritten(good, {"format": np.int64(1)}).read_bytes(),
-        "format 3": _rewritten(good, {"format": np.int64(3)}).read_bytes(),
+        "format 2 with a distance scale": _rewritten(good, {"format": np.int64(2)}).read_bytes(),
+        "format 4": _rewritten(good, {"format": np.int64(4)}).read_bytes(),
+        "no distance scale": _rewritten(good, drop="distance_scale").read_bytes(),
+        "negative distance scale": _rewritten(good, {"distance_scale": np.float64(-1.0)}).read_bytes(),
     }
     for name, content in files.items():
         path = tmp_path / f"{name.replace(' ', '-')}.npz"
@@ -220,16 +223,28 @@ def test_a_bad_npz_is_a_model_error_that_says_rebuild(tmp_path: Path, small: ZeR
         load_compiled_model(tmp_path / "absent.npz")
 
 
-def test_a_format_1_npz_loads_without_training_rows(tmp_path: Path, small: ZeRegressor) -> None:
-    """As zest train wrote it before the npz kept the training rows: it fills in no missing feature."""
+def test_older_npz_formats_load_and_widen_every_job_alike(tmp_path: Path, small: ZeRegressor) -> None:
+    """As zest train wrote them before the npz kept the training rows (format 1: it fills in no missing
+    feature) and before the widening grew with distance (formats 1 and 2: one widening for every job)."""
     good = tmp_path / "model.npz"
-    rows = noisy_rows(40, 4, seed=8, nan_share=0.0)[0]
-    good.write_bytes(compiled_bytes(compile_ze_model(small, rows)))
-    np.testing.assert_array_equal(load_compiled_model(good).reference_, rows)
-    old = load_compiled_model(_rewritten(good, {"format": np.int64(1)}, drop="reference"))
-    assert old.reference_.shape == (0, 4)
-    probe = pd.DataFrame(noisy_rows(30, 4, seed=9, nan_share=0.3)[0], columns=["a", "b", "c", "d"])
-    assert predict_z_intervals(old, probe) == predict_z_intervals(small, probe)
+    good.write_bytes(compiled_bytes(compile_ze_model(small)))
+    np.testing.assert_array_equal(load_compiled_model(good).reference_, small.reference_)
+    two = load_compiled_model(_rewritten(good, {"format": np.int64(2)}, drop="distance_scale"))
+    with np.load(good, allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files if key not in {"reference", "distance_scale"}}
+    np.savez_compressed(good, **arrays | {"format": np.int64(1)})
+    one = load_compiled_model(good)
+    assert one.reference_.shape == (0, 4) and one.distance_scale_ == 0.0 == two.distance_scale_
+    probe = pd.DataFrame(noisy_rows(30, 4, seed=9, nan_share=0.0)[0], columns=["a", "b", "c", "d"])
+    uniform = conformal_interval(
+        small.mid_.predict(probe.to_numpy()),
+        small.low_.predict(probe.to_numpy()),
+        small.high_.predict(probe.to_numpy()),
+        small.interval_adjustment_,
+    )
+    for old in (one, two):
+        assert_same_interval(old.predict_interval(probe), uniform)
+    assert not np.array_equal(small.predict_interval(probe)[0], uniform[0])  # the new widening differs
 
 
 # --- what estimates load ------------------------------------------------------------------------------

@@ -49,7 +49,12 @@ from estimator.training.heldout import (
 )
 from estimator.training.rows import (
     DATA_FILE,
+    DESCRIPTION,
     ITERATION_SECONDS,
+    LABEL_SOURCE,
+    NUM_GPUS,
+    SEQUENCE_LENGTH,
+    SET,
     STUDY,
     Z_PERCENT,
     DataError,
@@ -125,7 +130,9 @@ def test_training_rows_pair_simulated_features_with_measured_z_and_are_cached(
 ) -> None:
     small = subset(data, 3)
     rows = training_rows(small, minutes=1, seed=7, cache_dir=tmp_path / "cache")
-    assert list(rows.columns) == [*FEATURES, STUDY, Z_PERCENT]
+    assert list(rows.columns) == [*FEATURES, STUDY, Z_PERCENT, *DESCRIPTION]
+    assert (rows[LABEL_SOURCE] == "measured").all() and (rows[SET] == "vTrain, one node").all()
+    assert (rows[NUM_GPUS] == rows["gpus"]).all() and (rows[SEQUENCE_LENGTH] == 1024).all()
     assert len(rows) == len(small.frame)
     np.testing.assert_array_equal(rows[Z_PERCENT], small.frame[Z_PERCENT])
     assert rows[list(MODEL_FEATURES)].notna().all().all()
@@ -308,22 +315,22 @@ def test_train_and_evaluate_commands_on_a_small_copy_of_the_data(tmp_path: Path,
 
 MPT_COLUMNS = (
     "table,model,seq_len,n_gpus,gpu,micro_batch_size,grad_accum,global_batch_size,throughput_tokens_per_s,"
-    "global_batch_tokens,precision,sharding_strategy,activation_checkpointing,activation_cpu_offload"
+    "throughput_tokens_per_s_per_gpu,global_batch_tokens,precision,sharding_strategy,activation_checkpointing,activation_cpu_offload"
 )
 
 
 def write_mpt_table(root: Path) -> Path:
-    """A hand-made table in llm-foundry's columns: one 3-configuration study on 8 A100s (1000, 800 and
-    500 tokens/s: Z = 0, 20, 50 %) plus a faster FP8 row of the same job (dropped, so not its best), and one
-    study of one configuration on 16 GPUs (two nodes)."""
+    """A hand-made table in llm-foundry's columns: one 3-configuration study on 8 A100s (125, 100 and 62.5
+    tokens/s per GPU: Z = 0, 20, 50 %) plus a faster FP8 row of the same job (dropped, so not its best), and
+    one study of one configuration, another model, on 16 GPUs (two nodes)."""
     table = "A100 80GB with 1600 Gbps node-node interconnect (RoCE)"
     lines = [
         MPT_COLUMNS,
-        f"{table},125m,2048,8,a100_80gb,4,16,512,1000,1048576,amp_bf16,FULL_SHARD,False,False",
-        f"{table},125m,2048,8,a100_80gb,8,8,512,800,1048576,amp_bf16,FULL_SHARD,False,False",
-        f"{table},125m,2048,8,a100_80gb,16,4,512,500,1048576,amp_bf16,FULL_SHARD,True,False",
-        f"{table},125m,2048,8,a100_80gb,16,4,512,2000,1048576,amp_fp8,FULL_SHARD,False,False",
-        f"{table},350m,2048,16,a100_80gb,8,4,512,3000,1048576,amp_bf16,FULL_SHARD,False,False",
+        f"{table},125m,2048,8,a100_80gb,4,16,512,1000,125,1048576,amp_bf16,FULL_SHARD,False,False",
+        f"{table},125m,2048,8,a100_80gb,8,8,512,800,100,1048576,amp_bf16,FULL_SHARD,False,False",
+        f"{table},125m,2048,8,a100_80gb,16,4,512,500,62.5,1048576,amp_bf16,FULL_SHARD,True,False",
+        f"{table},125m,2048,8,a100_80gb,16,4,512,2000,250,1048576,amp_fp8,FULL_SHARD,False,False",
+        f"{table},350m,2048,16,a100_80gb,8,4,512,3000,187.5,1048576,amp_bf16,FULL_SHARD,False,False",
     ]
     path = root / MPT_FILE
     path.parent.mkdir(parents=True)
@@ -346,9 +353,9 @@ def test_held_out_studies_and_measured_z_by_hand(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="--held-out"):
         read_mpt_studies(tmp_path / "nowhere")
-    bad = pd.read_csv(tmp_path / MPT_FILE).drop(columns=["global_batch_tokens"])
+    bad = pd.read_csv(tmp_path / MPT_FILE).drop(columns=["seq_len"])
     bad.to_csv(tmp_path / MPT_FILE, index=False)
-    with pytest.raises(DataError, match="global_batch_tokens"):
+    with pytest.raises(DataError, match="seq_len"):
         read_mpt_studies(tmp_path)
 
 

@@ -31,7 +31,7 @@ from collectors.errors import (
     ZestError,
 )
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
-from collectors.sources import SOURCE_HELP, read_job
+from collectors.sources import EXAMPLE, SOURCE_HELP, read_job
 from collectors.util import DISTRIBUTION
 from estimator.cli.options import DurationType, capture_output_options, check_output, source_access_options
 from estimator.decision.algorithms import (
@@ -234,6 +234,14 @@ def cli() -> None:
     help="Z_e of a thorough search, in % (or LOW:MID:HIGH) instead of the telemetry estimate; "
     "each algorithm without its own Z gets its share of it.",
 )
+@click.option(
+    "--spec",
+    "spec_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The job's configuration, as a zest simulate job spec (JSON): adds the performance model's own "
+    "search of the job's whole layout space (predicted, not measured). With --source example, the "
+    "example's own spec by default.",
+)
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option(
     "--plot",
@@ -257,6 +265,7 @@ def estimate(
     engineer_hour_cost: float | None,
     algorithms: tuple[AlgorithmChoice, ...],
     z_expected: ZInterval | None,
+    spec_path: Path | None,
     output: str,
     plot: Path | None,
 ) -> None:
@@ -316,8 +325,16 @@ def estimate(
         notes.extend(telemetry.notes + list(found.notes))
         z_expected = found.z_percent
     if needs_estimate:
+        import pandas as pd
+
         from estimator.features.extract import GPU_COUNT, HOST_COUNT
-        from estimator.model.default import default_model, domain_note, missing_signals_note, model_origin
+        from estimator.model.default import (
+            default_model,
+            distance_note,
+            domain_note,
+            missing_signals_note,
+            model_origin,
+        )
 
         notes.append(
             f"Z_e ({default_model().coverage:.0%} interval) from {model_origin()} (models/README.md)"
@@ -328,6 +345,8 @@ def estimate(
             seen = found.features
             note = domain_note(gpu_models, seen.get(GPU_COUNT, math.nan), seen.get(HOST_COUNT, math.nan))
             if note:
+                notes.append(note)
+            if note := distance_note(pd.DataFrame([dict(seen)])):
                 notes.append(note)
     if gpus is None and found is not None and math.isfinite(found.gpus_seen):
         notes.append(f"G = {int(found.gpus_seen)}: the GPUs seen in the job's telemetry (--gpus overrides)")
@@ -349,6 +368,7 @@ def estimate(
 
         plot_breakeven(decision, plot, title=f"job {job_id}" if job_id else None)
         notes.append(f"chart written to {plot}")
+    whole_space = _whole_space(spec_path, source, job_id, notes)
     document = to_document(
         decision,
         job_id=job_id,
@@ -357,11 +377,32 @@ def estimate(
         notes=notes,
         telemetry=None if found is None or telemetry is None else telemetry_document(telemetry.source, found),
         z_relative_to=Z_E_RELATIVE_TO if needs_estimate else None,
+        whole_space=whole_space,
     )
     if output == "json":
         click.echo(json.dumps(document, indent=2))
     else:
         render_table(document, Console(width=max(Console().width, 132)))
+
+
+def _whole_space(
+    spec_path: Path | None, source: str | None, job_id: str | None, notes: list[str]
+) -> dict[str, Any] | None:
+    """The performance model's search of the job's layouts when its spec is given (or is a bundled
+    example's); None without one."""
+    if spec_path is None and source == EXAMPLE and job_id is not None:
+        from collectors.sources import example_spec
+
+        spec_path = example_spec(job_id)
+        if spec_path is not None:
+            notes.append(f"job spec: {spec_path.name}, the bundled example's (--spec overrides)")
+    if spec_path is None:
+        return None
+    from estimator.perfmodel.iteration import JobSpec, load_constants
+    from estimator.perfmodel.search import whole_space
+
+    spec = JobSpec.from_json(spec_path)
+    return whole_space(spec, load_constants(spec.gpu)).document()
 
 
 def _shares(chosen: Sequence[AlgorithmChoice], notes: list[str]) -> CaptureShares:

@@ -9,6 +9,7 @@ exit codes. The group adds these commands with ``cli.add_command``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -47,12 +48,14 @@ from estimator.training.rows import (
     DATA_FILE,
     DEFAULT_MINUTES,
     DEFAULT_SEED,
+    DEFAULT_SIMULATED_STUDIES,
+    STUDY,
     Z_PERCENT,
     StudyData,
     artifact_metadata,
     fit_model,
+    model_rows,
     read_study_data,
-    training_rows,
 )
 
 #: Where ``zest train`` caches its simulated rows by default; never inside the installed package.
@@ -63,6 +66,14 @@ DEFAULT_START: Final = "2026-11-01T00:00:00"
 
 
 def _data_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--simulated-studies",
+        type=click.IntRange(min=0),
+        default=DEFAULT_SIMULATED_STUDIES,
+        show_default=True,
+        help="Studies simulated by the performance model beside the measured ones (A100/H100/H200, 1-512 "
+        "GPUs, Megatron and FSDP; labels simulated, scored apart); 0: the measured rows alone.",
+    )(command)
     command = click.option(
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -196,6 +207,7 @@ def prediction_document(spec: JobSpec, constants: perfmodel.PerfConstants) -> di
 )
 @store_option
 def train(
+    simulated_studies: int,
     data_dir: Path | None,
     cache_dir: Path | None,
     output_dir: Path | None,
@@ -209,18 +221,30 @@ def train(
     data = read_study_data(_required_data(data_dir))
     output_dir = trained_model_path().parent if output_dir is None else output_dir
     _make_folder(output_dir)  # before the training, not after it
-    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=_cache(cache_dir))
+    rows = _model_rows(data, simulated_studies, cache_dir)
     model = fit_model(rows)
     shares = default_capture_shares(capture_share_table(data.frame))
-    metadata = artifact_metadata(data, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
-    model_path, json_path = save_model(
-        model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata, reference=rows
-    )
+    metadata = artifact_metadata(data, rows, model, shares, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED)
+    model_path, json_path = save_model(model, output_dir / f"{DEFAULT_ARTIFACT}.skops", metadata)
     click.echo(
-        f"trained on {len(rows)} configurations of {data.studies} studies "
-        f"(interval widened by {model.interval_adjustment_:.2f} pp for {100 * model.coverage:.0f} % coverage)"
+        f"trained on {len(rows)} configurations of {rows[STUDY].nunique()} studies ({len(data.frame)} "
+        f"measured, {len(rows) - len(data.frame)} simulated; interval widened by "
+        f"{model.interval_adjustment_:.2f} pp x (1 + distance / {model.distance_scale_:.2f}) for "
+        f"{100 * model.coverage:.0f} % coverage)"
     )
     click.echo(f"wrote {model_path} ({model_path.stat().st_size / 1024**2:.2f} MiB) and {json_path}")
+
+
+def _model_rows(data: StudyData, simulated_studies: int, cache_dir: Path | None) -> pd.DataFrame:
+    """The measured rows and ``simulated_studies`` simulated studies' (on every core), cached."""
+    return model_rows(
+        data,
+        simulated_studies=simulated_studies,
+        minutes=DEFAULT_MINUTES,
+        seed=DEFAULT_SEED,
+        cache_dir=_cache(cache_dir),
+        workers=os.cpu_count() or 1,
+    )
 
 
 def _required_data(data_dir: Path | None) -> Path:
@@ -297,6 +321,7 @@ def _train_local(store_path: Path) -> None:
 )
 @store_option
 def evaluate_command(
+    simulated_studies: int,
     data_dir: Path | None,
     cache_dir: Path | None,
     card: Path | None,
@@ -312,7 +337,7 @@ def evaluate_command(
         except OSError as exc:
             raise InputError(f"cannot read model card {card} ({exc.strerror}): pass --card FILE") from None
     data = read_study_data(_required_data(data_dir))
-    rows = training_rows(data, minutes=DEFAULT_MINUTES, seed=DEFAULT_SEED, cache_dir=_cache(cache_dir))
+    rows = _model_rows(data, simulated_studies, cache_dir)
     evaluation = evaluate(data, rows)
     section = render_markdown(evaluation)
     click.echo(section)

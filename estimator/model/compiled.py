@@ -102,10 +102,11 @@ LOCAL_ARTIFACT: Final = "ze_model_local"
 #: Suffix of the compiled model written beside a ``.skops`` one.
 COMPILED_SUFFIX: Final = ".npz"
 #: Version of the compiled model's layout; a file of another version is refused. Format 1, without the
-#: training rows' features, still loads: its estimates fill in no missing feature.
-COMPILED_FORMAT: Final = 2
+#: training rows' features, still loads: its estimates fill in no missing feature; formats 1 and 2,
+#: without the distance scale, widen every job's interval alike.
+COMPILED_FORMAT: Final = 3
 #: Formats a file may have.
-READABLE_FORMATS: Final = (1, COMPILED_FORMAT)
+READABLE_FORMATS: Final = (1, 2, COMPILED_FORMAT)
 #: The boosters of a Z_e model, as prefixes of their arrays in the compiled file.
 BOOSTERS: Final = ("mid", "low", "high")
 
@@ -122,6 +123,9 @@ DISTANCE_CLIP: Final = 3.0
 #: Equally near training rows (to a job that reports nothing but its GPU count) are taken in an order
 #: shuffled with this seed: a sample of all studies, not the first ones.
 TIE_ORDER_SEED: Final = 0
+#: Training rows whose mean distance from a job scales its interval's widening (:func:`neighbour_distance`):
+#: a job unlike every training row gets a wider interval than one among them.
+DIFFICULTY_NEIGHBOURS: Final = 10
 #: Reference cells compared at once when finding neighbours (rows × training rows × features).
 _DISTANCE_BLOCK_CELLS: Final = 1 << 21
 
@@ -132,7 +136,7 @@ class ZeModel(Protocol):
 
     coverage: float
 
-    def predict_interval(self, X: Any) -> tuple[Any, Any, Any]: ...
+    def predict_interval(self, X: Any, distance: Any = None) -> tuple[Any, Any, Any]: ...
 
 
 def clip_z(z: FloatArray) -> FloatArray:
@@ -140,14 +144,23 @@ def clip_z(z: FloatArray) -> FloatArray:
     return np.clip(z, 0.0, Z_MAX_PERCENT)
 
 
+def quantile_band(mid: FloatArray, low: FloatArray, high: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """The quantile boosters' band made to hold the mid: where they cross it (quantile models are fitted
+    apart), the band's edge moves to the mid, so widening it never leaves a bound on the mid."""
+    return np.minimum(low, mid), np.maximum(high, mid)
+
+
 def conformal_interval(
-    mid: FloatArray, low: FloatArray, high: FloatArray, adjustment: float
+    mid: FloatArray, low: FloatArray, high: FloatArray, widening: float | FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Low, mid and high Z in % from the boosters' raw predictions: the quantiles widened by the
-    conformal ``adjustment`` (pp), all clipped to [0, 100) with low <= mid <= high."""
+    """Low, mid and high Z in % from the boosters' raw predictions: the quantile band
+    (:func:`quantile_band`) widened by the conformal ``widening`` (pp, one per row or one for all), all
+    clipped to [0, 100) with low <= mid <= high. A bound equals the mid only where Z's range ends (0 or
+    100) or the widening is not positive."""
+    low, high = quantile_band(mid, low, high)
     mid = clip_z(mid)
-    low = np.clip(low - adjustment, 0.0, mid)
-    high = np.clip(high + adjustment, mid, Z_MAX_PERCENT)
+    low = np.clip(low - widening, 0.0, mid)
+    high = np.clip(high + widening, mid, Z_MAX_PERCENT)
     return low, mid, high
 
 
@@ -155,11 +168,14 @@ class CompiledZeModel:
     """A fitted :class:`~estimator.model.regressor.ZeRegressor` for prediction only, without scikit-learn.
 
     ``mid``, ``low`` and ``high``: its boosters compiled; ``interval_adjustment``:
-    its conformal widening (pp); ``coverage`` (0-1); ``feature_names``: the
-    columns it was fitted on, if named, else ``n_features`` columns;
-    ``reference``: the training rows' features (rows × ``n_features``, NaN
-    allowed; none: missing features are not filled in), kept as
-    ``reference_``. Build one with :func:`compile_ze_model`;
+    its conformal widening (pp, per unit of :func:`difficulty`);
+    ``distance_scale``: the scale of :func:`difficulty` (0: the same widening
+    for every job, as models of format 1 and 2 had); ``coverage`` (0-1);
+    ``feature_names``: the columns it was fitted on, if named, else
+    ``n_features`` columns; ``reference``: the training rows' features (rows ×
+    ``n_features``, NaN allowed; none: missing features are not filled in and
+    the widening does not grow with distance), kept as ``reference_``. Build
+    one with :func:`compile_ze_model`;
     :meth:`predict_interval` gives what the regressor's does, and
     :func:`predict_z_intervals` fills in missing features from ``reference_``.
     Raises :class:`ValueError` if the parts do not fit together.
@@ -176,9 +192,12 @@ class CompiledZeModel:
         feature_names: Sequence[str] | None,
         n_features: int,
         reference: npt.ArrayLike | None = None,
+        distance_scale: float = 0.0,
     ) -> None:
         if not 0.0 < coverage < 1.0 or not math.isfinite(interval_adjustment):
             raise ValueError(f"coverage {coverage!r} or adjustment {interval_adjustment!r} out of range")
+        if not math.isfinite(distance_scale) or distance_scale < 0:
+            raise ValueError(f"distance scale {distance_scale!r} out of range")
         if feature_names is not None and (
             len(feature_names) != n_features or len(set(feature_names)) != n_features
         ):
@@ -191,6 +210,7 @@ class CompiledZeModel:
         self.reference_ = rows
         self.mid_, self.low_, self.high_ = mid, low, high
         self.interval_adjustment_ = float(interval_adjustment)
+        self.distance_scale_ = float(distance_scale) if len(rows) else 0.0
         self.coverage = float(coverage)
         self.n_features_in_ = int(n_features)
         if feature_names is not None:
@@ -214,32 +234,44 @@ class CompiledZeModel:
         """Z in % for each row, in [0, 100)."""
         return clip_z(self.mid_.predict(self._validated(X)))
 
-    def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
+    def predict_interval(
+        self, X: Any, distance: npt.ArrayLike | None = None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``, widened
+        by each row's :func:`difficulty`; ``distance``: the rows' :func:`neighbour_distance`, if known."""
         X = self._validated(X)
-        return conformal_interval(
-            self.mid_.predict(X), self.low_.predict(X), self.high_.predict(X), self.interval_adjustment_
+        widening = self.interval_adjustment_ * row_difficulty(
+            X, self.reference_, self.distance_scale_, distance
         )
+        return conformal_interval(self.mid_.predict(X), self.low_.predict(X), self.high_.predict(X), widening)
 
 
-def compile_ze_model(model: Any, reference: pd.DataFrame | npt.ArrayLike | None = None) -> CompiledZeModel:
-    """The :class:`CompiledZeModel` of a fitted :class:`~estimator.model.regressor.ZeRegressor`.
+def row_difficulty(
+    X: FloatArray, reference: FloatArray, scale: float, distance: npt.ArrayLike | None = None
+) -> FloatArray:
+    """Each row's :func:`difficulty` against the training rows ``reference`` (1 without them or a scale);
+    ``distance``: the rows' :func:`neighbour_distance`, when the caller measured it (on the features a job
+    has, before its missing ones were filled in)."""
+    if scale <= 0 or len(reference) == 0:
+        return np.ones(len(X))
+    if distance is None:
+        distance = neighbour_distance(reference, X)
+    distance = np.asarray(distance, dtype=np.float64)
+    if distance.shape != (len(X),):
+        raise ValueError(f"distance must hold one value per row ({len(X)}), got shape {distance.shape}")
+    return difficulty(distance, scale)
 
-    ``reference``: the rows it was trained on (a frame holding its feature
-    columns, or rows × features), kept to fill in the features a job lacks;
-    none: the compiled model fills in nothing.
-    """
+
+def compile_ze_model(model: Any) -> CompiledZeModel:
+    """The :class:`CompiledZeModel` of a fitted :class:`~estimator.model.regressor.ZeRegressor`, with the
+    features of the rows it was trained on (``reference_``), which fill in the features a job lacks and
+    measure how far a job lies from them."""
     from estimator.model.regressor import ZeRegressor  # training's side: scikit-learn is loaded there
     from estimator.model.trees import compile_hgb
 
     if not isinstance(model, ZeRegressor):
         raise TypeError(f"only a ZeRegressor can be compiled, not a {type(model).__name__}")
     names = getattr(model, "feature_names_in_", None)
-    rows = None
-    if reference is not None:
-        if isinstance(reference, pd.DataFrame) and names is not None:
-            reference = reference[[str(n) for n in names]]
-        rows = np.asarray(reference, dtype=np.float64)
     return CompiledZeModel(
         mid=compile_hgb(model.mid_),
         low=compile_hgb(model.low_),
@@ -248,7 +280,8 @@ def compile_ze_model(model: Any, reference: pd.DataFrame | npt.ArrayLike | None 
         coverage=model.coverage,
         feature_names=None if names is None else [str(n) for n in names],
         n_features=model.n_features_in_,
-        reference=rows,
+        reference=model.reference_,
+        distance_scale=model.distance_scale_,
     )
 
 
@@ -266,6 +299,8 @@ def _layout(version: int = COMPILED_FORMAT) -> dict[str, tuple[np.dtype[Any] | N
     }
     if version >= 2:
         layout["reference"] = (np.dtype(np.float64), 2)  # the training rows' features; 0 rows: none
+    if version >= 3:
+        layout["distance_scale"] = (np.dtype(np.float64), 0)
     for booster in BOOSTERS:
         layout[f"{booster}.baseline"] = (np.dtype(np.float64), 0)
         layout[f"{booster}.roots"] = (np.dtype(np.int32), 1)
@@ -282,6 +317,7 @@ def _arrays(model: CompiledZeModel) -> dict[str, np.ndarray]:
         "coverage": np.float64(model.coverage),
         "interval_adjustment": np.float64(model.interval_adjustment_),
         "reference": model.reference_,
+        "distance_scale": np.float64(model.distance_scale_),
     }
     for booster in BOOSTERS:
         trees: CompiledTrees = getattr(model, f"{booster}_")
@@ -367,6 +403,7 @@ def load_compiled_model(path: Path) -> CompiledZeModel:
             feature_names=names or None,
             n_features=int(arrays["n_features"]),
             reference=arrays.get("reference"),
+            distance_scale=float(arrays.get("distance_scale", 0.0)),
         )
     except ValueError as exc:
         raise ModelError(f"{path} holds no consistent model ({one_line(exc)}): {redo}") from None
@@ -494,16 +531,15 @@ def _base_reference() -> pd.DataFrame | None:
 PARALLEL_ROWS: Final = 1000
 
 
-def nearest_rows(reference: npt.ArrayLike, X: npt.ArrayLike, k: int) -> npt.NDArray[np.intp]:
-    """For each row of ``X``, the indices of the ``k`` rows of ``reference`` nearest on the features the row
-    has, nearest first (rows of ``X`` × ``k``).
+def _nearest(reference: npt.ArrayLike, X: npt.ArrayLike, k: int) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """For each row of ``X``: the indices of the ``k`` rows of ``reference`` nearest on the features the row
+    has, nearest first, and their distances (root mean square over those features), both rows × ``k``.
 
-    Distance: the sum of squares, over the row's features that are not NaN,
-    of the difference in standard deviations of ``reference``'s column, each
-    capped at :data:`DISTANCE_CLIP` (as is a NaN of ``reference``); a column
-    with no spread in ``reference`` does not count. Equally near rows come in
-    a fixed shuffled order (:data:`TIE_ORDER_SEED`). ``k`` is at most the
-    rows of ``reference``.
+    Each feature's difference counts in standard deviations of ``reference``'s
+    column, capped at :data:`DISTANCE_CLIP` (as is a NaN of ``reference``); a
+    column with no spread in ``reference`` does not count. Equally near rows
+    come in a fixed shuffled order (:data:`TIE_ORDER_SEED`). ``k`` is at most
+    the rows of ``reference``.
     """
     reference = np.asarray(reference, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
@@ -517,12 +553,17 @@ def nearest_rows(reference: npt.ArrayLike, X: npt.ArrayLike, k: int) -> npt.NDAr
     order = np.random.default_rng(TIE_ORDER_SEED).permutation(len(reference))
     scaled = ((reference - centre) / np.where(usable, spread, 1.0))[order]
     has = ~np.isnan(X) & usable
-    out = np.empty((len(X), k), dtype=np.intp)
+    indices = np.empty((len(X), k), dtype=np.intp)
+    distances = np.empty((len(X), k), dtype=np.float64)
     # rows that have the same features are compared on those columns together
     patterns, which = np.unique(has, axis=0, return_inverse=True)
     for number, pattern in enumerate(patterns):
         rows = np.flatnonzero(which.ravel() == number)
         columns = np.flatnonzero(pattern)
+        if len(columns) == 0:  # nothing to compare: every reference row is as near as any other
+            indices[rows] = order[:k]
+            distances[rows] = 0.0
+            continue
         table = scaled[:, columns]
         block = max(1, _DISTANCE_BLOCK_CELLS // max(1, table.size))
         for start in range(0, len(rows), block):
@@ -530,9 +571,34 @@ def nearest_rows(reference: npt.ArrayLike, X: npt.ArrayLike, k: int) -> npt.NDAr
             query = (X[np.ix_(part, columns)] - centre[columns]) / spread[columns]
             # NaN (a reference row without the feature) counts as far as the cap: fmin ignores it
             gap = np.fmin(np.abs(query[:, None, :] - table[None, :, :]), DISTANCE_CLIP)
-            distance = np.square(gap).sum(axis=2)
-            out[part] = order[np.argsort(distance, axis=1, kind="stable")[:, :k]]
-    return out
+            squares = np.square(gap).sum(axis=2)
+            nearest = np.argsort(squares, axis=1, kind="stable")[:, :k]
+            indices[part] = order[nearest]
+            distances[part] = np.sqrt(np.take_along_axis(squares, nearest, axis=1) / len(columns))
+    return indices, distances
+
+
+def nearest_rows(reference: npt.ArrayLike, X: npt.ArrayLike, k: int) -> npt.NDArray[np.intp]:
+    """For each row of ``X``, the indices of the ``k`` rows of ``reference`` nearest on the features the row
+    has, nearest first (rows of ``X`` × ``k``; distance as :func:`_nearest` measures it)."""
+    return _nearest(reference, X, k)[0]
+
+
+def neighbour_distance(reference: npt.ArrayLike, X: npt.ArrayLike) -> FloatArray:
+    """How far each row of ``X`` lies from the rows of ``reference``: the mean distance of its
+    :data:`DIFFICULTY_NEIGHBOURS` nearest (root mean square, in standard deviations of each feature of
+    ``reference`` capped at :data:`DISTANCE_CLIP`, over the features the row has; 0 to 3)."""
+    rows = np.asarray(reference, dtype=np.float64)
+    return _nearest(rows, X, min(DIFFICULTY_NEIGHBOURS, len(rows)))[1].mean(axis=1)
+
+
+def difficulty(distance: FloatArray, scale: float) -> FloatArray:
+    """The factor that scales a row's conformal widening: 1 + distance / ``scale``, where ``scale`` is the
+    median distance of held-out training rows from the rest; 1 for every row when ``scale`` is 0 (a model
+    fitted without the distance, whose widening is the same for every job)."""
+    if scale <= 0:
+        return np.ones_like(distance)
+    return 1.0 + np.asarray(distance, dtype=np.float64) / scale
 
 
 def _model_names(model: ZeModel) -> list[str]:
@@ -584,12 +650,16 @@ def predict_z_intervals(
     whole = int(np.count_nonzero(~partial))
     k = 0
     predicted = X
+    distance = None
     if rows is not None and partial.any():
         k = min(NEIGHBOURS, len(rows))
         copies = np.repeat(X[partial], k, axis=0)
         lacking = np.isnan(copies)
         copies[lacking] = rows[nearest_rows(rows, X[partial], k).ravel()][lacking]
         predicted = np.concatenate([X[~partial], copies])  # one call; each row is predicted on its own
+        # a copy is as far from the training rows as its job is on the features it has
+        far = neighbour_distance(rows, X)
+        distance = np.concatenate([far[~partial], np.repeat(far[partial], k)])
     frame = pd.DataFrame(predicted, columns=names)
     threads: AbstractContextManager[Any] = nullcontext()
     if not isinstance(model, CompiledZeModel) and len(frame) < PARALLEL_ROWS:
@@ -599,7 +669,7 @@ def predict_z_intervals(
 
         threads = threadpool_limits(limits=1, user_api="openmp")
     with threads:
-        low, mid, high = (np.asarray(a, dtype=np.float64) for a in model.predict_interval(frame))
+        low, mid, high = (np.asarray(a, dtype=np.float64) for a in model.predict_interval(frame, distance))
     if k:
         bounds = []
         for values, combine in ((low, np.min), (mid, np.median), (high, np.max)):

@@ -14,14 +14,17 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import cache
 
+import numpy as np
 import pandas as pd
 
 from estimator.decision.breakeven import ZInterval
 from estimator.model.compiled import (
     LoadedModel,
+    difficulty,
     load_model_for_estimates,
     local_model_path,
     missing_features_note,
+    neighbour_distance,
     predict_z_intervals,
     trained_model_path,
 )
@@ -64,11 +67,36 @@ def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) ->
     return predict_z_intervals(loaded.model, features, reference=loaded.reference)
 
 
+def distance_note(features: pd.DataFrame, model: LoadedModel | None = None) -> str | None:
+    """How far the job (one row of model features) lies from the training rows and how much that widened
+    its interval; None when the model widens every job alike (no training rows or distance scale)."""
+    loaded = model if model is not None else default_model()
+    names = [str(n) for n in getattr(loaded.model, "feature_names_in_", features.columns)]
+    rows = loaded.reference if loaded.reference is not None else None
+    reference = rows[names].to_numpy() if rows is not None else getattr(loaded.model, "reference_", None)
+    base = getattr(loaded.model, "base_", loaded.model)  # a local model widens as the model it corrects
+    scale = float(getattr(base, "distance_scale_", 0.0))
+    if reference is None or len(reference) == 0 or scale <= 0:
+        return None
+    distance = float(neighbour_distance(reference, features[names].to_numpy(dtype=float))[0])
+    factor = float(difficulty(np.array([distance]), scale)[0])
+    return (
+        f"distance from the training jobs {distance:.2f} (held-out training jobs: median {scale:.2f}): "
+        f"the interval's widening is {factor:.1f}x that of a job at distance 0"
+    )
+
+
 def domain_note(
-    gpu_models: Sequence[str], gpus: float, hosts: float, model: LoadedModel | None = None
+    gpu_models: Sequence[str],
+    gpus: float,
+    hosts: float,
+    model: LoadedModel | None = None,
+    *,
+    sequence_length: int | None = None,
 ) -> str | None:
     """The estimate's note on what of the job lies outside the rows the model learned from (GPU model,
-    GPU count, hosts); None when nothing does, or the model does not say its domain."""
+    GPU count, hosts, sequence length when known); None when nothing does, or the model does not say
+    its domain."""
     from collectors import gpuspecs
 
     loaded = model if model is not None else default_model()
@@ -79,17 +107,20 @@ def domain_note(
     keys = {spec.key if (spec := gpuspecs.from_nvml_name(name)) else name for name in gpu_models}
     unknown = sorted(keys - set(domain["gpu_models"]))
     if unknown:
-        outside.append(f"GPU model {', '.join(unknown)} (trained on {', '.join(domain['gpu_models'])} only)")
+        outside.append(f"GPU model {', '.join(unknown)} (trained on {', '.join(domain['gpu_models'])})")
     low, high = domain["gpus"]
     if math.isfinite(gpus) and not low <= gpus <= high:
         outside.append(f"{gpus:.0f} GPUs (trained on {low}-{high})")
     if math.isfinite(hosts) and hosts > domain["hosts"][1]:
-        outside.append(f"{hosts:.0f} hosts (trained on jobs in {domain['hosts'][1]} node)")
+        outside.append(f"{hosts:.0f} hosts (trained on jobs in 1-{domain['hosts'][1]} nodes)")
+    lengths = domain.get("sequence_lengths")
+    if sequence_length is not None and lengths and not lengths[0] <= sequence_length <= lengths[1]:
+        outside.append(f"sequence length {sequence_length:,} (trained on {lengths[0]:,}-{lengths[1]:,})")
     if not outside:
         return None
     return (
         f"outside the model's training domain: {'; '.join(outside)}: Z_e is an extrapolation there, "
-        "and its interval does not widen for it yet"
+        "with an interval as wide as the job's distance from the training jobs makes it"
     )
 
 

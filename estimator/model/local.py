@@ -171,11 +171,17 @@ class LocalZeRegressor(RegressorMixin, BaseEstimator):
         self.n_iter_ = 0 if self.residual_ is None else int(self.residual_.n_iter_)
         return self
 
-    def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
+    def predict_interval(self, X: Any, distance: Any = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``;
+        ``distance``: the rows' distance from the base model's training rows, if measured."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        b_low, b_mid, b_high = self.base_.predict_interval(self._base_input(X, self.base_))
+        base_input = self._base_input(X, self.base_)
+        b_low, b_mid, b_high = (
+            self.base_.predict_interval(base_input)
+            if distance is None
+            else self.base_.predict_interval(base_input, distance)
+        )
         correction = _Correction(self.intercept_, self.slope_, self.local_weight_, self.residual_)
         raw = correction.apply(X, b_mid)
         shift = raw - b_mid

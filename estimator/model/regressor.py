@@ -4,11 +4,16 @@
 search would save, in [0, 100) percent, and a low / mid / high interval at a
 stated coverage. The mid value is a gradient-boosted regression (squared
 error); the interval is conformalized quantile regression (Romano, Patterson
-and Candès 2019): quantile models at (1 ± coverage)/2, widened by the
-coverage-quantile of their out-of-fold misses, so the stated coverage holds
-on held-out data, not only on the training rows. With ``groups`` the
-out-of-fold step keeps each group (a tuning study) whole, which is what a new
-job is to the model.
+and Candès 2019) made locally adaptive by normalization (Papadopoulos et al.
+2008; Lei et al. 2018): quantile models at (1 ± coverage)/2, widened by
+``interval_adjustment_`` times each job's difficulty, 1 + d / d₀, where d is the
+job's mean distance from its nearest training rows and d₀ the median of that
+distance for held-out rows. The adjustment is the coverage-quantile of the
+out-of-fold misses divided by their difficulty, so the stated coverage holds
+on held-out data, and a job unlike the training rows (another GPU, scale or
+signal profile) gets a wider interval than one among them. With ``groups``
+the out-of-fold step keeps each group (a tuning study) whole, which is what
+a new job is to the model.
 
 The default artifact (``models/ze_model.skops`` + ``ze_model.json``) is
 stored with skops and loaded only if it holds nothing but the types of
@@ -30,7 +35,6 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import skops.io as sio
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -51,14 +55,18 @@ from estimator.model.compiled import (
     compile_ze_model,
     compiled_bytes,
     conformal_interval,
+    difficulty,
     fixed_time_zip,
     load_metadata,
     load_model_for_estimates,
     local_model_path,
     missing_features_note,
+    neighbour_distance,
     packaged_file,
     predict_z_interval,
     predict_z_intervals,
+    quantile_band,
+    row_difficulty,
     trained_model_path,
 )
 
@@ -172,12 +180,14 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         self.mid_ = self._booster(None).fit(X, y)
         self.low_ = self._booster(self.quantiles_[0]).fit(X, y)
         self.high_ = self._booster(self.quantiles_[1]).fit(X, y)
-        self.interval_adjustment_ = self._calibrate(X, y, groups)
+        self.reference_ = X
+        self.interval_adjustment_, self.distance_scale_ = self._calibrate(X, y, groups)
         self.n_iter_ = self.mid_.n_iter_
         return self
 
-    def _calibrate(self, X: FloatArray, y: FloatArray, groups: Any) -> float:
-        """The widening that makes the quantile band cover ``coverage`` of out-of-fold rows (CQR)."""
+    def _calibrate(self, X: FloatArray, y: FloatArray, groups: Any) -> tuple[float, float]:
+        """The widening per unit of difficulty that makes the quantile band cover ``coverage`` of out-of-fold
+        rows (normalized CQR), and the difficulty's distance scale (0 when there are too few folds)."""
         splits: Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
         if groups is not None:
             groups = np.asarray(groups)
@@ -185,20 +195,26 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
                 raise ValueError(f"groups has {len(groups)} entries but y has {len(y)}")
             folds = min(self.calibration_folds, len(np.unique(groups)))
             if folds < 2:
-                return 0.0
+                return 0.0, 0.0
             splits = GroupKFold(n_splits=folds).split(X, y, groups)
         else:
             folds = min(self.calibration_folds, len(y))
             if folds < 2:
-                return 0.0
+                return 0.0, 0.0
             splits = KFold(n_splits=folds, shuffle=True, random_state=self.random_state).split(X)
-        scores = np.empty(len(y))
+        misses = np.empty(len(y))
+        distance = np.empty(len(y))
         for train, test in splits:
+            mid = self._booster(None).fit(X[train], y[train]).predict(X[test])
             low = self._booster(self.quantiles_[0]).fit(X[train], y[train]).predict(X[test])
             high = self._booster(self.quantiles_[1]).fit(X[train], y[train]).predict(X[test])
-            scores[test] = np.maximum(low - y[test], y[test] - high)
+            low, high = quantile_band(mid, low, high)
+            misses[test] = np.maximum(low - y[test], y[test] - high)
+            distance[test] = neighbour_distance(X[train], X[test])
+        scale = float(np.median(distance))
+        scores = misses / difficulty(distance, scale)
         level = min(1.0, math.ceil((len(y) + 1) * self.coverage) / len(y))
-        return float(np.quantile(scores, level, method="higher"))
+        return float(np.quantile(scores, level, method="higher")), scale
 
     def predict(self, X: Any) -> FloatArray:
         """Z in % for each row, in [0, 100)."""
@@ -206,13 +222,16 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
         return clip_z(self.mid_.predict(X))
 
-    def predict_interval(self, X: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``."""
+    def predict_interval(self, X: Any, distance: Any = None) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Low, mid and high Z in % per row (low <= mid <= high, all in [0, 100)) at ``coverage``, widened by
+        each row's difficulty; ``distance``: the rows' distance from the training rows, if measured
+        (:func:`~estimator.model.compiled.neighbour_distance`)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        return conformal_interval(
-            self.mid_.predict(X), self.low_.predict(X), self.high_.predict(X), self.interval_adjustment_
+        widening = self.interval_adjustment_ * row_difficulty(
+            X, self.reference_, self.distance_scale_, distance
         )
+        return conformal_interval(self.mid_.predict(X), self.low_.predict(X), self.high_.predict(X), widening)
 
 
 # --- persistence ------------------------------------------------------------------
@@ -251,22 +270,18 @@ def _canonical(buffer: bytes) -> bytes:
     return fixed_time_zip(members)
 
 
-def save_model(
-    model: ZeModel, path: Path, metadata: Mapping[str, Any], *, reference: pd.DataFrame | None = None
-) -> tuple[Path, Path]:
+def save_model(model: ZeModel, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``model`` with skops to ``path`` (``.skops``) and ``metadata`` as JSON beside it (``.json``).
 
     A :class:`ZeRegressor` is also written compiled (``.npz``, what estimates
-    read), with the feature columns of ``reference``, the rows it was trained
-    on, which fill in the features a job lacks (none: missing features take
-    the trees' missing-value branch); for another model a compiled file left
-    there is removed. The same model, rows and metadata give the same bytes.
-    Raises :class:`OutputError` if a file cannot be written.
+    read, with the features of the rows it was trained on); for another model
+    a compiled file left there is removed. The same model and metadata give
+    the same bytes. Raises :class:`OutputError` if a file cannot be written.
     """
     check_is_fitted(model)
     buffer = io.BytesIO()
     sio.dump(model, buffer)
-    compiled = compiled_bytes(compile_ze_model(model, reference)) if isinstance(model, ZeRegressor) else None
+    compiled = compiled_bytes(compile_ze_model(model)) if isinstance(model, ZeRegressor) else None
     json_path = path.with_suffix(".json")
     compiled_path = path.with_suffix(COMPILED_SUFFIX)
     try:

@@ -29,14 +29,20 @@ from estimator.model.regressor import MODEL_FEATURES, Z_MAX_PERCENT, ZeRegressor
 from estimator.perfmodel import calibration
 from estimator.perfmodel import iteration as perfmodel
 from estimator.training.rows import (
+    GPU_MODEL,
     ITERATION_SECONDS,
+    LABEL_SOURCE,
+    MEASURED,
     MICRO_BATCH,
     PIPELINE_PARALLEL,
+    SET,
+    SIMULATED,
     STUDY,
     TENSOR_PARALLEL,
     Z_PERCENT,
     StudyData,
     job_specs,
+    measured_z_percent,
 )
 
 __all__ = [
@@ -94,8 +100,7 @@ def perfmodel_z_percent(data: StudyData) -> pd.Series:
     """The performance model's Z(c): 100 · (1 − predicted best time / predicted time at c), per study."""
     constants = perfmodel.load_constants(calibration.FITTED_GPU.key)
     seconds = pd.Series([perfmodel.iteration_seconds(s, constants) for s in job_specs(data.frame)])
-    best = seconds.groupby(data.frame[STUDY].to_numpy()).transform("min")
-    return (100.0 * (1.0 - best / seconds)).clip(0.0, Z_MAX_PERCENT)
+    return measured_z_percent(seconds, pd.Series(data.frame[STUDY].to_numpy())).clip(0.0, Z_MAX_PERCENT)
 
 
 def sm_rule_z_percent(rows: pd.DataFrame) -> FloatArray:
@@ -112,14 +117,19 @@ def cross_validated_predictions(
 ) -> pd.DataFrame:
     """Held-out predictions of every method for every row, by :class:`GroupKFold` over studies.
 
-    ``rows``: :func:`estimator.training.rows.training_rows`; ``perfmodel_z``: the
-    performance model's Z per row (same order). Returns STUDY, Z_PERCENT,
-    ``zest_low``, one column per method of :data:`METHODS` and ``zest_high``.
+    ``rows``: :func:`estimator.training.rows.model_rows` (or measured rows
+    alone); ``perfmodel_z``: the performance model's Z per row (same order;
+    NaN where it is the label itself, on simulated rows). Returns STUDY, SET,
+    LABEL_SOURCE, Z_PERCENT, ``zest_low``, one column per method of
+    :data:`METHODS` and ``zest_high``.
     """
     studies = rows[STUDY].to_numpy()
     y = rows[Z_PERCENT].to_numpy(dtype=np.float64)
     X = rows[list(MODEL_FEATURES)]
-    out = pd.DataFrame({STUDY: studies, Z_PERCENT: y})
+    out = pd.DataFrame(
+        {STUDY: studies, SET: rows[SET].to_numpy(), LABEL_SOURCE: rows[LABEL_SOURCE].to_numpy()}
+    )
+    out[Z_PERCENT] = y
     low, mid, high, mean = (np.full(len(rows), np.nan) for _ in range(4))
     n_folds = min(folds, len(np.unique(studies)))
     for train, test in GroupKFold(n_splits=n_folds).split(X, y, studies):
@@ -360,18 +370,80 @@ def default_capture_shares(shares: pd.DataFrame) -> dict[str, Any]:
 # --- the whole evaluation --------------------------------------------------------
 
 
+#: Simulated rows held out whole (the model fitted on every other row): where no measured row lies.
+HOPPER_GPUS: Final = ("h100-sxm", "h200")
+SEVERAL_NODES_SET: Final = "simulated, several nodes"
+HELD_OUT_GROUPS: Final = {
+    "simulated, several nodes": lambda rows: rows[SET] == SEVERAL_NODES_SET,
+    "simulated, H100 and H200": lambda rows: (
+        rows[GPU_MODEL].isin(HOPPER_GPUS) & (rows[LABEL_SOURCE] == SIMULATED)
+    ),
+}
+#: Methods scored on simulated labels: the performance model's own Z is their label, so it is left out.
+SIMULATED_METHODS: Final = tuple(m for m in METHODS if m != "perfmodel")
+
+
 @dataclass(frozen=True)
 class Evaluation:
-    """What ``zest evaluate`` reports."""
+    """What ``zest evaluate`` reports: measured and simulated labels scored apart, never together."""
 
-    table: pd.DataFrame  # one row per method (see score)
-    decisions: pd.DataFrame  # zest's interval verdicts per R
-    capture_shares: pd.DataFrame  # per study (see capture_share_table)
-    predictions: pd.DataFrame
+    table: pd.DataFrame  # measured rows: one row per method (see score)
+    decisions: pd.DataFrame  # zest's interval verdicts per R, measured rows
+    capture_shares: pd.DataFrame  # per measured study (see capture_share_table)
+    predictions: pd.DataFrame  # every row, cross-validated
     coverage: float
-    rows: int
+    rows: int  # measured rows and studies
     studies: int
     folds: int
+    simulated: pd.DataFrame  # simulated rows, per set and method (see score_sets); empty without them
+    held_out_sets: pd.DataFrame  # per group of HELD_OUT_GROUPS held out whole; empty without them
+    training_rows: int  # every row the model learns from, measured and simulated
+    training_studies: int
+
+
+def score_sets(predictions: pd.DataFrame, methods: Sequence[str] = SIMULATED_METHODS) -> pd.DataFrame:
+    """MAE, Spearman within studies and coverage of ``methods`` in each set of ``predictions``."""
+    entries = []
+    for name, group in predictions.groupby(SET, sort=True):
+        for method in methods:
+            entries.append(
+                {
+                    "set": str(name),
+                    "rows": len(group),
+                    "studies": int(group[STUDY].nunique()),
+                    "method": METHODS[method],
+                    **accuracy(group, method),
+                    "width_median_pp": float((group[HIGH] - group[LOW]).median())
+                    if method == ZEST
+                    else math.nan,
+                }
+            )
+    return pd.DataFrame(entries)
+
+
+def held_out_groups(rows: pd.DataFrame, make_model: Callable[[], ZeRegressor] = ZeRegressor) -> pd.DataFrame:
+    """Each group of :data:`HELD_OUT_GROUPS` held out whole: the model fitted on every other row (measured
+    and simulated), its MAE, coverage and interval width there, beside its cross-validated width."""
+    X = rows[list(MODEL_FEATURES)]
+    entries = []
+    for name, select in HELD_OUT_GROUPS.items():
+        out = select(rows).to_numpy()
+        if not out.any() or out.all():
+            continue
+        model = make_model().fit(X[~out], rows.loc[~out, Z_PERCENT], groups=rows.loc[~out, STUDY])
+        low, mid, high = model.predict_interval(X[out])
+        truth = rows.loc[out, Z_PERCENT].to_numpy()
+        entries.append(
+            {
+                "group": name,
+                "rows": int(out.sum()),
+                "studies": int(rows.loc[out, STUDY].nunique()),
+                "mae_pp": float(np.abs(mid - truth).mean()),
+                "coverage_ratio": float(((low <= truth) & (truth <= high)).mean()),
+                "width_median_pp": float(np.median(high - low)),
+            }
+        )
+    return pd.DataFrame(entries)
 
 
 def evaluate(
@@ -381,22 +453,30 @@ def evaluate(
     folds: int = FOLDS,
     make_model: Callable[[], ZeRegressor] = ZeRegressor,
 ) -> Evaluation:
-    """Grouped cross-validation of zest and the baselines, and the measured capture shares."""
-    if len(rows) != len(data.frame) or not np.array_equal(rows[STUDY], data.frame[STUDY]):
+    """Grouped cross-validation of zest and the baselines on every row, scored apart on measured and on
+    simulated labels; simulated groups held out whole; the measured capture shares."""
+    measured = (rows[LABEL_SOURCE] == MEASURED).to_numpy()
+    mine = rows[measured]
+    if len(mine) != len(data.frame) or not np.array_equal(mine[STUDY], data.frame[STUDY]):
         raise ValueError("training rows and measured data do not match row for row; rebuild the rows")
-    predictions = cross_validated_predictions(
-        rows, perfmodel_z_percent(data), folds=folds, make_model=make_model
-    )
-    table, decisions = score(predictions)
+    perfmodel_z = pd.Series(np.nan, index=rows.index)
+    perfmodel_z[measured] = perfmodel_z_percent(data).to_numpy()
+    predictions = cross_validated_predictions(rows, perfmodel_z, folds=folds, make_model=make_model)
+    table, decisions = score(predictions[measured])
+    simulated = ~measured
     return Evaluation(
         table=table,
         decisions=decisions,
         capture_shares=capture_share_table(data.frame),
         predictions=predictions,
         coverage=float(make_model().coverage),
-        rows=len(rows),
-        studies=int(rows[STUDY].nunique()),
+        rows=len(mine),
+        studies=int(mine[STUDY].nunique()),
         folds=min(folds, int(rows[STUDY].nunique())),
+        simulated=score_sets(predictions[simulated]) if simulated.any() else pd.DataFrame(),
+        held_out_sets=held_out_groups(rows, make_model) if simulated.any() else pd.DataFrame(),
+        training_rows=len(rows),
+        training_studies=int(rows[STUDY].nunique()),
     )
 
 
@@ -414,8 +494,15 @@ def render_markdown(evaluation: Evaluation) -> str:
     """The evaluation section of the model card (Markdown, no markers)."""
     t = evaluation.table
     reuse_heads = " | ".join(f"verdict agrees, R = {r}" for r in REUSES)
+    simulated_rows = evaluation.training_rows - evaluation.rows
     lines = [
-        f"Cross-validation grouped by study ({evaluation.folds} folds, `GroupKFold`): {evaluation.rows} "
+        f"Cross-validation grouped by study ({evaluation.folds} folds, `GroupKFold`) over every row the "
+        f"model learns from: {evaluation.training_rows} configurations in "
+        f"{evaluation.training_studies} studies, "
+        f"{evaluation.rows} of them with measured labels and {simulated_rows} with simulated ones, scored "
+        "apart (never one figure over both).",
+        "",
+        f"**Measured labels** (vTrain, one node): {evaluation.rows} "
         f"configurations in {evaluation.studies} studies, labels measured, features simulated. "
         f"Interval: {100 * evaluation.coverage:.0f} % stated coverage. Verdicts: break-even of exhaustive "
         f"search over the row's own study (N = the study's size, t = {DEFAULT_TRIAL_MINUTES:g} min, "
@@ -444,6 +531,7 @@ def render_markdown(evaluation: Evaluation) -> str:
             f"{fmt_percent(row['marginal_ratio'])} | {fmt_percent(row['wrong_ratio'])} | "
             f"{fmt_percent(row['truth_proceed_ratio'])} |"
         )
+    lines += _simulated_markdown(evaluation)
     shares = evaluation.capture_shares
     fractions = " | ".join(f"N = {f:g}·M" for f in TRIAL_FRACTIONS)
     lines += [
@@ -462,6 +550,47 @@ def render_markdown(evaluation: Evaluation) -> str:
         f"Heuristic: {HEURISTIC_NAME}.",
     ]
     return "\n".join(lines)
+
+
+def _simulated_markdown(evaluation: Evaluation) -> list[str]:
+    """The simulated labels' tables: cross-validated per set, and groups held out whole."""
+    if evaluation.simulated.empty:
+        return []
+    lines = [
+        "",
+        "**Simulated labels** (the performance model's studies, `estimator/training/simulated.py`: A100, "
+        "H100 and H200, 1-512 GPUs, Megatron 3D layouts and FSDP, each study a job and the configurations a "
+        "person would measure). These figures say how well the model learns the performance model's view, "
+        "not how right that view is; they are not comparable with the measured ones, and the performance "
+        "model's own Z is their label, so it is no baseline here.",
+        "",
+        "| set | rows | studies | method | MAE (pp) | Spearman within studies (median) | interval coverage "
+        "| interval width (median, pp) |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for _, row in evaluation.simulated.iterrows():
+        lines.append(
+            f"| {row['set']} | {row['rows']} | {row['studies']} | {row['method']} | "
+            f"{fmt_number(row['mae_pp'])} | {fmt_number(row['spearman_median'], 3)} | "
+            f"{fmt_percent(row['coverage_ratio'])} | {fmt_number(row['width_median_pp'], 1)} |"
+        )
+    held = evaluation.held_out_sets
+    if not held.empty:
+        lines += [
+            "",
+            "Simulated groups held out whole (the model fitted on every other row, measured and simulated): "
+            "how the interval does on jobs unlike any it learned from. It widens with the job's distance "
+            "from the training rows.",
+            "",
+            "| held out | rows | studies | MAE (pp) | interval coverage | interval width (median, pp) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for _, row in held.iterrows():
+            lines.append(
+                f"| {row['group']} | {row['rows']} | {row['studies']} | {fmt_number(row['mae_pp'])} | "
+                f"{fmt_percent(row['coverage_ratio'])} | {fmt_number(row['width_median_pp'], 1)} |"
+            )
+    return lines
 
 
 def _comparison(evaluation: Evaluation) -> str:

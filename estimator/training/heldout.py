@@ -7,8 +7,10 @@ expressed as a job spec by :func:`estimator.perfmodel.calibration.mpt_job_specs`
 (the mapping the performance model's own held-out check uses), its telemetry
 simulated as the training rows' is (:func:`estimator.training.rows.simulate_features`)
 and its Z_e predicted by a fitted model that is not refitted. A *study* is the
-rows alike in :data:`STUDY_KEYS`, alternatives for one job; within it
-Z(c) = 100 · (1 − v_c / v_best), v in tokens/s. Every row lies outside the
+rows alike in :data:`STUDY_KEYS`: one model trained on one GPU type at one
+sequence length, at the layouts the tables measured (GPU count, micro-batch,
+batch size, checkpointing); within it Z(c) = 100 · (1 − v_c / v_best), v in
+tokens/s per GPU, the GPU-hours per token that tuning c to the best saves. Every row lies outside the
 model's training domain (FSDP, A100 40 GB and H100, 8-128 GPUs): the point is
 to measure how the model does there, not to flatter it.
 """
@@ -73,10 +75,11 @@ __all__ = [
 
 #: The MPT table, relative to the shared data folder (the calibration's held-out check reads the same file).
 MPT_FILE: Final = calibration.HELD_OUT_FILES["llm-foundry"]
-TOKENS_PER_SECOND: Final = "throughput_tokens_per_s"
-#: Rows alike in these are alternatives for one job: the same model on the same GPU type and count, at
-#: the same sequence length and tokens per optimizer step; they differ in micro-batch, checkpointing etc.
-STUDY_KEYS: Final = ("gpu", "model", "n_gpus", "seq_len", "global_batch_tokens")
+TOKENS_PER_SECOND: Final = "throughput_tokens_per_s_per_gpu"
+#: Rows alike in these are alternatives for one job: the same model on the same GPU type at the same
+#: sequence length; they differ in GPU count, micro-batch, batch size, checkpointing. (Alike also in GPU
+#: count and tokens per step, every study but one holds a single configuration.)
+STUDY_KEYS: Final = ("gpu", "model", "seq_len")
 #: The columns :func:`estimator.perfmodel.calibration.mpt_job_specs` reads, besides the study keys.
 SPEC_COLUMNS: Final = (
     "table",
@@ -95,8 +98,7 @@ SEVERAL_NODES: Final = "llm-foundry, several nodes"
 ALL_ROWS: Final = "llm-foundry, all"
 #: Why a row is not simulated although it is expressed: :func:`perfmodel.simulate_telemetry` refuses it.
 DOES_NOT_FIT: Final = (
-    "needs more memory than the GPU in the performance model's estimate (it stores attention scores; "
-    "MPT uses FlashAttention): no telemetry to simulate"
+    "needs more memory than the GPU in the performance model's estimate: no telemetry to simulate"
 )
 UNKNOWN_GPU: Final = "GPU type not in the mapping"
 #: Where ``zest evaluate --held-out --card`` writes the held-out table in the model card.
@@ -159,7 +161,7 @@ def read_mpt_studies(data_root: str | Path) -> HeldOutData:
     specs = [spec for spec, _ in mapped if spec is not None]
 
     frame[STUDY] = frame.groupby(list(STUDY_KEYS), sort=True).ngroup().astype(np.int64)
-    # seconds per token: Z = 100·(1 − t_best/t_c) is 100·(1 − v_c/v_best), the labels' one formula
+    # GPU-seconds per token: Z = 100·(1 − t_best/t_c) is 100·(1 − v_c/v_best), the labels' one formula
     frame[Z_PERCENT] = measured_z_percent(1.0 / frame[TOKENS_PER_SECOND], frame[STUDY]).to_numpy()
     frame[HOSTS] = [math.ceil(s.num_gpus / s.node_gpus) for s in specs]
     frame[SET] = np.where(frame[HOSTS] > 1, SEVERAL_NODES, ONE_NODE)
@@ -216,7 +218,7 @@ def held_out_predictions(
     intervals = z_intervals_for(rows[list(MODEL_FEATURES)], model)
     constants: dict[str, PerfConstants] = {}
     speed = [
-        perfmodel.tokens_per_second(s, perfmodel.iteration(s, _constants(s.gpu, constants)))
+        perfmodel.tokens_per_second(s, perfmodel.iteration(s, _constants(s.gpu, constants))) / s.num_gpus
         for s in data.specs
     ]
     study = data.frame[STUDY]
@@ -329,8 +331,8 @@ def render_held_out_markdown(
     frame, p = data.frame, held_out.predictions
     domain = held_out.domain
     trained = (
-        f"{', '.join(domain['gpu_models'])}, {domain['gpus'][0]}-{domain['gpus'][1]} GPUs in "
-        f"{domain['hosts'][1]} node"
+        f"{', '.join(domain['gpu_models'])}; {_span(domain['gpus'])} GPUs on {_span(domain['hosts'])} nodes"
+        + (f"; sequence {_span(domain['sequence_lengths'])}" if "sequence_lengths" in domain else "")
         if domain
         else "the training rows' GPUs"
     )
@@ -339,16 +341,17 @@ def render_held_out_markdown(
     dropped = "; ".join(f"{r['reason']}: {r['rows']}" for _, r in held_out.dropped.iterrows()) or "none"
     lines = [
         f"Held out: the shipped model, not refitted, on {SOURCE}, read from `{data.path.name}` "
-        f"(SHA-256 {held_out.sha256[:12]}…), never trained on. Labels measured: tokens/s, "
-        "Z(c) = 100 · (1 − v_c / v_best) within a study (the rows of one model on one GPU type and count at "
-        "one sequence length and tokens per step). Features simulated: each row as a job spec "
+        f"(SHA-256 {held_out.sha256[:12]}…), never trained on. Labels measured: tokens/s per GPU, "
+        "Z(c) = 100 · (1 − v_c / v_best) within a study (the rows of one model on one GPU type at one "
+        "sequence length: its GPU counts, micro-batches, batch sizes and checkpointing as the tables "
+        "measured them). Features simulated: each row as a job spec "
         "(`calibration.mpt_job_specs`: MPT as GPT, FSDP, t = p = 1), "
         f"{DEFAULT_MINUTES:g} min of 1 Hz telemetry from the performance model, as for the training rows. "
         f"Baselines as above; the training mean is the vTrain rows' mean measured Z. "
-        f"**Outside the training domain** ({trained}, Megatron layouts without sharding, sequence 1,024): "
-        f"{held_out.outside_domain} of {len(frame)} rows by the model's own domain check, and every row "
-        f"by what the check does not see (FSDP FULL_SHARD, FlashAttention; {gpus}; "
-        f"{_span(frame['n_gpus'])} GPUs on {_span(frame[HOSTS])} nodes; sequence {_span(frame['seq_len'])}). "
+        f"The model's training domain: {trained}. These rows: {gpus}; {_span(frame['n_gpus'])} GPUs on "
+        f"{_span(frame[HOSTS])} nodes; sequence {_span(frame['seq_len'])}; FSDP FULL_SHARD with "
+        f"FlashAttention. **Outside the training domain** by the model's own check: "
+        f"{held_out.outside_domain} of {len(frame)} rows. "
         "Scored: rows of studies with 2 or more configurations (one configuration has Z = 0 by definition).",
         "",
         "| set | rows | studies | scored rows (studies) | method | MAE (pp) | Spearman within studies "

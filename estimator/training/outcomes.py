@@ -21,6 +21,7 @@ import pandas as pd
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME
 from estimator.decision.breakeven import exploration_hours, r_explore, total_speedup_hours
 from estimator.features.extract import FEATURES
+from estimator.perfmodel.search import gain_percent
 from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = [
@@ -94,7 +95,7 @@ def learning_curves(studies: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
         # time-like: for throughput the time per unit of work is 1/v
         seconds = values if objective[study_id] == "time" else 1.0 / values
         best = pd.Series(seconds[first:]).cummin().to_numpy()
-        found = 100.0 * (1.0 - best / seconds[first])
+        found = gain_percent(best, seconds[first])
         final = found[-1]
         parts.append(
             pd.DataFrame(

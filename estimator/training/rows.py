@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 import numpy as np
@@ -31,9 +32,9 @@ from collectors import schema
 from collectors.errors import InputError, OutputError
 from collectors.util import zest_version
 from estimator.features import extract as features
-from estimator.features.extract import FEATURES, job_features, summarize_gpus
+from estimator.features.extract import FEATURES, HOST_COUNT, job_features, summarize_gpus
 from estimator.model.regressor import MODEL_FEATURES, ZeRegressor
-from estimator.perfmodel import calibration
+from estimator.perfmodel import calibration, search
 from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec, PerfConstants
 
@@ -47,8 +48,11 @@ __all__ = [
     "artifact_metadata",
     "fit_model",
     "measured_z_percent",
+    "model_rows",
     "read_study_data",
     "simulate_features",
+    "simulated_rows",
+    "training_domain",
     "training_rows",
 ]
 
@@ -66,10 +70,28 @@ STUDY: Final = "study"  # integer id of a study (rows sharing GROUP_KEYS), in so
 Z_PERCENT: Final = "z_percent"  # measured Z(c) in % of training time
 ITERATION_SECONDS: Final = "iteration_seconds"
 
+# What each training row is besides its features and label: whether its label was measured or simulated,
+# the set it is scored in, and where it lies (GPU type and count, sequence length: the model's domain).
+LABEL_SOURCE: Final = "label_source"
+MEASURED: Final = "measured"
+SIMULATED: Final = "simulated"
+SET: Final = "set"
+VTRAIN_SET: Final = "vTrain, one node"
+GPU_MODEL: Final = "gpu_model"
+NUM_GPUS: Final = "num_gpus"
+SEQUENCE_LENGTH: Final = "sequence_length"
+FAMILY: Final = "family"
+MEGATRON: Final = "megatron"
+FSDP: Final = "fsdp"
+#: The descriptive columns of every training row, measured or simulated, after FEATURES, STUDY, Z_PERCENT.
+DESCRIPTION: Final = (LABEL_SOURCE, GPU_MODEL, NUM_GPUS, SEQUENCE_LENGTH, FAMILY, SET)
+
 #: Telemetry simulated per configuration: short, since the per-second samples of these sub-second
 #: iterations are stationary; 1 Hz as a DCGM exporter scrapes.
 DEFAULT_MINUTES: Final = 3.0
 DEFAULT_SEED: Final = 20240101
+#: Simulated studies beside the measured ones (:func:`model_rows`): about 1,700 rows.
+DEFAULT_SIMULATED_STUDIES: Final = 200
 _START: Final = pd.Timestamp("2024-01-01T00:00:00Z")
 #: Bump when the recipe below changes in a way the cache key cannot see.
 _RECIPE_VERSION: Final = 1
@@ -128,7 +150,7 @@ def read_study_data(data_dir: str | Path) -> StudyData:
 def measured_z_percent(seconds: pd.Series, study: pd.Series) -> pd.Series:
     """Z(c) = 100 · (1 − t_best / t_c) within each study: the gain of tuning c to the study's best, in %."""
     best = seconds.groupby(study).transform("min")
-    return (100.0 * (1.0 - best / seconds)).rename(Z_PERCENT)
+    return pd.Series(search.gain_percent(best, seconds)).rename(Z_PERCENT)
 
 
 def job_specs(frame: pd.DataFrame) -> list[JobSpec]:
@@ -146,21 +168,73 @@ def simulate_features(
     return job_features(summarize_gpus(frame)).row
 
 
-def _cache_key(data: StudyData, constants: PerfConstants, minutes: float, seed: int) -> str:
+def _cache_key(recipe: Mapping[str, Any], *modules: ModuleType) -> str:
+    """A hash of the rows' ``recipe`` and of the code that simulates them (and of ``modules``)."""
     digest = hashlib.sha256()
-    for module in (perfmodel, features, schema):
+    for module in (perfmodel, features, schema, *modules):
         digest.update(Path(str(module.__file__)).read_bytes())
-    recipe = {
-        "data": data.sha256,
-        "constants": repr(constants),
-        "minutes": minutes,
-        "seed": seed,
-        "features": FEATURES,
-        "recipe": _RECIPE_VERSION,
-        "zest": zest_version(),
-    }
-    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    whole = {**recipe, "features": FEATURES, "recipe": _RECIPE_VERSION, "zest": zest_version()}
+    digest.update(json.dumps(whole, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def _read_cache(cache_dir: Path | None, name: str) -> tuple[pd.DataFrame | None, Path | None]:
+    """The rows kept as ``name`` in ``cache_dir`` (None when absent or damaged), and the file to keep
+    them in; the folder is made first, so a cache that cannot be written fails before the simulation."""
+    if cache_dir is None:
+        return None, None
+    cache_file = cache_dir / f"{name}.parquet"
+    if cache_file.is_file():
+        try:
+            return pd.read_parquet(cache_file), cache_file
+        except (OSError, ValueError):  # cut short or damaged (pyarrow's ArrowInvalid): simulated again
+            pass
+    _make_cache(cache_dir)
+    return None, cache_file
+
+
+def simulated_rows(
+    studies: int,
+    *,
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """The rows of ``studies`` simulated studies (:func:`estimator.training.simulated.simulated_studies`:
+    labels simulated), kept in ``cache_dir`` as :func:`training_rows` keeps its rows."""
+    from estimator.training import simulated
+
+    constants = {gpu: repr(perfmodel.load_constants(gpu)) for gpu in simulated.GPU_WEIGHTS}
+    recipe = {"studies": studies, "constants": constants, "minutes": minutes, "seed": seed}
+    key = _cache_key(recipe, simulated, search)
+    cached, cache_file = _read_cache(cache_dir, f"simulated_rows_{key}")
+    if cached is not None:
+        return cached
+    out = simulated.simulated_studies(studies, seed=seed, minutes=minutes, workers=workers)
+    _write_cache(out, cache_file, "simulated_rows_")
+    return out
+
+
+def model_rows(
+    data: StudyData,
+    *,
+    simulated_studies: int = DEFAULT_SIMULATED_STUDIES,
+    minutes: float = DEFAULT_MINUTES,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Every row the Z_e model learns from: the measured rows (:func:`training_rows`) and, after them,
+    those of ``simulated_studies`` simulated studies, whose study numbers follow the measured ones."""
+    measured = training_rows(data, minutes=minutes, seed=seed, cache_dir=cache_dir)
+    if simulated_studies < 1:
+        return measured
+    extra = simulated_rows(
+        simulated_studies, minutes=minutes, seed=seed, cache_dir=cache_dir, workers=workers
+    )
+    extra = extra.assign(**{STUDY: extra[STUDY] + int(measured[STUDY].max()) + 1})
+    return pd.concat([measured, extra[list(measured.columns)]], ignore_index=True)
 
 
 def training_rows(
@@ -178,15 +252,10 @@ def training_rows(
     writing new rows there removes the rows of other keys.
     """
     constants = perfmodel.load_constants(calibration.FITTED_GPU.key)
-    cache_file = None
-    if cache_dir is not None:
-        cache_file = cache_dir / f"training_rows_{_cache_key(data, constants, minutes, seed)}.parquet"
-        if cache_file.is_file():
-            try:
-                return pd.read_parquet(cache_file)
-            except (OSError, ValueError):  # cut short or damaged (pyarrow's ArrowInvalid): simulated again
-                pass
-        _make_cache(cache_dir)  # before the simulation: a cache that cannot be written fails at once
+    key = _cache_key({"data": data.sha256, "constants": repr(constants), "minutes": minutes, "seed": seed})
+    cached, cache_file = _read_cache(cache_dir, f"training_rows_{key}")
+    if cached is not None:
+        return cached
     frame = data.frame
     rows = [
         simulate_features(spec, constants, job_id=f"vtrain-{i}", minutes=minutes, seed=seed + i)
@@ -195,10 +264,22 @@ def training_rows(
     out = pd.DataFrame(rows, columns=list(FEATURES)).astype(np.float64).reset_index(drop=True)
     out[STUDY] = frame[STUDY].to_numpy()
     out[Z_PERCENT] = frame[Z_PERCENT].to_numpy()
+    out[LABEL_SOURCE] = MEASURED
+    out[GPU_MODEL] = calibration.FITTED_GPU.key
+    out[NUM_GPUS] = frame[GROUP_KEYS[0]].to_numpy(dtype=np.int64)
+    out[SEQUENCE_LENGTH] = frame["sequence length"].to_numpy(dtype=np.int64)
+    out[FAMILY] = MEGATRON
+    out[SET] = VTRAIN_SET
+    _write_cache(out, cache_file, "training_rows_")
+    return out
+
+
+def _write_cache(out: pd.DataFrame, cache_file: Path | None, prefix: str) -> None:
+    """Keep ``out`` in ``cache_file`` (Parquet), removing the other files of ``prefix`` in its folder."""
     if cache_file is not None:
         partial = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.partial")
         try:
-            for stale in cache_file.parent.glob("training_rows_*.parquet"):
+            for stale in cache_file.parent.glob(f"{prefix}*.parquet"):
                 stale.unlink()  # rows of older code or data, or a damaged file: never read again
             out.to_parquet(partial, index=False)
             os.replace(partial, cache_file)  # whole or not at all: a killed run leaves no half file
@@ -206,7 +287,6 @@ def training_rows(
             with contextlib.suppress(OSError):
                 partial.unlink(missing_ok=True)
             raise _cache_error(cache_file.parent, exc) from None
-    return out
 
 
 def _make_cache(cache_dir: Path) -> None:
@@ -239,31 +319,39 @@ def _rounded(value: Any) -> Any:
     return float(f"{value:.6g}") if isinstance(value, float) else value
 
 
-def training_domain(data: StudyData) -> dict[str, Any]:
-    """Where the model's rows lie: the GPU model they were simulated on, the GPU and host counts."""
-    gpus = data.frame[GROUP_KEYS[0]]  # "# GPUs"
+def training_domain(rows: pd.DataFrame) -> dict[str, Any]:
+    """Where the model's rows lie: the GPU models they were simulated on, the GPU and host counts and the
+    sequence lengths."""
+
+    def span(column: str) -> list[int]:
+        return [int(rows[column].min()), int(rows[column].max())]
+
     return {
-        "gpu_models": [calibration.FITTED_GPU.key],
-        "gpus": [int(gpus.min()), int(gpus.max())],
-        "hosts": [1, 1],
+        "gpu_models": sorted(str(g) for g in rows[GPU_MODEL].unique()),
+        "gpus": span(NUM_GPUS),
+        "hosts": span(HOST_COUNT),
+        "sequence_lengths": span(SEQUENCE_LENGTH),
     }
 
 
 def artifact_metadata(
     data: StudyData,
+    rows: pd.DataFrame,
     model: ZeRegressor,
     capture_shares: Mapping[str, Any],
     *,
     minutes: float = DEFAULT_MINUTES,
     seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
-    """The JSON shipped beside the model: features, coverage, provenance, capture shares; no date."""
+    """The JSON shipped beside the model: features, coverage, provenance, domain, capture shares; no date."""
     constants_path = perfmodel.DEFAULT_CONSTANTS_PATH
+    simulated = rows[rows[LABEL_SOURCE] == SIMULATED]
     return {
         "about": (
             "Z_e model of zest: Z, the share of training time a thorough tuning search saves, in % "
             "(0-100), with a low/mid/high interval, from a job's telemetry features. Features simulated "
-            "by estimator.perfmodel.iteration, labels measured (vTrain). Built by zest train."
+            "by estimator.perfmodel.iteration; labels measured (vTrain) and simulated (the performance "
+            "model's studies), each row saying which. Built by zest train."
         ),
         "zest_version": zest_version(),
         "model": {
@@ -271,26 +359,36 @@ def artifact_metadata(
             "params": {k: _rounded(v) for k, v in sorted(model.get_params().items())},
             "coverage": _rounded(float(model.coverage)),
             "interval": (
-                "conformalized quantile regression: quantile boosting at "
+                "normalized conformalized quantile regression: quantile boosting at "
                 f"{model.quantiles_[0]:.2g}/{model.quantiles_[1]:.2g}, widened by "
-                f"{model.interval_adjustment_:.3g} pp from out-of-fold misses, folds grouped by study"
+                f"{model.interval_adjustment_:.3g} pp x (1 + d / {model.distance_scale_:.3g}), d the job's "
+                "mean distance from its nearest training rows, from out-of-fold misses, folds grouped by "
+                "study"
             ),
         },
         "features": list(model.feature_names_in_),
-        "target": "z_percent: 100 * (1 - t_best / t_c) within a study, measured",
+        "target": "z_percent: 100 * (1 - t_best / t_c) within a study",
         "training_data": {
             "file": data.path.name,
             "sha256": data.sha256,
-            "rows": len(data.frame),
-            "studies": data.studies,
-            "labels": "measured iteration times (A100, Megatron-DeepSpeed, 2-8 GPUs in one node)",
+            "rows": len(rows),
+            "studies": int(rows[STUDY].nunique()),
+            "measured_rows": len(data.frame),
+            "measured_studies": data.studies,
+            "simulated_rows": len(simulated),
+            "simulated_studies": int(simulated[STUDY].nunique()),
+            "labels": (
+                "measured iteration times (A100, Megatron-DeepSpeed, 2-8 GPUs in one node) for the measured "
+                "rows; the performance model's iteration times for the simulated studies (A100/H100/H200, "
+                "1-512 GPUs, Megatron 3D layouts and FSDP)"
+            ),
             "features": (
-                f"simulated: {minutes:g} min of 1 Hz telemetry per configuration from the performance model "
-                f"({calibration.FITTED_GPU.key}, full recomputation, GPT-2 vocabulary padded for TP, as "
-                f"models/calibrate_perfmodel.py assumes), seeds {seed} + row number"
+                f"simulated: {minutes:g} min of 1 Hz telemetry per configuration from the performance model; "
+                f"measured rows as models/calibrate_perfmodel.py assumes ({calibration.FITTED_GPU.key}, full "
+                f"recomputation, GPT-2 vocabulary padded for TP), seeds {seed} + row number"
             ),
             "perfmodel_constants_sha256": hashlib.sha256(constants_path.read_bytes()).hexdigest(),
-            "domain": training_domain(data),
+            "domain": training_domain(rows),
             "source": (
                 "Bang, Choi, Kim, Kim and Rhu, 'vTrain: A Simulation Framework for Evaluating "
                 "Cost-effective and Compute-optimal Large Language Model Training', MICRO 2024; "

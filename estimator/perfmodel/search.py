@@ -1,0 +1,236 @@
+"""The parallel configurations of one training job, and the performance model's ranking of them.
+
+A job is its GPUs (type, count, ``gpus_per_node``, network rate) and its
+workload (model shape, sequence length, global batch, vocabulary); a
+*configuration* of it is how the workload is laid out on the GPUs. The one
+place that enumerates them: the performance model's own search, ``zest
+whatif`` and the simulated tuning studies all read :func:`layouts` and
+:func:`ranked`.
+
+The space is bounded so that a 512-GPU job ranks in well under a second:
+
+* tensor parallelism t: powers of two that divide the node, or a node times a
+  power of two (across nodes: allowed, and slow);
+* pipeline parallelism p: divisors of the layer count, without interleaving
+  (``pipeline_interleaving`` 1);
+* data parallelism d = num_gpus / (t·p);
+* micro-batch b: :data:`MICRO_BATCHES` (powers of two up to 16) such that b·d
+  divides the global batch;
+* recomputation: each of :data:`~estimator.perfmodel.iteration.RECOMPUTE_MODES`, less
+  "selective" with FlashAttention (the scores are not stored anyway: it is "none");
+* sharding: each of :data:`~estimator.perfmodel.iteration.SHARDING_MODES` when
+  d > 1, "none" when d = 1 (sharding over one replica is the same job);
+* sequence parallelism: off, and on when t > 1.
+
+Configurations that do not fit in GPU memory, or that :class:`JobSpec`
+refuses (heads not divisible by t, too many micro-batches), are left out.
+Every other field of the spec (attention kernel, vocabulary, network) is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+from estimator.perfmodel.iteration import (
+    RECOMPUTE_MODES,
+    SHARDING_MODES,
+    JobSpec,
+    PerfConstants,
+    SpecError,
+    iteration_seconds,
+    memory_bytes_per_gpu,
+)
+
+__all__ = [
+    "MICRO_BATCHES",
+    "SpaceSearch",
+    "describe_layout",
+    "layouts",
+    "pipeline_degrees",
+    "ranked",
+    "tensor_degrees",
+    "whole_space",
+]
+
+#: Micro-batch sizes searched: larger ones rarely fit and gain little once matmuls are large.
+MICRO_BATCHES: Final = (1, 2, 4, 8, 16)
+_SEQUENCE_PARALLEL: Final = (False, True)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def tensor_degrees(spec: JobSpec) -> list[int]:
+    """Tensor-parallel degrees t of ``spec``'s job: powers of two dividing the node, or node·2^k.
+
+    Each divides num_gpus and the attention heads.
+    """
+    node = spec.node_gpus
+    return [
+        t
+        for t in range(1, spec.num_gpus + 1)
+        if spec.num_gpus % t == 0
+        and spec.attention_heads % t == 0
+        and ((_is_power_of_two(t) and node % t == 0) or (t % node == 0 and _is_power_of_two(t // node)))
+    ]
+
+
+def pipeline_degrees(spec: JobSpec, tensor_parallel: int) -> list[int]:
+    """Pipeline-parallel degrees p: divisors of the layer count that divide num_gpus / t."""
+    rest = spec.num_gpus // tensor_parallel
+    return [p for p in range(1, min(rest, spec.num_layers) + 1) if rest % p == 0 and spec.num_layers % p == 0]
+
+
+def layouts(
+    spec: JobSpec,
+    *,
+    tensor_parallel: Collection[int] | None = None,
+    pipeline_parallel: Collection[int] | None = None,
+    micro_batch: Collection[int] = MICRO_BATCHES,
+    recompute: Collection[str] = RECOMPUTE_MODES,
+    sharding: Collection[str] = SHARDING_MODES,
+) -> list[JobSpec]:
+    """Every configuration of ``spec``'s job in the bounded space (module docstring) that fits in memory.
+
+    The keyword arguments narrow the space (None: every degree the job
+    allows); e.g. FSDP is ``tensor_parallel=(1,), pipeline_parallel=(1,),
+    sharding=("zero2", "full")``. ``spec`` itself comes first when it fits,
+    even if it lies outside the bounds; the rest follow in the order t, p, b,
+    recompute, sharding, sequence parallelism, without duplicates.
+    """
+    capacity = spec.gpu_spec.memory_total_bytes
+    if getattr(spec, "attention", "standard") == "flash":
+        recompute = [mode for mode in recompute if mode != "selective"]
+    found: dict[JobSpec, None] = {}  # an ordered set
+
+    def add(candidate: JobSpec) -> None:
+        if candidate not in found and memory_bytes_per_gpu(candidate) <= capacity:
+            found[candidate] = None
+
+    add(spec)
+    for t in tensor_degrees(spec):
+        if tensor_parallel is not None and t not in tensor_parallel:
+            continue
+        for p in pipeline_degrees(spec, t):
+            if pipeline_parallel is not None and p not in pipeline_parallel:
+                continue
+            d = spec.num_gpus // (t * p)
+            shardings = list(sharding) if d > 1 else ["none"]
+            for b in micro_batch:
+                if spec.global_batch % (b * d):
+                    continue
+                for mode in recompute:
+                    for shard in shardings:
+                        for sp in _SEQUENCE_PARALLEL if t > 1 else (False,):
+                            try:
+                                candidate = replace(
+                                    spec,
+                                    tensor_parallel=t,
+                                    pipeline_parallel=p,
+                                    data_parallel=d,
+                                    micro_batch=b,
+                                    recompute=mode,
+                                    sharding=shard,
+                                    sequence_parallel=sp,
+                                    pipeline_interleaving=1,
+                                )
+                            except SpecError:
+                                continue
+                            add(candidate)
+    return list(found)
+
+
+def ranked(
+    spec: JobSpec,
+    constants: PerfConstants,
+    *,
+    tensor_parallel: Collection[int] | None = None,
+    pipeline_parallel: Collection[int] | None = None,
+    micro_batch: Collection[int] = MICRO_BATCHES,
+    recompute: Collection[str] = RECOMPUTE_MODES,
+    sharding: Collection[str] = SHARDING_MODES,
+) -> list[tuple[JobSpec, float]]:
+    """The :func:`layouts` of ``spec`` with their predicted iteration seconds, fastest first.
+
+    Ties keep :func:`layouts`' order, so ``spec`` itself wins a tie.
+    """
+    candidates = layouts(
+        spec,
+        tensor_parallel=tensor_parallel,
+        pipeline_parallel=pipeline_parallel,
+        micro_batch=micro_batch,
+        recompute=recompute,
+        sharding=sharding,
+    )
+    timed = [(candidate, iteration_seconds(candidate, constants)) for candidate in candidates]
+    return sorted(timed, key=lambda pair: pair[1])
+
+
+def gain_percent(best_seconds: Any, seconds: Any) -> Any:
+    """Z: the share of time that tuning a configuration taking ``seconds`` to one taking ``best_seconds``
+    saves, 100 · (1 − t_best / t), in % (numbers or arrays alike). zest's one copy of the formula."""
+    return 100.0 * (1.0 - best_seconds / seconds)
+
+
+def describe_layout(spec: JobSpec) -> str:
+    """The layout of ``spec`` in one line: "t=4 p=2 d=8 b=2, recompute full, zero1, sequence parallel"."""
+    text = f"t={spec.tensor_parallel} p={spec.pipeline_parallel} d={spec.data_parallel} b={spec.micro_batch}"
+    if spec.pipeline_interleaving > 1:
+        text += f" v={spec.pipeline_interleaving}"
+    if spec.recompute != "none":
+        text += f", recompute {spec.recompute}"
+    if spec.sharding != "none":
+        text += f", {spec.sharding}" if spec.sharding.startswith("zero") else ", full sharding"
+    if spec.sequence_parallel:
+        text += ", sequence parallel"
+    return text
+
+
+@dataclass(frozen=True)
+class SpaceSearch:
+    """What the performance model's own search of a job's layout space finds (predicted, not measured)."""
+
+    spec: JobSpec  # the job as it runs
+    spec_seconds: float  # its predicted iteration time
+    best: JobSpec  # the fastest layout of :func:`layouts` (``spec`` itself when nothing beats it)
+    best_seconds: float
+    configurations: int  # layouts searched, ``spec`` included when it fits
+
+    @property
+    def speedup(self) -> float:
+        """How many times faster the best layout runs than the job's."""
+        return self.spec_seconds / self.best_seconds
+
+    @property
+    def z_percent(self) -> float:
+        """Z of the job's layout against the best: 100 · (1 − t_best / t_spec), in %."""
+        return float(gain_percent(self.best_seconds, self.spec_seconds))
+
+    def document(self) -> dict[str, Any]:
+        """The JSON form (``estimate-z --output json``'s ``whole_space``)."""
+        return {
+            "configurations": self.configurations,
+            "layout": describe_layout(self.spec),
+            "iteration_seconds": self.spec_seconds,
+            "best_layout": describe_layout(self.best),
+            "best_iteration_seconds": self.best_seconds,
+            "speedup": self.speedup,
+            "z_percent": self.z_percent,
+        }
+
+
+def whole_space(spec: JobSpec, constants: PerfConstants) -> SpaceSearch:
+    """The performance model's search of every layout of ``spec``'s job (:func:`ranked`, unnarrowed).
+
+    On a tie the job's own layout is the best (Z = 0). Its time is predicted
+    even when it does not fit in memory (:meth:`JobSpec.from_json` refuses such
+    a spec first); then the best is the fastest layout that fits, and Z may be
+    negative.
+    """
+    order = ranked(spec, constants)
+    own = iteration_seconds(spec, constants)
+    best, best_seconds = order[0] if order else (spec, own)
+    return SpaceSearch(spec, own, best, best_seconds, len(order))
