@@ -276,13 +276,50 @@ def test_missing_signals_are_named_in_the_notes() -> None:
     assert not any("widened for missing" in n for n in json.loads(full.stdout)["notes"])
 
 
-def test_a_job_outside_the_training_domain_is_named_as_such() -> None:
-    def notes(job: str) -> list[str]:
-        done = run("--job-id", job, "--source", "example", "--duration-hours", "100", "--output", "json")
-        assert done.returncode == 0, done.stderr
-        return [n for n in json.loads(done.stdout)["notes"] if n.startswith("outside the model's training")]
+def test_a_job_outside_the_training_domain_is_named_as_such(tmp_path: Path) -> None:
+    """1,024 H100s on 128 hosts at sequence 16,384: the model learned from 1-512 GPUs, sequence 1,024-8,192."""
+    spec = tmp_path / "big.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "gpu": "h100-sxm",
+                "num_gpus": 1024,
+                "hidden_size": 8192,
+                "attention_heads": 64,
+                "num_layers": 80,
+                "sequence_length": 16384,
+                "global_batch": 1024,
+                "micro_batch": 1,
+                "tensor_parallel": 8,
+                "pipeline_parallel": 8,
+                "data_parallel": 16,
+                "recompute": "full",
+                "attention": "flash",
+                "sharding": "zero1",
+            }
+        ),
+        encoding="utf-8",
+    )
+    capture = tmp_path / "big.parquet"
+    made = subprocess.run(
+        [sys.executable, "-m", "estimator.cli", "simulate", "--spec", str(spec), "--job-id", "big",
+         "--output", str(capture), "--minutes", "1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
 
-    (hopper,) = notes("gpt7b-h100-pp4")  # 16 H100s on 2 hosts; the model learned from 2-8 A100s in one node
-    assert "GPU model h100-sxm (trained on a100-80gb only)" in hopper
-    assert "16 GPUs (trained on 2-8)" in hopper and "2 hosts" in hopper
-    assert notes("gpt13b-a100-tp4") == []
+    def notes(*args: str) -> list[str]:
+        done = run(*args, "--duration-hours", "100", "--no-slurm", "--output", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["notes"]
+
+    big = notes("--job-id", "big", "--source", str(capture), "--spec", str(spec))
+    (outside,) = [n for n in big if n.startswith("outside the model's training")]
+    assert "1024 GPUs (trained on 1-512)" in outside and "128 hosts" in outside
+    assert "sequence length 16,384 (trained on 1,024-8,192)" in outside
+    (far,) = [n for n in big if n.startswith("distance from the training jobs")]
+    near = notes("--job-id", "gpt13b-a100-tp4", "--source", "example")
+    assert not any(n.startswith("outside the model's training") for n in near)
+    (close,) = [n for n in near if n.startswith("distance from the training jobs")]
+    widening = [float(n.rsplit(" is ", 1)[1].split("x ")[0]) for n in (close, far)]
+    assert widening[0] < widening[1]  # the farther job's interval is widened more

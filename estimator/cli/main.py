@@ -52,6 +52,7 @@ from estimator.reports.table import render_table, to_document
 if TYPE_CHECKING:
     from collectors.prometheus import PrometheusAuth
     from collectors.sources import Telemetry
+    from estimator.perfmodel.iteration import JobSpec
     from estimator.pipeline import JobEstimate
 
 # --- option types -------------------------------------------------------------
@@ -308,6 +309,7 @@ def estimate(
         costs=Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost),
         algorithms=tuple(chosen),
     )
+    spec = _job_spec(spec_path, source, job_id, notes)
     found: JobEstimate | None = None
     telemetry = None
     if job_id is not None and (needs_estimate or source is not None):
@@ -343,7 +345,12 @@ def estimate(
             notes.append(note)
         if found is not None:
             seen = found.features
-            note = domain_note(gpu_models, seen.get(GPU_COUNT, math.nan), seen.get(HOST_COUNT, math.nan))
+            note = domain_note(
+                gpu_models,
+                seen.get(GPU_COUNT, math.nan),
+                seen.get(HOST_COUNT, math.nan),
+                sequence_length=None if spec is None else spec.sequence_length,
+            )
             if note:
                 notes.append(note)
             if note := distance_note(pd.DataFrame([dict(seen)])):
@@ -368,7 +375,12 @@ def estimate(
 
         plot_breakeven(decision, plot, title=f"job {job_id}" if job_id else None)
         notes.append(f"chart written to {plot}")
-    whole_space = _whole_space(spec_path, source, job_id, notes)
+    whole_space = None
+    if spec is not None:
+        from estimator.perfmodel.iteration import load_constants
+        from estimator.perfmodel.search import whole_space as search_whole_space
+
+        whole_space = search_whole_space(spec, load_constants(spec.gpu)).document()
     document = to_document(
         decision,
         job_id=job_id,
@@ -385,11 +397,11 @@ def estimate(
         render_table(document, Console(width=max(Console().width, 132)))
 
 
-def _whole_space(
+def _job_spec(
     spec_path: Path | None, source: str | None, job_id: str | None, notes: list[str]
-) -> dict[str, Any] | None:
-    """The performance model's search of the job's layouts when its spec is given (or is a bundled
-    example's); None without one."""
+) -> JobSpec | None:
+    """The job's configuration: ``--spec``, else a bundled example's own; None without one. A bad spec is
+    refused (exit 2) before any telemetry is read."""
     if spec_path is None and source == EXAMPLE and job_id is not None:
         from collectors.sources import example_spec
 
@@ -398,11 +410,9 @@ def _whole_space(
             notes.append(f"job spec: {spec_path.name}, the bundled example's (--spec overrides)")
     if spec_path is None:
         return None
-    from estimator.perfmodel.iteration import JobSpec, load_constants
-    from estimator.perfmodel.search import whole_space
+    from estimator.perfmodel.iteration import JobSpec
 
-    spec = JobSpec.from_json(spec_path)
-    return whole_space(spec, load_constants(spec.gpu)).document()
+    return JobSpec.from_json(spec_path)
 
 
 def _shares(chosen: Sequence[AlgorithmChoice], notes: list[str]) -> CaptureShares:

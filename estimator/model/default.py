@@ -51,7 +51,10 @@ def model_origin() -> str:
         )
     if trained_model_path().is_file():
         return f"the model trained with zest train at {trained_model_path()}"
-    return "the shipped model: trained on simulated telemetry features and measured A100 tuning outcomes"
+    return (
+        "the shipped model: trained on simulated telemetry features, with measured A100 tuning outcomes and "
+        "the performance model's simulated A100/H100/H200 studies (1-512 GPUs)"
+    )
 
 
 def z_intervals_for(features: pd.DataFrame, model: LoadedModel | None = None) -> list[ZInterval]:

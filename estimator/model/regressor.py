@@ -39,7 +39,7 @@ import skops.io as sio
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import GroupKFold, KFold
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from collectors.errors import ModelError, OutputError
 from estimator.model.compiled import (
@@ -169,23 +169,27 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
             random_state=self.random_state,
         )
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> ZeRegressor:
-        """Fit the mid and quantile models and calibrate the interval; ``groups`` keeps studies whole."""
+    def fit(self, X: Any, y: Any, groups: Any = None, sample_weight: Any = None) -> ZeRegressor:
+        """Fit the mid and quantile models and calibrate the interval; ``groups`` keeps studies whole;
+        ``sample_weight``: each row's weight in the fits and in the interval's calibration."""
         if not 0.0 < self.coverage < 1.0:
             raise ValueError(f"coverage must be between 0 and 1, got {self.coverage!r}")
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", y_numeric=True, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
+        weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         tail = (1.0 - self.coverage) / 2.0
         self.quantiles_ = (tail, 1.0 - tail)
-        self.mid_ = self._booster(None).fit(X, y)
-        self.low_ = self._booster(self.quantiles_[0]).fit(X, y)
-        self.high_ = self._booster(self.quantiles_[1]).fit(X, y)
+        self.mid_ = self._booster(None).fit(X, y, sample_weight=weight)
+        self.low_ = self._booster(self.quantiles_[0]).fit(X, y, sample_weight=weight)
+        self.high_ = self._booster(self.quantiles_[1]).fit(X, y, sample_weight=weight)
         self.reference_ = X
-        self.interval_adjustment_, self.distance_scale_ = self._calibrate(X, y, groups)
+        self.interval_adjustment_, self.distance_scale_ = self._calibrate(X, y, groups, weight)
         self.n_iter_ = self.mid_.n_iter_
         return self
 
-    def _calibrate(self, X: FloatArray, y: FloatArray, groups: Any) -> tuple[float, float]:
+    def _calibrate(
+        self, X: FloatArray, y: FloatArray, groups: Any, weight: FloatArray
+    ) -> tuple[float, float]:
         """The widening per unit of difficulty that makes the quantile band cover ``coverage`` of out-of-fold
         rows (normalized CQR), and the difficulty's distance scale (0 when there are too few folds)."""
         splits: Iterator[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]
@@ -205,16 +209,18 @@ class ZeRegressor(RegressorMixin, BaseEstimator):
         misses = np.empty(len(y))
         distance = np.empty(len(y))
         for train, test in splits:
-            mid = self._booster(None).fit(X[train], y[train]).predict(X[test])
-            low = self._booster(self.quantiles_[0]).fit(X[train], y[train]).predict(X[test])
-            high = self._booster(self.quantiles_[1]).fit(X[train], y[train]).predict(X[test])
+            fold = {"X": X[train], "y": y[train], "sample_weight": weight[train]}
+            mid = self._booster(None).fit(**fold).predict(X[test])
+            low = self._booster(self.quantiles_[0]).fit(**fold).predict(X[test])
+            high = self._booster(self.quantiles_[1]).fit(**fold).predict(X[test])
             low, high = quantile_band(mid, low, high)
             misses[test] = np.maximum(low - y[test], y[test] - high)
             distance[test] = neighbour_distance(X[train], X[test])
         scale = float(np.median(distance))
         scores = misses / difficulty(distance, scale)
+        # the ⌈(n + 1)·coverage⌉-th smallest score (split conformal), each row counted by its weight
         level = min(1.0, math.ceil((len(y) + 1) * self.coverage) / len(y))
-        return float(np.quantile(scores, level, method="higher")), scale
+        return float(np.quantile(scores, level, weights=weight, method="inverted_cdf")), scale
 
     def predict(self, X: Any) -> FloatArray:
         """Z in % for each row, in [0, 100)."""

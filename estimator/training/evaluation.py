@@ -43,6 +43,7 @@ from estimator.training.rows import (
     StudyData,
     job_specs,
     measured_z_percent,
+    row_weights,
 )
 
 __all__ = [
@@ -126,6 +127,7 @@ def cross_validated_predictions(
     studies = rows[STUDY].to_numpy()
     y = rows[Z_PERCENT].to_numpy(dtype=np.float64)
     X = rows[list(MODEL_FEATURES)]
+    weights = row_weights(rows)
     out = pd.DataFrame(
         {STUDY: studies, SET: rows[SET].to_numpy(), LABEL_SOURCE: rows[LABEL_SOURCE].to_numpy()}
     )
@@ -133,7 +135,7 @@ def cross_validated_predictions(
     low, mid, high, mean = (np.full(len(rows), np.nan) for _ in range(4))
     n_folds = min(folds, len(np.unique(studies)))
     for train, test in GroupKFold(n_splits=n_folds).split(X, y, studies):
-        model = make_model().fit(X.iloc[train], y[train], groups=studies[train])
+        model = make_model().fit(X.iloc[train], y[train], groups=studies[train], sample_weight=weights[train])
         low[test], mid[test], high[test] = model.predict_interval(X.iloc[test])
         mean[test] = y[train].mean()
     out[LOW] = low
@@ -430,7 +432,12 @@ def held_out_groups(rows: pd.DataFrame, make_model: Callable[[], ZeRegressor] = 
         out = select(rows).to_numpy()
         if not out.any() or out.all():
             continue
-        model = make_model().fit(X[~out], rows.loc[~out, Z_PERCENT], groups=rows.loc[~out, STUDY])
+        model = make_model().fit(
+            X[~out],
+            rows.loc[~out, Z_PERCENT],
+            groups=rows.loc[~out, STUDY],
+            sample_weight=row_weights(rows[~out]),
+        )
         low, mid, high = model.predict_interval(X[out])
         truth = rows.loc[out, Z_PERCENT].to_numpy()
         entries.append(

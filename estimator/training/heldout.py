@@ -51,6 +51,8 @@ from estimator.training.evaluation import (
 from estimator.training.rows import (
     DEFAULT_MINUTES,
     DEFAULT_SEED,
+    LABEL_SOURCE,
+    MEASURED,
     STUDY,
     Z_PERCENT,
     DataError,
@@ -233,10 +235,10 @@ def held_out_predictions(
     return out
 
 
-def _score_set(name: str, predictions: pd.DataFrame) -> list[dict[str, Any]]:
-    """One entry per method: scored on the rows of studies with 2 or more configurations."""
-    sizes = predictions.groupby(STUDY)[STUDY].transform("size")
-    scored = predictions[sizes >= 2]
+def _score_set(name: str, predictions: pd.DataFrame, sizes: pd.Series) -> list[dict[str, Any]]:
+    """One entry per method: scored on the rows of studies with 2 or more configurations (``sizes``: each
+    row's study size over every set, as a study may hold rows of both)."""
+    scored = predictions[sizes.loc[predictions.index] >= 2]
     return [
         {
             "set": name,
@@ -264,8 +266,9 @@ def score_held_out(predictions: pd.DataFrame) -> pd.DataFrame:
     ]
     if len(sets) > 1:
         sets.append((ALL_ROWS, predictions))
+    sizes = predictions.groupby(STUDY)[STUDY].transform("size")
     return pd.DataFrame(
-        [entry for name, group in sets for entry in _score_set(name, group)],
+        [entry for name, group in sets for entry in _score_set(name, group, sizes)],
         columns=[
             "set",
             "rows",
@@ -360,8 +363,9 @@ def render_held_out_markdown(
     ]
     if cross_validated is not None:
         cv = cross_validated
+        measured = cv.predictions[cv.predictions[LABEL_SOURCE] == MEASURED]
         for method, (_, row) in zip(METHODS, cv.table.iterrows(), strict=True):
-            rhos = int(within_study_spearman(cv.predictions, method).notna().sum())
+            rhos = int(within_study_spearman(measured, method).notna().sum())
             lines.append(
                 f"| vTrain, one node (cross-validated) | {cv.rows} | {cv.studies} | {cv.rows} "
                 f"({cv.studies}) | {row['method']} | {fmt_number(row['mae_pp'])} | "

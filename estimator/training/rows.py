@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from collectors import schema
@@ -83,6 +84,11 @@ SEQUENCE_LENGTH: Final = "sequence_length"
 FAMILY: Final = "family"
 MEGATRON: Final = "megatron"
 FSDP: Final = "fsdp"
+#: Weight of a row with a measured label against one with a simulated label, in the fits and the interval's
+#: calibration: the measured studies are the truth the simulated ones stand in for. Chosen on the
+#: measured rows' cross-validated error: weight 1 gave MAE 6.15 pp there, 3 gave 5.34 (the simulated
+#: rows' error unchanged, 8.6 pp).
+MEASURED_WEIGHT: Final = 3.0
 #: The descriptive columns of every training row, measured or simulated, after FEATURES, STUDY, Z_PERCENT.
 DESCRIPTION: Final = (LABEL_SOURCE, GPU_MODEL, NUM_GPUS, SEQUENCE_LENGTH, FAMILY, SET)
 
@@ -309,10 +315,18 @@ def _cache_error(cache_dir: Path, exc: OSError) -> OutputError:
     )
 
 
+def row_weights(rows: pd.DataFrame) -> npt.NDArray[np.float64]:
+    """Each training row's weight: :data:`MEASURED_WEIGHT` for a measured label, 1 for a simulated one."""
+    return np.where(rows[LABEL_SOURCE] == MEASURED, MEASURED_WEIGHT, 1.0)
+
+
 def fit_model(rows: pd.DataFrame, model: ZeRegressor | None = None) -> ZeRegressor:
-    """Fit ``model`` (default :class:`ZeRegressor`) on training rows; its calibration keeps studies whole."""
+    """Fit ``model`` (default :class:`ZeRegressor`) on training rows, measured ones weighted
+    (:func:`row_weights`); its calibration keeps studies whole."""
     model = ZeRegressor() if model is None else model
-    return model.fit(rows[list(MODEL_FEATURES)], rows[Z_PERCENT], groups=rows[STUDY])
+    return model.fit(
+        rows[list(MODEL_FEATURES)], rows[Z_PERCENT], groups=rows[STUDY], sample_weight=row_weights(rows)
+    )
 
 
 def _rounded(value: Any) -> Any:
