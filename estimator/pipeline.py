@@ -20,6 +20,7 @@ from collectors.errors import JobNotFound
 from collectors.schema import JOB_ID
 from estimator.decision.algorithms import CaptureShares, Plan, weigh
 from estimator.decision.breakeven import Decision, ZInterval
+from estimator.features.diagnoses import Diagnosis, diagnose
 from estimator.features.extract import GPU_COUNT, feature_notes, features_frame, summarize_gpus
 
 if TYPE_CHECKING:  # the sources' readers are not needed to chain the stages
@@ -33,13 +34,15 @@ PlanFor = Callable[[str], Plan | None]
 
 @dataclass(frozen=True)
 class JobEstimate:
-    """What the chain found for one job: its features, Z_e when asked, and the decision when planned."""
+    """What the chain found for one job: its features, their named diagnoses, Z_e when asked, and the
+    decision when planned."""
 
     job_id: str
     features: Mapping[str, float]
     z_percent: ZInterval | None = None
     decision: Decision | None = None
     notes: tuple[str, ...] = field(default=())
+    diagnoses: tuple[Diagnosis, ...] = field(default=())
 
     @property
     def gpus_seen(self) -> float:
@@ -75,6 +78,7 @@ def estimate(
     is weighed when ``plan_for`` gives it a plan (``shares`` then needed).
     ``with_notes`` adds what each job's features rest on (window, missing
     signals, stragglers), against ``requested_window_seconds`` when given.
+    Every job gets the diagnoses of :mod:`estimator.features.diagnoses` (cheap).
     """
     features = features_frame(summary)
     plans = {str(job): plan_for(str(job)) if plan_for is not None else None for job in features.index}
@@ -97,5 +101,5 @@ def estimate(
         notes: tuple[str, ...] = ()
         if by_job is not None:
             notes = tuple(feature_notes(row, by_job.get_group(job_id), requested_window_seconds))
-        out.append(JobEstimate(str(job_id), values, z, decision, notes))
+        out.append(JobEstimate(str(job_id), values, z, decision, notes, diagnose(values)))
     return out

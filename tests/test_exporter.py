@@ -33,6 +33,7 @@ from estimator.cli.main import main
 from estimator.cli.options import HPC_JOB_MAPPING_DIR_ENV
 from estimator.cli.serve import make_source, parse_listen, serve
 from estimator.decision.algorithms import capture_shares
+from estimator.features.diagnoses import RULE_NAMES
 from estimator.features.extract import features_frame, summarize_gpus
 from estimator.model.default import default_model, z_intervals_for
 from estimator.serving import http as http_module
@@ -177,6 +178,13 @@ def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
     )
     assert samples(text, "zest_gpu_sm_active_ratio")  # per-GPU series are on by default
     assert len(samples(text, "zest_job_idle_share_ratio")) == len(example_jobs())
+    diagnoses = samples(text, "zest_job_diagnosis")  # every rule of every job checked: 1 or 0
+    for estimate in snapshot.jobs:
+        found = {d.name for d in estimate.diagnoses}
+        assert {
+            rule: diagnoses[(("diagnosis", rule), ("job_id", estimate.job_id))] for rule in RULE_NAMES
+        } == {rule: float(rule in found) for rule in RULE_NAMES}
+    assert len(diagnoses) == len(example_jobs()) * len(RULE_NAMES)
 
 
 def samples_python(text: str) -> str:

@@ -54,6 +54,12 @@ def test_dashboard_structure(name: str) -> None:
             assert target["expr"].strip()
 
 
+def test_fleet_dashboard_shows_the_diagnoses() -> None:
+    exprs = [t["expr"] for t in targets(DASHBOARDS["zest-fleet.json"])]
+    assert f"sum by ({metrics.ZEST_DIAGNOSIS_LABEL}) ({metrics.ZEST_DIAGNOSIS})" in exprs  # jobs per rule
+    assert f"{metrics.ZEST_DIAGNOSIS} == 1" in exprs  # which job shows which pattern
+
+
 def test_job_dashboard_has_a_job_variable_used_by_every_query() -> None:
     dashboard = DASHBOARDS["zest-job.json"]
     job = next(v for v in dashboard["templating"]["list"] if v["name"] == "job")

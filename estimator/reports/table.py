@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from estimator.decision.breakeven import Assessment, Decision, ZInterval
+from estimator.features.diagnoses import Diagnosis
 
 SCHEMA_VERSION = 1
 
@@ -57,8 +58,12 @@ def to_document(
     telemetry: Mapping[str, Any] | None = None,
     z_relative_to: str | None = None,
     whole_space: Mapping[str, Any] | None = None,
+    diagnoses: Sequence[Diagnosis] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document of ``estimate-z --output json`` (schema in the README)."""
+    """The JSON document of ``estimate-z --output json`` (schema in the README).
+
+    ``diagnoses``: what the job's telemetry shows (None: no telemetry read, null in JSON).
+    """
     job, costs = decision.job, decision.costs
     return {
         "schema_version": SCHEMA_VERSION,
@@ -78,6 +83,9 @@ def to_document(
         "algorithms": [_algorithm(a) for a in decision.assessments],
         "recommendation": decision.recommendation,
         "telemetry": dict(telemetry) if telemetry is not None else None,
+        "diagnoses": None
+        if diagnoses is None
+        else [{"name": d.name, "evidence": d.evidence, "suggestion": d.suggestion} for d in diagnoses],
         "notes": list(notes),
     }
 
@@ -104,7 +112,7 @@ _VERDICT_STYLE = {"proceed": "bold green", "marginal": "yellow", "does-not-pay":
 
 
 def render_table(document: Mapping[str, Any], console: Console) -> None:
-    """Print the document for a person: inputs, one row per algorithm, recommendation, notes."""
+    """Print the document for a person: inputs, one row per algorithm, recommendation, diagnoses, notes."""
     inputs = document["inputs"]
     head = (
         f"job {document['job_id'] or '-'}: T = {fmt(inputs['duration_hours'])} h on "
@@ -170,5 +178,11 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
         else "recommendation: none pays off; do not tune",
         highlight=False,
     )
+    for diagnosis in document.get("diagnoses") or ():
+        console.print(
+            f"diagnosis: {diagnosis['name']}: {diagnosis['evidence']} → {diagnosis['suggestion']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for note in document["notes"]:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)

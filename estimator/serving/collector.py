@@ -34,6 +34,7 @@ from collectors.util import zest_version
 from estimator import pipeline
 from estimator.decision.algorithms import CaptureShares
 from estimator.decision.breakeven import Verdict
+from estimator.features.diagnoses import checked_rules
 from estimator.features.extract import FEATURES
 from estimator.pipeline import JobEstimate, ZEstimator
 from estimator.serving import metrics as m
@@ -286,8 +287,17 @@ class ZestCollector(Collector):
         features = {
             f: GaugeMetricFamily(m.zest_feature_metric(f), _feature_help(f), labels=[job]) for f in FEATURES
         }
+        diagnosis = GaugeMetricFamily(
+            m.ZEST_DIAGNOSIS,
+            "1 when the named diagnosis fits the job's telemetry, 0 when checked and not seen "
+            "(no series: its signals are missing)",
+            labels=[job, m.ZEST_DIAGNOSIS_LABEL],
+        )
         for estimate in jobs:
             jid, z_percent, decision = estimate.job_id, estimate.z_percent, estimate.decision
+            found = {d.name for d in estimate.diagnoses}
+            for rule in checked_rules(estimate.features):
+                diagnosis.add_metric([jid, rule], 1.0 if rule in found else 0.0)
             if z_percent is None or decision is None:
                 continue  # a job the pipeline did not weigh has no break-even series
             for bound, value in zip(BOUNDS, (z_percent.low, z_percent.mid, z_percent.high), strict=True):
@@ -312,7 +322,7 @@ class ZestCollector(Collector):
                 if not math.isnan(value):
                     family.add_metric([jid], value)
         yield from (z, duration, reuse, gpus, at_stake, z_break, r_break, exploration, saving, verdict)
-        yield recommended
+        yield from (recommended, diagnosis)
         yield from features.values()
 
     def _gpu_metrics(self, means: pd.DataFrame) -> Iterator[Metric]:

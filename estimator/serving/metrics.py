@@ -19,6 +19,7 @@ ZEST_REASON_LABEL = "reason"
 ZEST_HOST_LABEL = "host"
 ZEST_GPU_LABEL = "gpu"
 ZEST_GPU_MODEL_LABEL = "gpu_model"
+ZEST_DIAGNOSIS_LABEL = "diagnosis"  # a rule of estimator.features.diagnoses ("input-bound")
 
 ZEST_BUILD_INFO = "zest_build_info"
 ZEST_CYCLE_DURATION = "zest_cycle_duration_seconds"
@@ -40,6 +41,7 @@ ZEST_NET_SAVING = "zest_job_net_saving_gpu_seconds"
 ZEST_VERDICT = "zest_job_verdict"
 ZEST_RECOMMENDED = "zest_job_recommended"
 ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"  # G · T · R: the GPU time tuning acts on
+ZEST_DIAGNOSIS = "zest_job_diagnosis"  # 1: the rule fires, 0: checked and silent; absent: not checkable
 
 
 def zest_feature_metric(feature: str) -> str:
