@@ -252,6 +252,25 @@ class Slurm:
             raise SlurmJobNotFound(f"Slurm knows no job {job_id}: check the id with squeue or sacct")
         return job_from_sacct(row, expand=self.hostnames)
 
+    def batch_script(self, job_id: str) -> str:
+        """The batch script job ``job_id`` was submitted with (``scontrol write batch_script ID -``).
+
+        Raises :class:`SlurmJobNotFound` (unknown id, or a job the controller no longer holds),
+        :class:`SlurmUnavailable`, :class:`SlurmQueryError`, :class:`SlurmPermissionDenied`.
+        """
+        job_id = job_id.strip()
+        if not _JOB_ID.match(job_id):
+            raise SlurmJobNotFound(
+                f"{job_id!r} is not a Slurm job id: give the number squeue shows (e.g. 1234 or 1234_5)"
+            )
+        done = self._run(["scontrol", "write", "batch_script", job_id, "-"], job_query=True)
+        if done.returncode != 0 or not done.stdout.strip():
+            raise SlurmJobNotFound(
+                f"Slurm has no batch script of job {job_id}: an unknown id, a job no longer held by the "
+                "controller, or one started with srun (no script); give the command line with --megatron-args"
+            )
+        return done.stdout
+
     def hostnames(self, hostlist: str) -> tuple[str, ...]:
         """The host names of a hostlist (``node[01-03],gpu7``), expanded by ``scontrol show hostnames``."""
         if hostlist in _NULL_TEXT:

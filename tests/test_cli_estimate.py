@@ -277,7 +277,7 @@ def test_missing_signals_are_named_in_the_notes() -> None:
 
 
 def test_a_job_outside_the_training_domain_is_named_as_such(tmp_path: Path) -> None:
-    """1,024 H100s on 128 hosts at sequence 16,384: the model learned from 1-512 GPUs, sequence 1,024-8,192."""
+    """1,024 H100s on 128 hosts at sequence 16,384; the model learned from 1-512 GPUs at 1,024-8,192."""
     spec = tmp_path / "big.json"
     spec.write_text(
         json.dumps(

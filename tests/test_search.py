@@ -177,3 +177,34 @@ def test_describe_layout_names_what_is_not_the_default() -> None:
     spec = job(sharding="zero1", sequence_parallel=True, pipeline_interleaving=3, num_layers=24)
     assert describe_layout(spec) == "t=2 p=2 d=4 b=2 v=3, zero1, sequence parallel"
     assert describe_layout(job(sharding="full")) == "t=2 p=2 d=4 b=2, full sharding"
+
+
+def test_ranking_check_scores_the_top_picks_against_the_measured_best() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from estimator.perfmodel.calibration import GROUP_KEYS, MEASURED
+    from estimator.perfmodel.ranking_check import ranking_check, study_picks
+
+    def study(gpus: int, measured_ms: list[float]) -> pd.DataFrame:
+        return pd.DataFrame({**dict.fromkeys(GROUP_KEYS, 1), "# GPUs": gpus, MEASURED: measured_ms})
+
+    vtrain = pd.concat([study(2, [100.0, 110.0, 150.0, 200.0]), study(4, [100.0, 120.0])], ignore_index=True)
+    # study 2: the model's pick is the measured 110 ms (+10 %), the best is its 2nd; study 4: found
+    predicted = np.array([0.5, 0.4, 0.6, 0.7, 0.1, 0.2])
+    picks = study_picks(vtrain, predicted)
+    assert picks["top1_regret_percent"].tolist() == pytest.approx([10.0, 0.0])
+    assert picks["top3_holds_best"].tolist() == [True, True]
+    check = ranking_check(picks)
+    assert (check.studies, check.larger_studies) == (2, 1)
+    assert check.top1_regret_median_percent == pytest.approx(5.0)
+    assert check.top1_is_best_ratio == 0.5
+
+
+def test_candidates_keep_their_index_and_the_earlier_wins_a_tie(a100: PerfConstants) -> None:
+    from estimator.perfmodel.search import rank_candidates
+
+    fast = job(tensor_parallel=1, pipeline_parallel=1, data_parallel=16, micro_batch=4)
+    order = rank_candidates([job(), fast, job()], lambda gpu: a100)
+    assert [r.index for r in order] == [1, 0, 2]
+    assert order[0].iteration_seconds == pytest.approx(pm.iteration_seconds(fast, a100))

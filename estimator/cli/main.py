@@ -164,6 +164,7 @@ class LazyGroup(click.Group):
         "serve": "estimator.cli.serve:serve",
         "record": "estimator.cli.outcomes:record",
         "history": "estimator.cli.outcomes:history_command",
+        "whatif": "estimator.cli.whatif:whatif",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -390,6 +391,7 @@ def estimate(
         telemetry=None if found is None or telemetry is None else telemetry_document(telemetry.source, found),
         z_relative_to=Z_E_RELATIVE_TO if needs_estimate else None,
         whole_space=whole_space,
+        diagnoses=None if found is None else found.diagnoses,
     )
     if output == "json":
         click.echo(json.dumps(document, indent=2))

@@ -5,6 +5,7 @@ Library code; ``models/calibrate_perfmodel.py`` is the thin script that runs
 
     python models/calibrate_perfmodel.py [--data DIR] [--shared DIR] [--out FILE] [--folds K] [--no-cv]
     python models/calibrate_perfmodel.py --held-out [--shared DIR]
+    python models/calibrate_perfmodel.py --ranking [--data DIR] [--shared DIR]
 
 Three measured data sets, read from the shared data folder and never copied
 into this repository (see each one's README for provenance):
@@ -603,7 +604,14 @@ def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: 
         action="store_true",
         help="print the error of the written constants on llm-foundry and torchtitan (writes nothing)",
     )
+    parser.add_argument(
+        "--ranking",
+        action="store_true",
+        help="print how well the held-out model ranks each vTrain study's configurations (writes nothing)",
+    )
     args = parser.parse_args(argv)
+    if args.ranking:
+        return _print_ranking(args.data, args.shared, args.out, args.folds, args.processes)
     if args.held_out:
         try:
             predictions = held_out_predictions(args.shared, args.out if args.out.is_file() else None)
@@ -636,6 +644,27 @@ def main(argv: Sequence[str] | None = None, *, default_data: Path, default_out: 
     for gpu in fitted:
         print(f"constants of {gpu}: {doc['constants'][gpu]}")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _print_ranking(data_dir: Path, shared: Path, constants_path: Path, folds: int, processes: int) -> int:
+    """``--ranking``: the top-1 / top-3 figures of :mod:`estimator.perfmodel.ranking_check`, as Markdown."""
+    from estimator.perfmodel.ranking_check import ranking_check, ranking_markdown, study_picks
+
+    try:
+        data = calibration_set(data_dir, shared)
+        vtrain = read_measurements(data_dir)
+        shipped = load_constants(FITTED_GPU.key, constants_path) if constants_path.is_file() else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cv = grouped_cross_validation(data, folds, processes)
+    rows = np.flatnonzero((data.frame["study"] == "vtrain").to_numpy())
+    held_out = ranking_check(study_picks(vtrain, cv["predicted_seconds"].to_numpy()[rows]))
+    in_sample = None
+    if shipped is not None:
+        in_sample = ranking_check(study_picks(vtrain, predict_seconds(specs_of(vtrain), shipped)))
+    print(ranking_markdown(held_out, in_sample), end="")
     return 0
 
 

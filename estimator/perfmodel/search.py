@@ -11,8 +11,10 @@ The space is bounded so that a 512-GPU job ranks in well under a second:
 
 * tensor parallelism t: powers of two that divide the node, or a node times a
   power of two (across nodes: allowed, and slow);
-* pipeline parallelism p: divisors of the layer count, without interleaving
-  (``pipeline_interleaving`` 1);
+* pipeline parallelism p: divisors of the layer count; by default without
+  interleaving (``pipeline_interleaving`` 1), and with ``interleaving=``
+  (``zest whatif``: :data:`INTERLEAVINGS`) each virtual-stage count v where
+  p > 1, v·p divides the layers and p divides the micro-batches;
 * data parallelism d = num_gpus / (t·p);
 * micro-batch b: :data:`MICRO_BATCHES` (powers of two up to 16) such that b·d
   divides the global batch;
@@ -29,11 +31,14 @@ Every other field of the spec (attention kernel, vocabulary, network) is kept.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import json
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Final
 
 from estimator.perfmodel.iteration import (
+    DEFAULT_CONSTANTS_PATH,
     RECOMPUTE_MODES,
     SHARDING_MODES,
     JobSpec,
@@ -44,18 +49,28 @@ from estimator.perfmodel.iteration import (
 )
 
 __all__ = [
+    "INTERLEAVINGS",
     "MICRO_BATCHES",
+    "HeldOutError",
+    "Ranked",
     "SpaceSearch",
     "describe_layout",
+    "held_out_error",
     "layouts",
     "pipeline_degrees",
+    "rank_candidates",
     "ranked",
+    "search_ranked",
     "tensor_degrees",
     "whole_space",
 ]
 
 #: Micro-batch sizes searched: larger ones rarely fit and gain little once matmuls are large.
 MICRO_BATCHES: Final = (1, 2, 4, 8, 16)
+#: Virtual pipeline stages per GPU ``zest whatif`` searches (Megatron's interleaved 1F1B schedule).
+#: :func:`layouts` searches only v = 1 unless asked: the simulated training studies call it, and their
+#: rows must not change with the search ``zest whatif`` runs.
+INTERLEAVINGS: Final = (1, 2, 4)
 _SEQUENCE_PARALLEL: Final = (False, True)
 
 
@@ -92,19 +107,22 @@ def layouts(
     micro_batch: Collection[int] = MICRO_BATCHES,
     recompute: Collection[str] = RECOMPUTE_MODES,
     sharding: Collection[str] = SHARDING_MODES,
+    interleaving: Collection[int] = (1,),
 ) -> list[JobSpec]:
     """Every configuration of ``spec``'s job in the bounded space (module docstring) that fits in memory.
 
     The keyword arguments narrow the space (None: every degree the job
     allows); e.g. FSDP is ``tensor_parallel=(1,), pipeline_parallel=(1,),
-    sharding=("zero2", "full")``. ``spec`` itself comes first when it fits,
-    even if it lies outside the bounds; the rest follow in the order t, p, b,
-    recompute, sharding, sequence parallelism, without duplicates.
+    sharding=("zero2", "full")``; ``interleaving`` is the virtual-stage counts
+    v tried where p > 1, besides v = 1 (default: v = 1 only). ``spec`` itself comes first when
+    it fits, even if it lies outside the bounds; the rest follow in the order t,
+    p, b, recompute, sharding, sequence parallelism, v, without duplicates.
     """
     capacity = spec.gpu_spec.memory_total_bytes
     if getattr(spec, "attention", "standard") == "flash":
         recompute = [mode for mode in recompute if mode != "selective"]
     found: dict[JobSpec, None] = {}  # an ordered set
+    interleavings = sorted({1, *interleaving})
 
     def add(candidate: JobSpec) -> None:
         if candidate not in found and memory_bytes_per_gpu(candidate) <= capacity:
@@ -125,21 +143,22 @@ def layouts(
                 for mode in recompute:
                     for shard in shardings:
                         for sp in _SEQUENCE_PARALLEL if t > 1 else (False,):
-                            try:
-                                candidate = replace(
-                                    spec,
-                                    tensor_parallel=t,
-                                    pipeline_parallel=p,
-                                    data_parallel=d,
-                                    micro_batch=b,
-                                    recompute=mode,
-                                    sharding=shard,
-                                    sequence_parallel=sp,
-                                    pipeline_interleaving=1,
-                                )
-                            except SpecError:
-                                continue
-                            add(candidate)
+                            for v in interleavings if p > 1 else (1,):
+                                try:
+                                    candidate = replace(
+                                        spec,
+                                        tensor_parallel=t,
+                                        pipeline_parallel=p,
+                                        data_parallel=d,
+                                        micro_batch=b,
+                                        recompute=mode,
+                                        sharding=shard,
+                                        sequence_parallel=sp,
+                                        pipeline_interleaving=v,
+                                    )
+                                except SpecError:
+                                    continue
+                                add(candidate)
     return list(found)
 
 
@@ -152,6 +171,7 @@ def ranked(
     micro_batch: Collection[int] = MICRO_BATCHES,
     recompute: Collection[str] = RECOMPUTE_MODES,
     sharding: Collection[str] = SHARDING_MODES,
+    interleaving: Collection[int] = (1,),
 ) -> list[tuple[JobSpec, float]]:
     """The :func:`layouts` of ``spec`` with their predicted iteration seconds, fastest first.
 
@@ -164,6 +184,7 @@ def ranked(
         micro_batch=micro_batch,
         recompute=recompute,
         sharding=sharding,
+        interleaving=interleaving,
     )
     timed = [(candidate, iteration_seconds(candidate, constants)) for candidate in candidates]
     return sorted(timed, key=lambda pair: pair[1])
@@ -234,3 +255,68 @@ def whole_space(spec: JobSpec, constants: PerfConstants) -> SpaceSearch:
     own = iteration_seconds(spec, constants)
     best, best_seconds = order[0] if order else (spec, own)
     return SpaceSearch(spec, own, best, best_seconds, len(order))
+
+
+# --- zest whatif: the ranked configurations ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One configuration as ``zest whatif`` ranks it: predicted, not measured."""
+
+    spec: JobSpec
+    iteration_seconds: float
+    memory_bytes_per_gpu: float
+    index: int | None = None  # its 0-based line in a candidates file; None for the searched space
+
+
+def search_ranked(spec: JobSpec, constants: PerfConstants) -> list[Ranked]:
+    """Every configuration of ``spec``'s job that fits (:func:`layouts` with :data:`INTERLEAVINGS`), fastest
+    first: same GPUs and global batch; t, p, v, b, recomputation, sharding and sequence parallelism vary."""
+    return [
+        Ranked(candidate, seconds, memory_bytes_per_gpu(candidate))
+        for candidate, seconds in ranked(spec, constants, interleaving=INTERLEAVINGS)
+    ]
+
+
+def rank_candidates(
+    candidates: Sequence[JobSpec], constants_for: Callable[[str], PerfConstants]
+) -> list[Ranked]:
+    """The given configurations, fastest first (ties: the earlier one first), each with its 0-based index
+    in ``candidates``; ``constants_for(gpu)`` gives a GPU type's constants."""
+    constants: dict[str, PerfConstants] = {}
+    out = []
+    for k, candidate in enumerate(candidates):
+        if candidate.gpu not in constants:
+            constants[candidate.gpu] = constants_for(candidate.gpu)
+        seconds = iteration_seconds(candidate, constants[candidate.gpu])
+        out.append(Ranked(candidate, seconds, memory_bytes_per_gpu(candidate), k))
+    return sorted(out, key=lambda r: r.iteration_seconds)
+
+
+@dataclass(frozen=True)
+class HeldOutError:
+    """The performance model's held-out error of iteration time on one GPU type (calibration's grouped
+    cross-validation): the uncertainty ``zest whatif`` states."""
+
+    gpu: str  # the GPU type the prediction is for
+    measured_on: str  # the fitted GPU type whose held-out rows gave the figure (``gpu`` itself if fitted)
+    mape_percent: float
+    rows: int
+
+
+def held_out_error(gpu: str, path: str | Path = DEFAULT_CONSTANTS_PATH) -> HeldOutError | None:
+    """The held-out MAPE of ``gpu`` from the constants file's ``held_out.by_gpu``; a derived GPU type
+    (``derived_gpus``: no measured row) takes the one of the GPU it derives from. None when the file
+    has no cross-validation."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    held_out = document.get("held_out") or {}
+    by_gpu = {row["gpu"]: row for row in held_out.get("by_gpu", []) if "gpu" in row}
+    source = gpu if gpu in by_gpu else document.get("derived_gpus", {}).get(gpu)
+    row = by_gpu.get(source) if source else None
+    if row is None:
+        return None
+    return HeldOutError(gpu, str(source), float(row["mape_percent"]), int(row["rows"]))
