@@ -17,7 +17,6 @@ from estimator.perfmodel.search import (
     pipeline_degrees,
     ranked,
     tensor_degrees,
-    whole_space,
 )
 
 
@@ -152,25 +151,6 @@ def test_a_512_gpu_job_ranks_in_seconds() -> None:
     order = ranked(spec, h100)
     assert time.perf_counter() - begin < 5.0  # about 0.3 s on one core
     assert len(order) > 500
-
-
-def test_whole_space_compares_the_job_with_the_best(a100: PerfConstants) -> None:
-    spec = job(recompute="full")
-    found = whole_space(spec, a100)
-    best, best_seconds = ranked(spec, a100)[0]
-    assert (found.best, found.best_seconds) == (best, best_seconds)
-    assert found.spec_seconds == pm.iteration_seconds(spec, a100)
-    assert found.configurations == len(layouts(spec))
-    assert found.speedup == pytest.approx(found.spec_seconds / best_seconds)
-    assert found.z_percent == pytest.approx(100.0 * (1.0 - best_seconds / found.spec_seconds))
-    assert 0.0 < found.z_percent < 100.0  # full recomputation on a 1.3B model is never the best
-    document = found.document()
-    assert document["best_layout"] == describe_layout(best)
-    assert document["layout"] == "t=2 p=2 d=4 b=2, recompute full"
-    # the best layout searched again is its own best
-    again = whole_space(found.best, a100)
-    assert again.best == found.best
-    assert again.z_percent == 0.0
 
 
 def test_describe_layout_names_what_is_not_the_default() -> None:

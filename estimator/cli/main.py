@@ -13,7 +13,7 @@ import math
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
@@ -295,7 +295,17 @@ def estimate(
         from estimator.reports.chart import check_chart_path  # matplotlib only when asked for
 
         check_chart_path(plot)
+    spec = _job_spec(spec_path, source, job_id, notes)
+    answer = None
+    if spec is not None:
+        from estimator.decision.reconcile import search_answer
+        from estimator.perfmodel.iteration import load_constants
+
+        answer = search_answer(spec, load_constants(spec.gpu))
     needs_estimate = any(a.z_percent is None for a in chosen) and z_expected is None
+    if needs_estimate and job_id is None and answer is not None:
+        z_expected = answer.z_percent  # no telemetry: the search's Z for every algorithm
+        needs_estimate = False
     if (needs_estimate or source is not None) and job_id is None:
         raise click.UsageError(
             "--job-id is required to read telemetry; or give every algorithm's Z "
@@ -310,7 +320,6 @@ def estimate(
         costs=Costs(engineer_hours, gpu_hour_cost, engineer_hour_cost),
         algorithms=tuple(chosen),
     )
-    spec = _job_spec(spec_path, source, job_id, notes)
     found: JobEstimate | None = None
     telemetry = None
     if job_id is not None and (needs_estimate or source is not None):
@@ -358,6 +367,10 @@ def estimate(
                 notes.append(note)
     if gpus is None and found is not None and math.isfinite(found.gpus_seen):
         notes.append(f"G = {int(found.gpus_seen)}: the GPUs seen in the job's telemetry (--gpus overrides)")
+    elif gpus is None and spec is not None:
+        gpus = spec.num_gpus
+        plan = replace(plan, gpus=gpus)
+        notes.append(f"G = {gpus}: the job spec's num_gpus (--gpus overrides)")
     elif gpus is None:
         notes.append("G not given (--gpus): assumed 1 GPU; GPU-hours scale with G")
     if reuse is None:
@@ -369,6 +382,20 @@ def estimate(
         if found is not None and found.decision is not None
         else weigh(plan, z_expected, shares)
     )
+    whole_space = None
+    if answer is not None:
+        from estimator.decision.reconcile import reconcile_note, with_search, with_telemetry
+        from estimator.perfmodel.iteration import load_constants
+
+        if found is not None:
+            answer = with_telemetry(answer, load_constants(answer.spec.gpu), found.features)
+            if answer.gap_note:
+                notes.append(answer.gap_note)
+        notes.append(reconcile_note(answer, z_expected, z_e_from_telemetry=found is not None))
+        plan = replace(plan, algorithms=with_search(plan.algorithms, answer))
+        gpus_seen = found.gpus_seen if found is not None else math.nan
+        decision = weigh(plan, z_expected, shares, gpus_seen)
+        whole_space = answer.document()
     if any(a.r_break == float("inf") for a in decision.assessments):
         notes.append("an algorithm with Z = 0 never pays back: its R_break is null")
     if plot is not None:
@@ -376,12 +403,6 @@ def estimate(
 
         plot_breakeven(decision, plot, title=f"job {job_id}" if job_id else None)
         notes.append(f"chart written to {plot}")
-    whole_space = None
-    if spec is not None:
-        from estimator.perfmodel.iteration import load_constants
-        from estimator.perfmodel.search import whole_space as search_whole_space
-
-        whole_space = search_whole_space(spec, load_constants(spec.gpu)).document()
     document = to_document(
         decision,
         job_id=job_id,

@@ -69,11 +69,12 @@ def capture_shares(
 
 @dataclass(frozen=True)
 class AlgorithmChoice:
-    """An algorithm to weigh: its name, trials N, and its Z in % when given (else its share of Z_e)."""
+    """An algorithm to weigh: its name, trials N, and its Z in % when given, a point or an interval (else
+    its share of Z_e)."""
 
     name: str
     trials: int
-    z_percent: float | None = None
+    z_percent: float | ZInterval | None = None
 
 
 DEFAULT_CHOICES: tuple[AlgorithmChoice, ...] = tuple(
@@ -90,7 +91,9 @@ def candidates(
     """The break-even candidates: a given Z as a point, otherwise the algorithm's share of ``z_thorough``."""
     out = []
     for choice in chosen:
-        if choice.z_percent is not None:
+        if isinstance(choice.z_percent, ZInterval):
+            z = choice.z_percent
+        elif choice.z_percent is not None:
             z = ZInterval.point(choice.z_percent)
         elif z_thorough is None:
             raise ValueError(f"{choice.name} has no Z and no thorough-search Z_e was given")

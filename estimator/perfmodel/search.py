@@ -53,7 +53,6 @@ __all__ = [
     "MICRO_BATCHES",
     "HeldOutError",
     "Ranked",
-    "SpaceSearch",
     "describe_layout",
     "held_out_error",
     "layouts",
@@ -62,7 +61,6 @@ __all__ = [
     "ranked",
     "search_ranked",
     "tensor_degrees",
-    "whole_space",
 ]
 
 #: Micro-batch sizes searched: larger ones rarely fit and gain little once matmuls are large.
@@ -208,53 +206,6 @@ def describe_layout(spec: JobSpec) -> str:
     if spec.sequence_parallel:
         text += ", sequence parallel"
     return text
-
-
-@dataclass(frozen=True)
-class SpaceSearch:
-    """What the performance model's own search of a job's layout space finds (predicted, not measured)."""
-
-    spec: JobSpec  # the job as it runs
-    spec_seconds: float  # its predicted iteration time
-    best: JobSpec  # the fastest layout of :func:`layouts` (``spec`` itself when nothing beats it)
-    best_seconds: float
-    configurations: int  # layouts searched, ``spec`` included when it fits
-
-    @property
-    def speedup(self) -> float:
-        """How many times faster the best layout runs than the job's."""
-        return self.spec_seconds / self.best_seconds
-
-    @property
-    def z_percent(self) -> float:
-        """Z of the job's layout against the best: 100 · (1 − t_best / t_spec), in %."""
-        return float(gain_percent(self.best_seconds, self.spec_seconds))
-
-    def document(self) -> dict[str, Any]:
-        """The JSON form (``estimate-z --output json``'s ``whole_space``)."""
-        return {
-            "configurations": self.configurations,
-            "layout": describe_layout(self.spec),
-            "iteration_seconds": self.spec_seconds,
-            "best_layout": describe_layout(self.best),
-            "best_iteration_seconds": self.best_seconds,
-            "speedup": self.speedup,
-            "z_percent": self.z_percent,
-        }
-
-
-def whole_space(spec: JobSpec, constants: PerfConstants) -> SpaceSearch:
-    """The performance model's search of every layout of ``spec``'s job (:func:`ranked`, unnarrowed).
-
-    On a tie the job's own layout is the best (Z = 0). Its time is predicted
-    even when it does not fit in memory (:meth:`JobSpec.from_json` refuses such
-    a spec first); then the best is the fastest layout that fits, and Z may be
-    negative.
-    """
-    order = ranked(spec, constants)
-    own = iteration_seconds(spec, constants)
-    best, best_seconds = order[0] if order else (spec, own)
-    return SpaceSearch(spec, own, best, best_seconds, len(order))
 
 
 # --- zest whatif: the ranked configurations ---------------------------------------------------
