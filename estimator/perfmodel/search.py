@@ -160,31 +160,10 @@ def layouts(
     return list(found)
 
 
-def ranked(
-    spec: JobSpec,
-    constants: PerfConstants,
-    *,
-    tensor_parallel: Collection[int] | None = None,
-    pipeline_parallel: Collection[int] | None = None,
-    micro_batch: Collection[int] = MICRO_BATCHES,
-    recompute: Collection[str] = RECOMPUTE_MODES,
-    sharding: Collection[str] = SHARDING_MODES,
-    interleaving: Collection[int] = (1,),
-) -> list[tuple[JobSpec, float]]:
-    """The :func:`layouts` of ``spec`` with their predicted iteration seconds, fastest first.
-
-    Ties keep :func:`layouts`' order, so ``spec`` itself wins a tie.
-    """
-    candidates = layouts(
-        spec,
-        tensor_parallel=tensor_parallel,
-        pipeline_parallel=pipeline_parallel,
-        micro_batch=micro_batch,
-        recompute=recompute,
-        sharding=sharding,
-        interleaving=interleaving,
-    )
-    timed = [(candidate, iteration_seconds(candidate, constants)) for candidate in candidates]
+def ranked(spec: JobSpec, constants: PerfConstants, **space: Any) -> list[tuple[JobSpec, float]]:
+    """The :func:`layouts` of ``spec`` (narrowed by ``space``, its keyword arguments) with their predicted
+    iteration seconds, fastest first. Ties keep :func:`layouts`' order, so ``spec`` itself wins a tie."""
+    timed = [(candidate, iteration_seconds(candidate, constants)) for candidate in layouts(spec, **space)]
     return sorted(timed, key=lambda pair: pair[1])
 
 
