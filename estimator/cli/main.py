@@ -392,7 +392,12 @@ def estimate(
             if answer.gap_note:
                 notes.append(answer.gap_note)
         notes.append(reconcile_note(answer, z_expected, z_e_from_telemetry=found is not None))
-        plan = replace(plan, algorithms=with_search(plan.algorithms, answer))
+        searched = with_search(plan.algorithms, answer)
+        if searched != plan.algorithms and shares.note in notes:
+            notes[notes.index(shares.note)] = (
+                f"{shares.note}; the heuristic's share is not used: it tries the search's top configurations"
+            )
+        plan = replace(plan, algorithms=searched)
         gpus_seen = found.gpus_seen if found is not None else math.nan
         decision = weigh(plan, z_expected, shares, gpus_seen)
         whole_space = answer.document()
