@@ -3,6 +3,11 @@
 A listen address, the exposition rendered once per cycle (gzip when asked),
 TLS and basic auth switched on by a web configuration file in
 exporter-toolkit's format (bcrypt password hashes), or TLS alone.
+
+Faulty or hostile clients cost only their own connection: every connection
+gets its own thread, the TLS handshake happens there (never in the thread that
+accepts), with a timeout, and so does every read; the listen queue holds a
+burst of scrapers; an unknown user takes as long to refuse as a wrong password.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import hashlib
 import re
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +37,13 @@ from collectors.util import one_line
 WEB_CONFIG_EXTRA = "pip install 'zest-gpu[web]'"
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+HANDSHAKE_TIMEOUT_S = 10.0  # a client silent this long in its TLS handshake is dropped
+READ_TIMEOUT_S = 30.0  # a client silent this long while sending its request or reading the answer is dropped
+# Pending connections the kernel keeps until the server accepts them. socketserver's default, 5, overflows
+# under a burst of scrapers (each dropped SYN costs the client a 1 s retransmission); the kernel caps the
+# value at net.core.somaxconn.
+LISTEN_BACKLOG = max(socket.SOMAXCONN, 128)
 
 
 # --- web configuration ----------------------------------------------------------------------------
@@ -97,6 +110,11 @@ def load_web_config(path: Path) -> WebConfig:
                     f"web config {path}: the password of {user!r} is not a bcrypt hash "
                     "(make one with htpasswd -nBC 10 USER)"
                 )
+            if not 4 <= int(hashed.split("$")[2]) <= 31:
+                raise ConfigError(
+                    f"web config {path}: the bcrypt cost of {user!r}'s password must be 4 to 31 "
+                    "(make one with htpasswd -nBC 10 USER)"
+                )
             hashes[str(user)] = hashed.encode()
     return WebConfig(cert, key, hashes)
 
@@ -108,16 +126,30 @@ def _require_bcrypt() -> None:
         raise ConfigError(f"basic_auth_users needs bcrypt: {WEB_CONFIG_EXTRA}") from None
 
 
+def _dummy_hash(users: Mapping[str, bytes]) -> bytes:
+    """A bcrypt hash of no one's password, as dear to check as the dearest of ``users``' hashes."""
+    import bcrypt
+
+    cost = max(int(hashed.split(b"$")[2]) for hashed in users.values())
+    return bcrypt.hashpw(b"zest: no such user", bcrypt.gensalt(rounds=cost))
+
+
 def with_basic_auth(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
-    """``app`` behind HTTP basic auth checked against bcrypt hashes (checks that passed are cached)."""
+    """``app`` behind HTTP basic auth checked against bcrypt hashes (checks that passed are cached).
+
+    An unknown user's password is checked against a dummy hash of the same cost, so that the
+    answer's delay does not tell which user names exist.
+    """
     import bcrypt
 
     passed: set[tuple[str, bytes]] = set()
     lock = threading.Lock()
+    dummy = _dummy_hash(users)
 
     def check(user: str, password: bytes) -> bool:
         hashed = users.get(user)
         if hashed is None:
+            bcrypt.checkpw(password, dummy)  # the time a known user's wrong password takes
             return False
         # bcrypt is slow on purpose; remember a passed check by a digest, never the password.
         key = (user, hashlib.sha256(hashed + b"\0" + password).digest())
@@ -138,7 +170,7 @@ def with_basic_auth(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
                 user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 user, password = "", ""
-            if user and check(user, password.encode()):
+            if check(user, password.encode()):
                 return app(environ, start_response)
         start_response(
             "401 Unauthorized",
@@ -153,13 +185,49 @@ def with_basic_auth(app: WsgiApp, users: Mapping[str, bytes]) -> WsgiApp:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(getattr(self.server, "read_timeout_s", READ_TIMEOUT_S))
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # an exporter is scraped every few seconds: no access log
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection; with ``tls_context``, the TLS handshake runs in that thread too.
+
+    ``ssl.SSLContext.wrap_socket`` on the listening socket would do each handshake inside
+    ``accept()``, without a timeout: one client that never sends its ClientHello would stop
+    the server from accepting anyone else.
+    """
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout_s = HANDSHAKE_TIMEOUT_S
+    read_timeout_s = READ_TIMEOUT_S
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection (in its own thread): the TLS handshake first, when TLS is on."""
+        if self.tls_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.handshake_timeout_s)
+        try:
+            # Takes over the descriptor of ``request``; closes it when the handshake fails.
+            connection = self.tls_context.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):  # a timeout, a client that is not speaking TLS, a reset
+            return
+        try:
+            super().finish_request(connection, client_address)
+        finally:
+            self.shutdown_request(connection)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that timed out, hung up or broke TLS: it loses its own connection, nothing else
+        super().handle_error(request, client_address)
 
 
 class _ThreadingServer6(_ThreadingServer):
@@ -239,5 +307,5 @@ def build_server(
                 f"cannot load TLS certificate {web.cert_file} and key {web.key_file} ({exc}); "
                 "check both files"
             ) from None
-        server.socket = context.wrap_socket(server.socket, server_side=True)
+        server.tls_context = context  # handshakes happen in each connection's thread
     return server
