@@ -58,7 +58,7 @@ from collectors.schema import (
     conform_summary,
     summary_column,
 )
-from collectors.util import iso_utc, one_line
+from collectors.util import iso_utc, one_line, redact_url
 
 DEFAULT_LOOKBACK_SECONDS = 30 * 24 * 3600.0
 # Prometheus' default --query.lookback-delta: a sample stays visible this long, so a
@@ -433,13 +433,20 @@ class PrometheusSource:
     auth: PrometheusAuth | None = None
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")[2]
-        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+        given, shown = self.url, redact_url(self.url)
+        parts = urlsplit(given)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SourceUnavailable(
-                f"Prometheus URL {self.url!r} is not an http(s) address; give one like http://host:9090"
+                f"Prometheus URL {shown!r} is not an http(s) address; give one like http://host:9090"
             )
+        if "@" in given.partition("//")[2][len(parts.netloc) :]:
+            # Either a password holding an unescaped "/", "?" or "#", or an odd path: which, no one can tell.
+            raise SourceUnavailable(
+                f"Prometheus URL {shown!r} holds an '@' after its host; percent-encode '/', '?', '#' and '@' "
+                "in a password (%2F, %3F, %23, %40), or give it in ZEST_PROMETHEUS_PASSWORD"
+            )
+        netloc = parts.netloc.rpartition("@")[2]
+        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self._auth: tuple[str, str] | None = None
         self._headers: dict[str, str] = {}
         auth = self.auth or PrometheusAuth()
@@ -600,9 +607,7 @@ class PrometheusSource:
     ) -> dict[str, dict[tuple[str, ...], float]]:
         """Columns of the GPU summary of every job of ``family``, keyed by (job labels, identity) values."""
         labellings = [((labelling[-1], None),) for labelling in family.job_labellings]
-        names = self._call(
-            "get",
-            "/api/v1/label/__name__/values",
+        names = self._label_values(
             [
                 *(("match[]", _name_selector(family.names, m)) for m in labellings),
                 ("start", f"{lo:.3f}"),
@@ -782,9 +787,7 @@ class PrometheusSource:
         tried = _candidates(job_id) + (_placement_candidates(placement) if placement else [])
         for candidate in tried:
             selector = _name_selector(candidate.family.names, candidate.matchers)
-            names = self._call(
-                "get",
-                "/api/v1/label/__name__/values",
+            names = self._label_values(
                 [("match[]", selector), ("start", f"{lo:.3f}"), ("end", f"{hi:.3f}")],
                 f"looking for job {job_id} as {candidate.describe()}",
                 tally,
@@ -808,9 +811,10 @@ class PrometheusSource:
         found = []
         for edge in ("min", "max"):
             result = self._query(f"{edge}_over_time({present}{subquery})", at, "finding the job's run", tally)
-            if not result:
+            value = _parse_value(result[0]["value"]) if result else math.nan
+            if not math.isfinite(value):
                 raise JobNotFound(self._not_found(job_id, [candidate], lo, hi, "has no samples"))
-            found.append(_parse_value(result[0]["value"]))
+            found.append(value)
         return max(lo, found[0] - _LOOKBACK_DELTA_SECONDS), min(hi, found[1])
 
     def _edges(
@@ -827,7 +831,7 @@ class PrometheusSource:
         """Each GPU's first and last sample time in ``[lo, hi]`` (Unix seconds).
 
         ``timestamp()`` under a subquery costs much per step, so a 5-minute step
-        comes first: it finds each GPU's first sample to within 5 minutes, and
+        (half the window, for a window shorter than 10 minutes) comes first: it finds each GPU's first sample to within 5 minutes, and
         its last exactly unless ``samples_follow`` ``hi`` (a sample stays visible
         for the lookback delta, but a later one hides it). A 1-second pass over
         those 5 minutes then finds them to the second.
@@ -835,14 +839,19 @@ class PrometheusSource:
         stamped = f"((timestamp({_selector(anchor, matchers)}) >= {lo:.3f}) <= {hi:.3f})"
         by = ",".join(family.identity)
         delta = _LOOKBACK_DELTA_SECONDS
+        # Where samples follow the window, only steps inside it see the window's samples: a step of
+        # at most half the window puts two there, so a window of two scrape intervals is found.
+        coarse = _duration(min(delta, max(1.0, (hi - lo) / 2)))
         found: dict[str, dict[tuple[str, ...], float]] = {}
         for edge, which in (("min", "first"), ("max", "last")):
-            found[edge] = self._vector(
-                f"{edge} by ({by}) ({edge}_over_time({stamped}[{_duration(hi + delta - lo)}:{delta}s]))",
-                hi + delta,
-                f"finding each GPU's {which} sample",
-                family,
-                tally,
+            found[edge] = _finite(
+                self._vector(
+                    f"{edge} by ({by}) ({edge}_over_time({stamped}[{_duration(hi + delta - lo)}:{coarse}]))",
+                    hi + delta,
+                    f"finding each GPU's {which} sample",
+                    family,
+                    tally,
+                )
             )
             if not found[edge] or (edge == "max" and not samples_follow):
                 continue
@@ -865,7 +874,7 @@ class PrometheusSource:
                 family,
                 tally,
             )
-            found[edge] |= refined
+            found[edge] |= _finite(refined)
         return found["min"], found["max"]
 
     def _statistic_query(
@@ -924,9 +933,27 @@ class PrometheusSource:
             raise SourceQueryError(
                 f"Prometheus at {self.url} answered {purpose} with something other than a {result_type}"
             )
-        result: list[dict[str, Any]] = data["result"]
+        result = data.get("result")
+        problem = _malformed(result, result_type)
+        if problem:
+            raise SourceQueryError(
+                f"Prometheus at {self.url} answered {purpose} with a malformed {result_type} ({problem}); "
+                "check that the URL points at a Prometheus-compatible server"
+            )
+        assert isinstance(result, list)
         tally.count(series=len(result))
         return result
+
+    def _label_values(self, params: list[tuple[str, str]], purpose: str, tally: _Tally) -> list[str]:
+        """The metric names a ``/api/v1/label/__name__/values`` request finds."""
+        data = self._call("get", "/api/v1/label/__name__/values", params, purpose, tally)
+        if data is None:
+            return []
+        if not isinstance(data, list) or not all(isinstance(name, str) for name in data):
+            raise SourceQueryError(
+                f"Prometheus at {self.url} answered {purpose} with something other than a list of names"
+            )
+        return data
 
     def _call(
         self,
@@ -982,7 +1009,9 @@ class PrometheusSource:
             raise SourceQueryError(
                 f"{where} answered HTTP {response.status_code} while {purpose}: {detail}{hint}"
             )
-        tally.count(notes=[f"Prometheus warned: {one_line(str(w))}" for w in body.get("warnings") or ()])
+        warnings = body.get("warnings")
+        warnings = warnings if isinstance(warnings, list) else [] if warnings is None else [warnings]
+        tally.count(notes=[f"Prometheus warned: {one_line(str(w))}" for w in warnings])
         return body.get("data")
 
     def _not_found(self, job_id: str, tried: Sequence[_Candidate], lo: float, hi: float, what: str) -> str:
@@ -994,6 +1023,43 @@ class PrometheusSource:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _finite(values: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], float]:
+    """``values`` without NaN and infinities: a sample time that is not a number is no sample."""
+    return {key: value for key, value in values.items() if math.isfinite(value)}
+
+
+def _malformed(result: object, result_type: str) -> str:
+    """What is wrong with a query's ``result`` of ``result_type`` (vector or matrix); empty when nothing.
+
+    Sample values are parsed in place (floats from here on), so a value that is no number is caught
+    here, once, and not as a ``ValueError`` deep in a statistic.
+    """
+    if not isinstance(result, list):
+        return "no result list"
+    key = "value" if result_type == "vector" else "values"
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
+            return "a series without its labels"
+        if not all(isinstance(v, str) for v in item["metric"].values()):
+            return "a label value that is not a string"
+        samples = item.get(key)
+        if result_type == "vector":
+            samples = [samples]
+        if not isinstance(samples, list):
+            return f"a series without {key}"
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, list | tuple) or len(sample) != 2:
+                return f"a series without {key}" if sample is None else "a sample that is not [time, value]"
+            try:
+                parsed = (float(sample[0]), float(sample[1]))
+            except (TypeError, ValueError):
+                return f"a sample {one_line(json.dumps(sample), 60)} that is not a number"
+            samples[index] = parsed
+        if result_type == "vector":
+            item[key] = samples[0]
+    return ""
 
 
 def _name_regex(names: Iterable[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +20,30 @@ def one_line(text: object, limit: int | None = QUOTED_CHARS) -> str:
     if limit is None or len(flat) <= limit:
         return flat
     return flat[: limit - 1] + "…"
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_PLAIN_USER = re.compile(r"[A-Za-z0-9._~%+-]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: whatever precedes its host's ``@`` becomes ``***`` (a plain user name stays).
+
+    The credentials are taken to end at the *last* ``@``, so a password holding
+    an unescaped ``/``, ``?``, ``#`` or ``@``, or a URL without a scheme
+    (``alice:pw@host:9090``), shows none of its secret:
+    ``http://alice:p/w@host:9090`` → ``http://alice:***@host:9090``. A path that
+    merely holds an ``@`` is hidden up to it too: showing too little is safe.
+    An empty authority (``sqlite:///path``) or a bare path holds no credentials and stays.
+    """
+    scheme = _SCHEME.match(url)
+    prefix = scheme.group(0) if scheme else ""
+    userinfo, at, rest = url[len(prefix) :].rpartition("@")
+    if not at or userinfo.startswith("/"):
+        return url
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon and _PLAIN_USER.fullmatch(user) else "***"
+    return f"{prefix}{shown}@{rest}"
 
 
 def iso_utc(moment: datetime | float, timespec: str = "seconds") -> str:

@@ -21,7 +21,14 @@ from collectors.schema import JOB_ID
 from estimator.decision.algorithms import CaptureShares, Plan, weigh
 from estimator.decision.breakeven import Decision, ZInterval
 from estimator.features.diagnoses import Diagnosis, diagnose
-from estimator.features.extract import GPU_COUNT, feature_notes, features_frame, summarize_gpus
+from estimator.features.extract import (
+    GPU_COUNT,
+    NoFiniteTelemetry,
+    feature_notes,
+    features_frame,
+    has_finite_signal,
+    summarize_gpus,
+)
 
 if TYPE_CHECKING:  # the sources' readers are not needed to chain the stages
     from collectors.sources import Telemetry
@@ -50,7 +57,8 @@ class JobEstimate:
 
 
 def gpu_summary(telemetry: Telemetry) -> pd.DataFrame:
-    """The per-GPU summary of a source's answer (samples or a summary); :class:`JobNotFound` if empty."""
+    """The per-GPU summary of a source's answer (samples or a summary); :class:`JobNotFound` if empty,
+    :class:`~estimator.features.extract.NoFiniteTelemetry` if no signal has a finite value."""
     summary = telemetry.summary
     if summary is None:
         if telemetry.frame is None:
@@ -58,6 +66,11 @@ def gpu_summary(telemetry: Telemetry) -> pd.DataFrame:
         summary = summarize_gpus(telemetry.frame)
     if summary.empty:
         raise JobNotFound(f"{telemetry.source}: no samples for the job in the window read")
+    if not has_finite_signal(summary).any():
+        raise NoFiniteTelemetry(
+            f"{telemetry.source}: every sample of the job's GPU signals in the window is NaN: "
+            "nothing to estimate from; check the GPU exporter"
+        )
     return summary
 
 

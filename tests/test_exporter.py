@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import socket
 import subprocess
 import threading
@@ -258,6 +259,24 @@ def test_a_scrape_during_a_cycle_sees_the_whole_previous_snapshot() -> None:
     strip = [line for line in before.splitlines() if "zest_build_info" not in line]
     assert [line for line in during.splitlines() if "zest_build_info" not in line] == strip
     assert jobs_in(render(runner.state)) == set(example_jobs()[:1])
+
+
+def test_a_bug_in_a_cycle_is_counted_and_the_exporter_keeps_serving(caplog: pytest.LogCaptureFixture) -> None:
+    """Never dies of one bad answer: an error zest does not expect fails the cycle, not the exporter."""
+    source = FakeSummaries()
+    source.answers = [example_summary(), RuntimeError("a bug"), RuntimeError("a bug"), example_summary()]
+    runner = runner_for(source)
+    assert runner.run_once()
+    with caplog.at_level(logging.INFO, logger="estimator.serving.runner"):
+        assert not runner.run_once() and not runner.run_once()
+        stale = render(runner.state)
+        assert runner.run_once()
+    assert jobs_in(stale) == set(example_jobs())  # the last estimates are still served
+    failures = samples(stale, "zest_source_errors_total")
+    assert any(dict(k).get("reason") == "internal_error" and v == 2 for k, v in failures.items()), failures
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is not None  # once, with the traceback
+    assert any("recovered after 2 failed cycle(s)" in r.getMessage() for r in caplog.records)
 
 
 def test_failure_reason_is_the_error_class_in_snake_case() -> None:

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 from collectors.errors import InputError, JobNotFound, OptunaMissing, OutcomesError, SourceUnavailable
 from collectors.files import read_capture
 from collectors.sources import PROMETHEUS_PREFIX, Telemetry, read_job
-from collectors.util import one_line
+from collectors.util import one_line, redact_url
 
 if TYPE_CHECKING:
     from collectors.prometheus import PrometheusAuth
@@ -91,13 +90,8 @@ def _optuna() -> Any:
 
 
 def display_url(url: str) -> str:
-    """``url`` without a password, fit to show and store."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without a password, fit to show and store (:func:`collectors.util.redact_url`)."""
+    return redact_url(url)
 
 
 def _check_storage(storage: str) -> None:
@@ -105,7 +99,7 @@ def _check_storage(storage: str) -> None:
     create one, and reading a study must not."""
     if "://" not in storage:
         raise InputError(
-            f"--storage {storage!r} is not a storage URL: give sqlite:///PATH for a SQLite file "
+            f"--storage {redact_url(storage)!r} is not a storage URL: give sqlite:///PATH for a SQLite file "
             "(sqlite:////abs/path/study.db), or an RDB URL Optuna accepts"
         )
     if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":

@@ -9,6 +9,7 @@ alone by ``--tls-cert``/``--tls-key``. Registered in the ``zest`` group by
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import threading
@@ -143,6 +144,8 @@ def serve(
     from estimator.serving.collector import ExporterState, ZestCollector
     from estimator.serving.runner import Runner
 
+    # the runner logs each change of state (a failing source, its recovery) to stderr, with the time
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     address = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")

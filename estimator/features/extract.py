@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from collectors.errors import JobNotFound
 from collectors.schema import (
     COLUMNS,
     GPU,
@@ -118,6 +119,10 @@ STRAGGLER_MIN_SPREAD_RATIO = 0.10
 
 # Percentile statistics ("p90") and the quantile each stands for.
 _PERCENTILES: dict[str, float] = {st: int(st[1:]) / 100 for st in STATISTICS if st.startswith("p")}
+
+
+class NoFiniteTelemetry(JobNotFound):
+    """A job's telemetry holds no finite value of any signal (every sample NaN): nothing to estimate from."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,19 @@ def _idle_share(sm_active: FloatArray) -> float:
     if known.size == 0:
         return math.nan
     return float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / known.size
+
+
+def has_finite_signal(summary: pd.DataFrame) -> pd.Series:
+    """Per row of the GPU summary: whether its job has a finite statistic of any signal on any GPU.
+
+    A job without one (every sample NaN or infinite, as a broken exporter or
+    a faulty answer gives) has no telemetry to estimate from: its features
+    would all be NaN, with a coverage of 0.
+    """
+    columns = [summary_column(s, st) for s in SIGNALS for st in STATISTICS]
+    finite = np.isfinite(summary[columns].to_numpy(dtype=np.float64, na_value=np.nan)).any(axis=1)
+    by_job = pd.Series(finite, index=summary.index).groupby(summary[JOB_ID], dropna=False, sort=False)
+    return by_job.transform("any").astype(bool)
 
 
 # --- job features ----------------------------------------------------------------

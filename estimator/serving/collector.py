@@ -35,7 +35,7 @@ from estimator import pipeline
 from estimator.decision.algorithms import CaptureShares
 from estimator.decision.breakeven import Verdict
 from estimator.features.diagnoses import checked_rules
-from estimator.features.extract import FEATURES
+from estimator.features.extract import FEATURES, NoFiniteTelemetry, has_finite_signal
 from estimator.pipeline import JobEstimate, ZEstimator
 from estimator.serving import metrics as m
 from estimator.serving.config import ServeConfig
@@ -92,7 +92,16 @@ def estimate_jobs(
 
     Each job is weighed with the plan ``config`` gives it; ``shares``: each
     algorithm's share of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set.
+
+    A job whose every signal is NaN is left out (it has no telemetry to estimate
+    from); when that leaves none of the jobs, :class:`NoFiniteTelemetry` is raised,
+    so the cycle fails and the last estimates stay, marked stale.
     """
+    finite = has_finite_signal(summary)
+    if not summary.empty and not finite.any():
+        count = summary[JOB_ID].nunique(dropna=False)
+        raise NoFiniteTelemetry(f"every signal of the {count} running job(s) is NaN: nothing to estimate")
+    summary = summary[finite].reset_index(drop=True)
     gpu_means = _gpu_means(summary) if config.gpu_series else None
     if summary.empty:
         return Snapshot(gpu_means=gpu_means, taken_at_seconds=taken_at_seconds)

@@ -15,13 +15,14 @@ snapshot, marked stale, and the next one recovers by itself.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import pandas as pd
 
@@ -30,11 +31,14 @@ from collectors.jobmap import GpuId, job_ids_on_node, resolve_job_gpus
 from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusSource
 from collectors.schema import GPU, JOB_ID, TIMESTAMP, conform, empty_frame
+from collectors.util import one_line
 from estimator.decision.algorithms import CaptureShares
 from estimator.features.extract import summarize_gpus
 from estimator.pipeline import ZEstimator
 from estimator.serving.collector import ExporterState, estimate_jobs
 from estimator.serving.config import ServeConfig
+
+log = logging.getLogger(__name__)
 
 
 class SummarySource(Protocol):
@@ -128,6 +132,10 @@ def _tag_jobs(frame: pd.DataFrame, jobs: Mapping[str, Sequence[GpuId]]) -> pd.Da
     return conform(pd.concat(parts, ignore_index=True), sort=False)
 
 
+#: The ``reason`` of a cycle that failed of an error zest does not expect (a bug), not of its source.
+INTERNAL_ERROR: Final = "internal_error"
+
+
 def failure_reason(error: Exception) -> str:
     """The ``reason`` label of a failed cycle: the error class in snake case (``source_unavailable``)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
@@ -146,9 +154,16 @@ class Runner:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     after_cycle: Callable[[], None] | None = None  # e.g. render /metrics once for the new estimates
+    _failing: str | None = field(default=None, init=False, repr=False)  # reason of the failing cycles
+    _failed_cycles: int = field(default=0, init=False, repr=False)
 
     def run_once(self) -> bool:
-        """One cycle; True when it succeeded. Expected errors of the source and model are counted."""
+        """One cycle; True when it succeeded. Expected errors of the source and model are counted.
+
+        A change of state is logged once (``estimator.serving.runner``): the first
+        failure and each change of its reason as a warning, the recovery as info;
+        a repeated failure is counted, not logged again.
+        """
         started = self.clock()
         try:
             summary = self.source.summaries()
@@ -156,12 +171,35 @@ class Runner:
                 summary, self.config, self.z_estimator, self.shares, taken_at_seconds=self.wall_clock()
             )
         except (TelemetryError, SchedulerError, ModelError) as exc:  # the source or the model, not a bug
-            self.state.fail(failure_reason(exc), self.clock() - started, self.source.kind)
-            self._after_cycle()
-            return False
+            return self._failed(failure_reason(exc), exc, started)
+        except Exception as exc:  # a bug: counted and logged with its traceback; the exporter keeps serving
+            return self._failed(INTERNAL_ERROR, exc, started, bug=True)
         self.state.publish(snapshot, self.clock() - started)
+        if self._failing is not None:
+            log.info(
+                "zest serve: %s recovered after %d failed cycle(s); estimates are current",
+                self.source.kind,
+                self._failed_cycles,
+            )
+            self._failing, self._failed_cycles = None, 0
         self._after_cycle()
         return True
+
+    def _failed(self, reason: str, exc: Exception, started: float, *, bug: bool = False) -> bool:
+        """Count a failed cycle under ``reason`` (the last estimates stay, marked stale); log a change."""
+        self.state.fail(reason, self.clock() - started, self.source.kind)
+        if reason != self._failing:
+            log.warning(
+                "zest serve: %s cycle failed (%s): %s; serving the last estimates, marked stale",
+                self.source.kind,
+                reason,
+                one_line(exc),
+                exc_info=exc if bug else None,
+            )
+        self._failing = reason
+        self._failed_cycles += 1
+        self._after_cycle()
+        return False
 
     def _after_cycle(self) -> None:
         if self.after_cycle is not None:
