@@ -831,10 +831,11 @@ class PrometheusSource:
         """Each GPU's first and last sample time in ``[lo, hi]`` (Unix seconds).
 
         ``timestamp()`` under a subquery costs much per step, so a 5-minute step
-        (half the window, for a window shorter than 10 minutes) comes first: it finds each GPU's first sample to within 5 minutes, and
-        its last exactly unless ``samples_follow`` ``hi`` (a sample stays visible
-        for the lookback delta, but a later one hides it). A 1-second pass over
-        those 5 minutes then finds them to the second.
+        (half the window, for a window shorter than 10 minutes) comes first: it
+        finds each GPU's first sample to within 5 minutes, and its last exactly
+        unless ``samples_follow`` ``hi`` (a sample stays visible for the
+        lookback delta, but a later one hides it). A 1-second pass over those 5
+        minutes then finds them to the second.
         """
         stamped = f"((timestamp({_selector(anchor, matchers)}) >= {lo:.3f}) <= {hi:.3f})"
         by = ",".join(family.identity)
