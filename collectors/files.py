@@ -53,8 +53,11 @@ from collectors.schema import (
     SchemaError,
     canonical_signal,
     conform,
+    in_epoch_span,
+    in_time_span,
+    screen,
 )
-from collectors.util import iso_utc
+from collectors.util import iso_utc, one_line
 
 #: Version of the Parquet capture layout that :func:`write_capture` writes and :func:`read_capture` reads.
 FORMAT_VERSION = 1
@@ -95,6 +98,7 @@ class _Parsed:
     rows: list[Row]
     notes: list[str]
     source_format: str
+    lines: list[int] = field(default_factory=list)  # the file's line of each row, to name it in notes
 
 
 def read_capture(
@@ -124,15 +128,20 @@ def read_capture(
         raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
     try:
         with path.open("rb") as head:
-            if head.read(4) == b"PAR1":  # read by pyarrow from the file, not through a copy in memory
-                frame, notes = _read_parquet(path, path)
-                return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
-        data = path.read_bytes()
-        modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+            is_parquet = head.read(4) == b"PAR1"
+        data = b"" if is_parquet else path.read_bytes()
+        mtime = path.stat().st_mtime
     except OSError as exc:
         raise SourceUnavailable(
             f"{path}: cannot read capture file ({exc.strerror}): check the path"
         ) from None
+    try:
+        modified = datetime.fromtimestamp(mtime, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # a modification time past year 9999
+        modified = datetime.now(UTC)
+    if is_parquet:  # read by pyarrow from the file, not through a copy in memory
+        frame, notes = _read_parquet(path, path)
+        return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -150,15 +159,17 @@ def read_capture(
         ) from None
     lines = text.splitlines()
     source_format = _detect(path, lines)
-    clock = _Clock(interval_seconds, start_time, modified)
+    clock = _Clock(path, interval_seconds, start_time, modified)
     if source_format == NVIDIA_SMI:
         parsed = _parse_nvidia_smi(path, lines)
     elif source_format == DCGMI_DMON:
         parsed = _parse_dmon(path, lines, clock)
     else:
         parsed = _parse_prometheus(path, lines, clock)
-    frame = conform(pd.DataFrame.from_records(parsed.rows, columns=list(COLUMNS)))
-    return _finish(path, frame, job_id, host, parsed)
+    frame = conform(pd.DataFrame.from_records(parsed.rows, columns=list(COLUMNS)), sort=False)
+    frame, screened = screen(frame, lambda row: f"{path}:{parsed.lines[row]}")
+    parsed.notes.extend(screened)
+    return _finish(path, conform(frame), job_id, host, parsed)
 
 
 def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ()) -> None:
@@ -223,21 +234,33 @@ def _finish(
 class _Clock:
     """Places the samples of a file without timestamps."""
 
+    path: Path
     interval_seconds: float | None
     start_time: datetime | None
     modified: datetime
 
-    def times(self, count: int, default_interval_seconds: float, what: str) -> tuple[list[datetime], str]:
-        """``count`` sample times, and a note saying how they were placed."""
+    def times(
+        self, count: int, default_interval_seconds: float, what: str
+    ) -> tuple[list[datetime | None], str]:
+        """``count`` sample times (None where one falls outside the span samples can have), and a note
+        saying how they were placed."""
         interval = self.interval_seconds or default_interval_seconds
-        step = timedelta(seconds=interval)
-        if self.start_time is None:
-            first = self.modified - step * max(count - 1, 0)
-            anchor = f"the last at the file's modification time {iso_utc(self.modified)}"
-        else:
-            first = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
-            anchor = f"starting at {iso_utc(first)}"
-        return [first + step * i for i in range(count)], f"{what} spaced {interval:g} s, {anchor}"
+        try:
+            step = timedelta(seconds=interval)
+            if self.start_time is None:
+                first = self.modified - step * max(count - 1, 0)
+                anchor = f"the last at the file's modification time {iso_utc(self.modified)}"
+            else:
+                first = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
+                anchor = f"starting at {iso_utc(first)}"
+            times = [first + step * i for i in range(count)]
+        except OverflowError:
+            raise MalformedCapture(
+                f"{self.path}:1: {what} spaced {interval:g} s reach past year 9999: "
+                "give a start time and interval that fit"
+            ) from None
+        placed: list[datetime | None] = [t if in_time_span(t) else None for t in times]
+        return placed, f"{what} spaced {interval:g} s, {anchor}"
 
 
 def _detect(path: Path, lines: Sequence[str]) -> str:
@@ -251,7 +274,7 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
             return PROMETHEUS
         if stripped.startswith("#"):
             continue
-        if _nvidia_smi_header(_csv_cells(stripped)) is not None:
+        if _nvidia_smi_header(_csv_cells(path, number, stripped)) is not None:
             return NVIDIA_SMI
         if _NVIDIA_SMI_TIMESTAMP_START.match(stripped):
             raise MalformedCapture(
@@ -292,8 +315,11 @@ _NVIDIA_SMI_BY_NAME = {f.name: f for f in metrics.NVIDIA_SMI_METRICS}
 Header = list[tuple[str, str | None]]
 
 
-def _csv_cells(line: str) -> list[str]:
-    return next(csv.reader([line], skipinitialspace=True))
+def _csv_cells(path: Path, number: int, line: str) -> list[str]:
+    try:
+        return next(csv.reader([line], skipinitialspace=True))
+    except csv.Error as exc:  # a field over csv's size limit (128 KiB), a NUL byte
+        raise MalformedCapture(f"{path}:{number}: not a CSV record ({exc})") from None
 
 
 def _nvidia_smi_header(cells: list[str]) -> Header | None:
@@ -318,13 +344,17 @@ def _check_nvidia_smi_header(path: Path, number: int, header: Header) -> None:
             raise MalformedCapture(f"{path}:{number}: {name} is in [{unit}], expected [{known.unit}]")
 
 
-def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime:
+def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime | None:
+    """The time of a record; None if it lies outside the span samples can have (the screen drops it)."""
     for layout in metrics.NVIDIA_SMI_TIMESTAMP_FORMATS:
         try:
-            return datetime.strptime(cell, layout).replace(tzinfo=UTC)
+            when = datetime.strptime(cell, layout).replace(tzinfo=UTC)
         except ValueError:
             continue
-    raise MalformedCapture(f"{path}:{number}: timestamp {cell!r} is not YYYY/MM/DD HH:MM:SS.mmm")
+        return when if in_time_span(when) else None
+    raise MalformedCapture(
+        f"{path}:{number}: timestamp {one_line(repr(cell))} is not YYYY/MM/DD HH:MM:SS.mmm"
+    )
 
 
 def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
@@ -333,11 +363,12 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
     repeated_headers = 0
     missing_cells = 0
     rows: list[Row] = []
+    numbers: list[int] = []
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        cells = [cell.strip() for cell in _csv_cells(stripped)]
+        cells = [cell.strip() for cell in _csv_cells(path, number, stripped)]
         new_header = _nvidia_smi_header(cells)
         if new_header is not None:
             # Logs appended by several runs repeat the header; a later run may query other fields.
@@ -367,6 +398,7 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
                 missing_cells += math.isnan(value)
                 row[known.signal] = value * known.scale
         rows.append(row)
+        numbers.append(number)
     if not rows:
         raise MalformedCapture(f"{path}:{len(lines)}: nvidia-smi CSV with a header but no records")
     notes = ["nvidia-smi prints local time without a zone: timestamps assumed UTC"]
@@ -374,7 +406,7 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
         notes.append(f"{missing_cells} cell(s) reading [N/A] or [Not Supported] taken as missing")
     if repeated_headers:
         notes.append(f"{repeated_headers} repeated header line(s) skipped (log appended by several runs)")
-    return _Parsed(rows, notes, NVIDIA_SMI)
+    return _Parsed(rows, notes, NVIDIA_SMI, numbers)
 
 
 def _nvidia_smi_value(path: Path, number: int, name: str, unit: str | None, cell: str) -> float:
@@ -385,7 +417,9 @@ def _nvidia_smi_value(path: Path, number: int, name: str, unit: str | None, cell
         return float(text)
     except ValueError:
         unit_text = f" in {unit}" if unit else ""
-        raise MalformedCapture(f"{path}:{number}: {name} value {cell!r} is not a number{unit_text}") from None
+        raise MalformedCapture(
+            f"{path}:{number}: {name} value {one_line(repr(cell))} is not a number{unit_text}"
+        ) from None
 
 
 # --- dcgmi dmon ----------------------------------------------------------------
@@ -405,6 +439,7 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
     sample = 0
     in_sample: set[str] = set()
     samples: list[tuple[int, str, dict[str, float]]] = []
+    numbers: list[int] = []
     for number, line in enumerate(lines, 1):
         tokens = line.split()
         if not tokens:
@@ -421,7 +456,7 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
         if not (_DMON_ENTITY_KIND.fullmatch(kind) and entity.isdigit()) or len(values) != len(fields):
             raise MalformedCapture(
                 f"{path}:{number}: expected '<entity> <id>' and {len(fields)} values for the #Entity header, "
-                f"got {line.strip()!r}"
+                f"got {one_line(repr(line.strip()))}"
             )
         if kind not in _DMON_GPU_ENTITIES:
             other_entities.add(kind)
@@ -443,8 +478,11 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
             try:
                 raw[known.dcgm_name] = float(cell)
             except ValueError:
-                raise MalformedCapture(f"{path}:{number}: {name} value {cell!r} is not a number") from None
+                raise MalformedCapture(
+                    f"{path}:{number}: {name} value {one_line(repr(cell))} is not a number"
+                ) from None
         samples.append((sample, gpu, raw))
+        numbers.append(number)
     if not samples:
         raise MalformedCapture(f"{path}:{len(lines)}: dcgmi dmon output without GPU rows")
     times, placed = clock.times(sample + 1, DMON_INTERVAL_SECONDS, f"{sample + 1} dmon sample(s)")
@@ -456,7 +494,7 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
         notes.append(f"dmon fields zest does not use ignored: {', '.join(sorted(unknown_fields))}")
     if other_entities:
         notes.append(f"rows of non-GPU entities ignored: {', '.join(sorted(other_entities))}")
-    return _Parsed(rows, notes, DCGMI_DMON)
+    return _Parsed(rows, notes, DCGMI_DMON, numbers)
 
 
 # --- Prometheus text exposition ------------------------------------------------
@@ -475,6 +513,8 @@ _PORT = re.compile(r"\[?(.*?)\]?:\d+")
 
 # (scrape index, sample timestamp in ms or None, host, gpu, job id, gpu model)
 _SeriesKey = tuple[int, int | None, str | None, str | None, str | None, str | None]
+# The timestamp of a sample stamped outside the span samples can have: its row is timed NaT and dropped.
+_IMPOSSIBLE_MS = -(2**63)
 
 
 def _line_key(line: str) -> str | None:
@@ -515,7 +555,9 @@ def _families(path: Path, first_number: int, chunk: list[str]) -> list[Metric]:
                 except ValueError as line_error:
                     number, error = first_number + offset, str(line_error)
                     break
-        raise MalformedCapture(f"{path}:{number}: not Prometheus text exposition ({error})") from None
+        raise MalformedCapture(
+            f"{path}:{number}: not Prometheus text exposition ({one_line(error)})"
+        ) from None
 
 
 def _label(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
@@ -564,7 +606,7 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
                     identity = _jobstats_identity(sample.labels)
                 else:
                     continue
-                timestamp_ms = None if sample.timestamp is None else round(float(sample.timestamp) * 1000)
+                timestamp_ms = None if sample.timestamp is None else _timestamp_ms(float(sample.timestamp))
                 untimed += timestamp_ms is None
                 key = (index, timestamp_ms, *identity)
                 series.setdefault(key, {})[sample.name] = float(sample.value)
@@ -574,16 +616,29 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
             f"(e.g. {metrics.DCGM_METRICS[0].name}, {metrics.JOBSTATS_METRICS[0].name})"
         )
     notes = [f"{len(scrapes)} scrape(s) read"]
-    scrape_times: list[datetime] = []
+    scrape_times: list[datetime | None] = []
     if untimed:
         scrape_times, placed = clock.times(len(scrapes), SCRAPE_INTERVAL_SECONDS, f"{len(scrapes)} scrape(s)")
         notes.append(f"{untimed} sample(s) without timestamps: {placed}")
     rows: list[Row] = []
+    numbers: list[int] = []
     for (index, timestamp_ms, host, gpu, job, model), raw in series.items():
-        when = scrape_times[index] if timestamp_ms is None else _EPOCH + timedelta(milliseconds=timestamp_ms)
+        when: datetime | None
+        if timestamp_ms is None:
+            when = scrape_times[index]
+        elif timestamp_ms == _IMPOSSIBLE_MS:
+            when = None
+        else:
+            when = _EPOCH + timedelta(milliseconds=timestamp_ms)
         signals = _dcgm_signals(raw) | _jobstats_signals(raw)
         rows.append({TIMESTAMP: when, HOST: host, GPU: gpu, JOB_ID: job, GPU_MODEL: model, **signals})
-    return _Parsed(rows, notes, PROMETHEUS)
+        numbers.append(scrapes[index][0])  # a row gathers samples of several lines: name its scrape's first
+    return _Parsed(rows, notes, PROMETHEUS, numbers)
+
+
+def _timestamp_ms(seconds: float) -> int:
+    """A sample's time in ms since the epoch, or :data:`_IMPOSSIBLE_MS` outside the span samples can have."""
+    return round(seconds * 1000) if in_epoch_span(seconds) else _IMPOSSIBLE_MS
 
 
 # --- zest Parquet --------------------------------------------------------------
@@ -592,8 +647,8 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
 def _read_parquet(path: Path, data: bytes | Path) -> tuple[pd.DataFrame, list[str]]:
     try:
         table = pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data)
-    except pa.ArrowException as exc:
-        raise MalformedCapture(f"{path}: unreadable Parquet ({exc})") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:  # pyarrow's ArrowIOError is an OSError
+        raise MalformedCapture(f"{path}: unreadable Parquet ({one_line(str(exc))})") from None
     raw_header = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw_header is None:
         raise MalformedCapture(
@@ -603,15 +658,20 @@ def _read_parquet(path: Path, data: bytes | Path) -> tuple[pd.DataFrame, list[st
     try:
         header = json.loads(raw_header)
         version = header["format_version"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MalformedCapture(f"{path}: bad {METADATA_KEY.decode()} metadata ({exc})") from None
+        notes = [str(note) for note in header.get("notes", [])]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MalformedCapture(f"{path}: bad {METADATA_KEY.decode()} metadata ({one_line(exc)})") from None
     if version != FORMAT_VERSION:
         raise MalformedCapture(
             f"{path}: zest capture format {version}; this zest reads format {FORMAT_VERSION}: "
             "read it with a matching zest"
         )
     try:
-        frame = conform(table.to_pandas(), sort=False)  # write_capture wrote it sorted
-    except SchemaError as exc:
-        raise MalformedCapture(f"{path}: zest capture does not hold the telemetry frame ({exc})") from None
-    return frame, [str(note) for note in header.get("notes", [])]
+        # Without the pandas metadata, which conform makes needless and which pyarrow trusts blindly.
+        frame = conform(table.replace_schema_metadata(None).to_pandas(), sort=False)  # written sorted
+    except (SchemaError, pa.ArrowException, ValueError, TypeError) as exc:
+        raise MalformedCapture(
+            f"{path}: zest capture does not hold the telemetry frame ({one_line(exc)})"
+        ) from None
+    frame, screened = screen(frame, lambda row: f"{path}: row {row + 1}")
+    return frame, [*notes, *screened]

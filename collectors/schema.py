@@ -13,6 +13,9 @@ Signals are floats in base units; a signal a source lacks is NaN, never zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 import pandas as pd
 
 from collectors.errors import MalformedCapture
@@ -43,6 +46,31 @@ SIGNALS: tuple[str, ...] = (
 )
 
 COLUMNS: tuple[str, ...] = (TIMESTAMP, *LABELS, *SIGNALS)
+
+_TIB = 1024.0**4
+#: Where each signal can physically lie, in its unit: a value outside is a glitch of the tool that
+#: printed it (a utilization of -3 %, a power of 1e223 W), never a measurement. The bounds leave room
+#: for GPUs to come: 2 TiB of memory (today's largest: 288 GB), 5 kW (today's: 1.4 kW), 1 TB/s of PCIe
+#: per direction (PCIe 7 x16: 256 GB/s), 10 TB/s of NVLink (NVLink 5: 1.8 TB/s).
+SIGNAL_RANGES: dict[str, tuple[float, float]] = {
+    "gpu_util_ratio": (0.0, 1.0),
+    "sm_active_ratio": (0.0, 1.0),
+    "sm_occupancy_ratio": (0.0, 1.0),
+    "tensor_active_ratio": (0.0, 1.0),
+    "dram_active_ratio": (0.0, 1.0),
+    "mem_used_bytes": (0.0, 2 * _TIB),
+    "mem_total_bytes": (1024.0**2, 2 * _TIB),  # at least 1 MiB: the memory headroom divides by it
+    "power_watts": (0.0, 5000.0),
+    "pcie_tx_bytes_per_second": (0.0, 1e12),
+    "pcie_rx_bytes_per_second": (0.0, 1e12),
+    "nvlink_bytes_per_second": (0.0, 1e13),
+}
+#: A ratio this far outside [0, 1] is rounding (DCGM's profiling counters read 1.0004) and is clipped
+#: to the bound; beyond it the value is dropped.
+RATIO_TOLERANCE = 0.01
+#: Samples are timed in this span [earliest, latest): outside it the clock that stamped them was wrong.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def canonical_signal(name: str) -> str:
@@ -97,7 +125,10 @@ def _conform(frame: pd.DataFrame, columns: tuple[str, ...], required: tuple[str,
             out[column] = values if str(values.dtype) == "string" else values.astype("string")
         elif column in (TIMESTAMP, WINDOW_START, WINDOW_END):
             values = frame[column] if column in frame.columns else pd.Series(pd.NaT, index=frame.index)
-            out[column] = pd.to_datetime(values, utc=True)
+            try:
+                out[column] = pd.to_datetime(values, utc=True)
+            except (TypeError, ValueError, OverflowError) as exc:  # OutOfBoundsDatetime is a ValueError
+                raise SchemaError(f"column {column} is not a time: {exc}") from None
         elif column not in frame.columns:
             out[column] = float("nan")
         elif frame[column].dtype == "float64":
@@ -128,6 +159,65 @@ def conform_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Return ``frame`` in the GPU-summary schema (absent statistics become NaN)."""
     out = _conform(frame, SUMMARY_COLUMNS, (GPU,))
     return out.sort_values([HOST, GPU], kind="stable", ignore_index=True)
+
+
+def in_time_span(when: datetime) -> bool:
+    """Whether ``when`` (UTC where naive) lies in [:data:`EARLIEST`, :data:`LATEST`)."""
+    return EARLIEST <= (when if when.tzinfo else when.replace(tzinfo=UTC)) < LATEST
+
+
+def in_epoch_span(seconds: float) -> bool:
+    """Whether ``seconds`` since the Unix epoch lie in [:data:`EARLIEST`, :data:`LATEST`) (False for NaN)."""
+    return EARLIEST.timestamp() <= seconds < LATEST.timestamp()
+
+
+def screen(frame: pd.DataFrame, where: Callable[[int], str]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` (in the canonical schema, in the order its source gave it) without impossible values.
+
+    A signal outside :data:`SIGNAL_RANGES` (infinities included) becomes
+    missing; a ratio within :data:`RATIO_TOLERANCE` of [0, 1] is clipped to it.
+    A sample timed outside [:data:`EARLIEST`, :data:`LATEST`) or not at all is
+    dropped. Returns the frame, index reset, and one note per kind of drop,
+    naming the first by ``where(position)`` (e.g. ``"file.csv:12"``). Raises
+    :class:`SchemaError` if samples were given and none is timed in the span.
+    """
+    out = frame.copy()
+    first: tuple[int, str, float] | None = None
+    dropped = 0
+    for signal, (low, high) in SIGNAL_RANGES.items():
+        values = out[signal]
+        if signal.endswith("_ratio"):
+            values = values.mask(values.between(low - RATIO_TOLERANCE, low), low)
+            values = values.mask(values.between(high, high + RATIO_TOLERANCE), high)
+        bad = values.notna() & ~values.between(low, high)
+        if bad.any():
+            position = int(bad.to_numpy().argmax())
+            if first is None or position < first[0]:
+                first = (position, signal, float(values.iloc[position]))
+            dropped += int(bad.sum())
+            values = values.mask(bad)
+        out[signal] = values
+    notes = []
+    if first is not None:
+        position, signal, value = first
+        notes.append(
+            f"{dropped} value(s) outside their physical range taken as missing, the first "
+            f"{signal} {value:g} at {where(position)} (ranges: ratios 0-1, power 0-5000 W, memory 0-2 TiB)"
+        )
+    timed = out[TIMESTAMP].between(pd.Timestamp(EARLIEST), pd.Timestamp(LATEST), inclusive="left")
+    if not timed.all():
+        position = int((~timed).to_numpy().argmax())
+        if not timed.any():
+            raise SchemaError(
+                f"{where(position)}: no sample timed between {EARLIEST:%Y} and {LATEST:%Y} "
+                "(the clock that stamped them was wrong)"
+            )
+        notes.append(
+            f"{int((~timed).sum())} sample(s) timed outside {EARLIEST:%Y}-{LATEST:%Y} or not at all dropped, "
+            f"the first at {where(position)}"
+        )
+        out = out[timed]
+    return out.reset_index(drop=True), notes
 
 
 def empty_frame() -> pd.DataFrame:

@@ -121,6 +121,7 @@ def _read_file(
     import pandas as pd
 
     from collectors.files import read_capture
+    from collectors.schema import EARLIEST
 
     if path.is_dir():
         raise SourceUnavailable(f"{path} is a folder: give one capture file, or one of {SOURCE_HELP}")
@@ -133,7 +134,9 @@ def _read_file(
         notes.append(f"narrowed to the job's GPUs: {_placed(placement)}")
     if window_seconds is not None and not frame.empty:
         stop = pd.Timestamp(end) if end is not None else frame["timestamp"].max()
-        start = stop - timedelta(seconds=window_seconds)
+        # A window reaching before the earliest time a sample can have keeps all of them (and no overflow).
+        reach = min(window_seconds, (stop - pd.Timestamp(EARLIEST)).total_seconds())
+        start = stop - timedelta(seconds=max(reach, 0.0))
         frame = frame[frame["timestamp"].between(start, stop)].reset_index(drop=True)
         notes.append(
             f"read {window_seconds:g} s of the capture up to {iso_utc(stop)}"
