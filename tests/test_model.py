@@ -201,7 +201,11 @@ def test_the_default_artifact_is_small_and_its_metadata_describes_it(default: Lo
     assert meta["features"] == list(MODEL_FEATURES) == list(default.model.feature_names_in_)
     assert meta["model"]["coverage"] == 0.8
     assert "date" not in str(sorted(meta))
-    assert meta["training_data"]["rows"] == 1103 and meta["training_data"]["studies"] == 108
+    data = meta["training_data"]
+    assert (data["measured_rows"], data["measured_studies"]) == (1103, 108)  # every vTrain row
+    assert data["simulated_studies"] == 200 and data["rows"] == 1103 + data["simulated_rows"]
+    assert data["domain"]["gpu_models"] == ["a100-40gb", "a100-80gb", "h100-sxm", "h200"]
+    assert data["domain"]["gpus"] == [1, 512] and data["domain"]["sequence_lengths"] == [1024, 8192]
     shares = default.capture_shares()
     assert set(shares) == set(ALGORITHMS_BY_NAME)
     assert shares["exhaustive"] == 1.0

@@ -6,10 +6,16 @@ keyed by name and first trial start, trials by study and number: recording
 the same study twice adds nothing, and a process killed mid-write leaves the
 store as it was before that study. The studies come from
 :mod:`collectors.studies.optuna`.
+
+A file is known for a store before anything is written to it (read-only:
+its ``user_version``, ``application_id`` and tables), so a file of another
+program given as the store is left as it was; reading (:func:`read_outcomes`)
+writes nothing, so a store the user may only read can be read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -23,7 +29,7 @@ import pandas as pd
 
 from collectors.errors import OutcomesError, StoreError
 from collectors.studies.optuna import StudyRecord, TrialRecord
-from collectors.util import user_data_dir
+from collectors.util import one_line, user_data_dir
 
 STORE_FILE: Final = "outcomes.sqlite"
 SCHEMA_VERSION: Final = 1
@@ -126,47 +132,68 @@ def _stored(moment: datetime | None) -> str | None:
 def read_outcomes(path: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The studies and trials recorded in the store at ``path``; None when there is no store there.
 
-    Looking back creates nothing, neither the file nor its folder. Raises
-    :class:`StoreError` when ``path`` cannot hold a store (its folder is a
-    file) or the file there is not one.
+    Looking back writes nothing, neither the file, its folder nor the store's
+    journal, so a store the user may only read is read (an empty database
+    reads as no store). Raises :class:`StoreError` when ``path`` cannot hold
+    a store (its folder is a file) or the file there is not one.
     """
     if not path.exists():
         if path.parent.exists() and not path.parent.is_dir():
             raise StoreError(f"cannot create the folder of {path} (Not a directory): pass --store")
         return None
-    with OutcomeStore(path) as store:
+    with OutcomeStore(path, read_only=True) as store:
+        if store.schema_version == 0:
+            return None
         return store.studies(), store.trials()
 
 
 class OutcomeStore:
     """The outcomes of recorded tuning studies in one SQLite file; use as a context manager.
 
-    Raises :class:`StoreError` when the file cannot be opened or written.
+    ``read_only``: open for reading, writing nothing (no journal mode, no
+    schema); the file must exist. Raises :class:`StoreError` when the file
+    cannot be opened or written, or is not a zest store (checked before
+    anything is written to it).
     """
 
-    def __init__(self, path: Path, *, timeout_seconds: float = 30.0) -> None:
+    def __init__(self, path: Path, *, timeout_seconds: float = 30.0, read_only: bool = False) -> None:
         self.path = path
+        self.schema_version = 0  # of the file as opened: 0 for a new, empty store
         try:
+            if read_only:
+                self._db, self.schema_version = _open_read_only(path, timeout_seconds)
+                return
             path.parent.mkdir(parents=True, exist_ok=True)
+            if path.exists():  # known for a zest store (or an empty file) before anything writes to it
+                peek, _ = _open_read_only(path, timeout_seconds)
+                peek.close()
             # isolation_level=None: no implicit transactions; each write below opens its own
             self._db = sqlite3.connect(path, timeout=timeout_seconds, isolation_level=None)
+            with self._transaction():  # checked again under the write lock: another process may have written
+                self.schema_version = _schema_version(self._db, path)
+                if self.schema_version == 0:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{path} was written by a newer zest (schema {version}): upgrade zest")
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            self._close_quietly()
             raise StoreError(
-                f"cannot open the outcomes store {path} ({exc}): check the path, or pass --store"
+                f"cannot open the outcomes store {path} ({one_line(exc)}): check the path, or pass --store"
             ) from None
         except OSError as exc:
             raise StoreError(f"cannot create the folder of {path} ({exc.strerror}): pass --store") from None
+        except StoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
 
     def __enter__(self) -> OutcomeStore:
         return self
@@ -301,7 +328,12 @@ class OutcomeStore:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back when the block raises."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back when the block or the commit raises.
+
+    The error that ended the transaction is the one that propagates: SQLite
+    rolls a transaction back itself on some errors (a full disk), and a
+    rollback that then fails must not replace the cause.
+    """
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
@@ -310,7 +342,95 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
-        self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error being raised says why; this would hide it
+                self._db.execute("ROLLBACK")
+
+
+# --- knowing a store ---------------------------------------------------------------------------------
+
+
+def _connect_read_only(path: Path, timeout_seconds: float, *, immutable: bool = False) -> sqlite3.Connection:
+    """A connection that cannot write to ``path`` (SQLite's ``mode=ro``); the file must exist."""
+    uri = f"{path.absolute().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, timeout=timeout_seconds, isolation_level=None)
+
+
+def _open_read_only(path: Path, timeout_seconds: float) -> tuple[sqlite3.Connection, int]:
+    """A read-only connection to the store at ``path`` and its schema version (:func:`_schema_version`).
+
+    A WAL store can be read only where SQLite may create its shared-memory
+    file beside it; in a folder this user cannot write, and with no WAL file
+    there (no writer holds it open), it is read as immutable: nobody who
+    cannot create that file can be writing to the store.
+    """
+    try:
+        return _checked(_connect_read_only(path, timeout_seconds), path)
+    except sqlite3.OperationalError as exc:
+        wal = path.with_name(path.name + "-wal")
+        if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or not path.is_file() or wal.exists():
+            raise
+    return _checked(_connect_read_only(path, timeout_seconds, immutable=True), path)
+
+
+def _checked(db: sqlite3.Connection, path: Path) -> tuple[sqlite3.Connection, int]:
+    """``db`` and its schema version; ``db`` is closed if that cannot be read or it is no store."""
+    try:
+        return db, _schema_version(db, path)
+    except BaseException:
+        db.close()
+        raise
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
+    """Each table of ``db`` with its column names."""
+    names = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    columns = "SELECT name FROM pragma_table_info(?)"
+    return {name: {row[0] for row in db.execute(columns, (name,))} for name in names}
+
+
+def _schema_tables() -> dict[str, set[str]]:
+    """The tables and columns of a store of :data:`SCHEMA_VERSION`, read from :data:`_SCHEMA` itself."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(_SCHEMA)
+        return _tables(db)
+
+
+def _schema_version(db: sqlite3.Connection, path: Path) -> int:
+    """The schema version of the store ``db`` (0: an empty database, a store yet to be made), read only.
+
+    Raises :class:`StoreError` when the database is another program's (an
+    application id, other tables or columns) or a newer zest's store.
+    """
+    application_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    objects = int(db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    if application_id == 0 and version == 0 and objects == 0:
+        return 0
+    tables = _tables(db)
+    expected = _schema_tables()
+    if application_id == 0 and set(expected) <= set(tables):
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} was written by a newer zest (schema {version}): upgrade zest")
+        if version >= 1 and all(columns <= tables[name] for name, columns in expected.items()):
+            return version
+    held = sorted(tables)
+    listed = ", ".join(held[:4]) + (f", … ({len(held)} tables)" if len(held) > 4 else "")
+    what = f"application id {application_id}" if application_id else f"tables {listed or 'none'}"
+    raise StoreError(
+        f"{path} is not a zest outcomes store (user_version {version}, {what}); "
+        "it was left as it was: pass another --store"
+    )
 
 
 def _trial_row(study_id: int, trial: TrialRecord) -> tuple[Any, ...]:

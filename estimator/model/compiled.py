@@ -365,9 +365,8 @@ def load_compiled_model(path: Path) -> CompiledZeModel:
             layout = next((lay for lay in layouts if set(archive.files) == set(lay)), layouts[-1])
             if set(archive.files) != set(layout):
                 odd = sorted(set(layout) ^ set(archive.files))  # missing or unexpected
-                raise ModelError(
-                    f"{path} is not a compiled Z_e model of this zest (arrays {', '.join(odd)}): {redo}"
-                )
+                listed = ", ".join(odd[:6]) + (f", … ({len(odd)} in all)" if len(odd) > 6 else "")
+                raise ModelError(f"{path} is not a compiled Z_e model of this zest (arrays {listed}): {redo}")
             arrays = {key: archive[key] for key in layout}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ModelError(f"{path} is not a compiled model file ({one_line(exc)}): {redo}") from None
@@ -422,7 +421,28 @@ def load_metadata(path: Path) -> dict[str, Any]:
         raise ModelError(f"model metadata {path} is not JSON ({exc.msg}): run zest train") from None
     if not isinstance(document, dict):
         raise ModelError(f"model metadata {path} is not a JSON object: run zest train")
+    try:
+        _capture_shares(document)
+    except ValueError as exc:
+        raise ModelError(f"model metadata {path}: {exc}: run zest train") from None
     return document
+
+
+def _capture_shares(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """The capture shares of model ``metadata`` (``capture_shares.shares.<algorithm>.share``), by algorithm;
+    none when it has none. Raises :class:`ValueError` naming the entry that is not a share in [0, 1]."""
+    section = metadata.get("capture_shares", {})
+    shares = section.get("shares", {}) if isinstance(section, dict) else None
+    if not isinstance(shares, dict):
+        raise ValueError("capture_shares.shares is not a JSON object")
+    found = {}
+    for name, entry in shares.items():
+        share = entry.get("share") if isinstance(entry, dict) else None
+        # bool is an int to Python, not a number to a reader of the JSON
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
+            raise ValueError(f"capture share of {name!r} is {share!r}, not a number in [0, 1]")
+        found[str(name)] = float(share)
+    return found
 
 
 @dataclass(frozen=True)
@@ -444,9 +464,12 @@ class LoadedModel:
         return float(self.model.coverage)
 
     def capture_shares(self) -> dict[str, float]:
-        """Measured share of the thorough-search Z each default algorithm captures, by algorithm name."""
-        shares = self.metadata.get("capture_shares", {}).get("shares", {})
-        return {str(name): float(entry["share"]) for name, entry in shares.items()}
+        """Measured share of the thorough-search Z each default algorithm captures, by algorithm name;
+        :class:`ModelError` if the metadata holds one that is not a share."""
+        try:
+            return _capture_shares(self.metadata)
+        except ValueError as exc:
+            raise ModelError(f"the model's metadata: {exc}: run zest train") from None
 
 
 @contextmanager

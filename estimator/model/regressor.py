@@ -29,6 +29,7 @@ import io
 import json
 import math
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -42,6 +43,7 @@ from sklearn.model_selection import GroupKFold, KFold
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from collectors.errors import ModelError, OutputError
+from collectors.util import one_line
 from estimator.model.compiled import (
     COMPILED_SUFFIX,
     DEFAULT_ARTIFACT,
@@ -96,9 +98,19 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Every type a model file may hold. Anything else makes :func:`load_model` refuse the file.
+#: Every type a model file may hold, those skops trusts by default included: anything else (another
+#: scikit-learn estimator, a NumPy function) makes :func:`load_model` refuse the file.
 TRUSTED_TYPES: Final = frozenset(
     {
+        "builtins.dict",
+        "builtins.list",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.ndarray",
+        "numpy.random._generator.Generator",
+        "numpy.uint64",
+        "sklearn._loss._loss.CyHalfSquaredError",
+        "sklearn._loss._loss.CyPinballLoss",
         "estimator.model.regressor.ZeRegressor",
         "sklearn._loss.link.IdentityLink",
         "sklearn._loss.link.Interval",
@@ -302,27 +314,81 @@ def save_model(model: ZeModel, path: Path, metadata: Mapping[str, Any]) -> tuple
     return path, json_path
 
 
+def _schema_types(data: bytes) -> set[str]:
+    """Every type (``module.name``) the skops file ``data`` names, those skops trusts by default included.
+
+    Raises :class:`ValueError` (or what :mod:`zipfile` and :mod:`json` raise)
+    when ``data`` is no skops file: not a zip, no ``schema.json``, or a schema
+    that is not a tree of skops nodes.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    if not isinstance(schema, dict) or "__loader__" not in schema:
+        raise ValueError("schema.json holds no skops schema")
+    found: set[str] = set()
+    stack: list[Any] = [schema]  # a stack, not recursion: a schema may be nested deeper than Python recurses
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__module__" in node or "__class__" in node:
+                found.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+#: What reading a file that is no skops model raises, in :func:`_schema_types` or in skops' load (JSON and
+#: text decoding errors are ValueErrors).
+_NOT_SKOPS: Final = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    RecursionError,
+)
+
+
+_REBUILD: Final = "rebuild it with zest train"
+
+
+def _not_skops(path: Path, exc: Exception) -> ModelError:
+    return ModelError(f"{path} is not a skops model file ({one_line(exc) or type(exc).__name__}): {_REBUILD}")
+
+
 def load_model(path: Path, *, trusted: frozenset[str] = TRUSTED_TYPES) -> ZeModel:
-    """Load a model written by :func:`save_model`, refusing files with types outside ``trusted``."""
+    """Load a model written by :func:`save_model`, refusing a file with any type outside ``trusted``.
+
+    Every type the file names is checked, those skops trusts by default
+    included, and ``trusted`` alone is what skops is told to trust. Raises
+    :class:`ModelError` when the file cannot be read, is no skops model file
+    (empty, a zip without a skops schema, a schema skops cannot load), holds
+    another type or is not a Z_e model.
+    """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ModelError(f"cannot read model {path} ({exc.strerror}): run zest train to build it") from None
     try:
-        found = sio.get_untrusted_types(data=data)
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is not a skops model file ({exc}): run zest train to rebuild it") from None
-    untrusted = sorted(set(found) - trusted)
+        found = _schema_types(data)
+    except _NOT_SKOPS as exc:
+        raise _not_skops(path, exc) from None
+    untrusted = sorted(found - trusted)
     if untrusted:
         raise ModelError(
             f"{path} holds type(s) zest does not trust ({', '.join(untrusted)}); "
-            "refusing to load it: rebuild it with zest train"
+            f"refusing to load it: {_REBUILD}"
         )
-    model = sio.load(io.BytesIO(data), trusted=list(found))
+    try:
+        model = sio.load(io.BytesIO(data), trusted=sorted(trusted))
+    except _NOT_SKOPS as exc:  # the schema names only trusted types but does not build them
+        raise _not_skops(path, exc) from None
     if not isinstance(model, ZeModel):  # a ZeRegressor, or a model built on one (estimator.model.local)
-        raise ModelError(
-            f"{path} holds a {type(model).__name__}, not a Z_e model: rebuild it with zest train"
-        )
+        raise ModelError(f"{path} holds a {type(model).__name__}, not a Z_e model: {_REBUILD}")
     return model
 
 
