@@ -121,6 +121,15 @@ def test_a_signal_never_reported_stays_nan() -> None:
         assert summary[summary_column("nvlink_bytes_per_second", statistic)].isna().all()
 
 
+def test_an_infinite_statistic_from_a_source_is_a_missing_feature() -> None:
+    """A summary a source aggregated (PromQL) may hold inf: the feature is NaN, never a model input."""
+    summary = summarize_gpus(two_gpus())
+    summary[summary_column("power_watts", "mean")] = np.inf
+    features = ft.features_frame(summary)
+    assert np.isnan(features[ft.POWER_WATTS]).all()
+    assert np.isfinite(features[ft.ratio_feature("sm_active_ratio", "mean")]).all()
+
+
 def test_idle_share_is_nan_without_sm_active() -> None:
     frame = two_gpus()
     frame["sm_active_ratio"] = NAN

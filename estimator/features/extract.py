@@ -305,7 +305,7 @@ def features_frame(summary: pd.DataFrame) -> pd.DataFrame:
 
     Ratio features average the per-GPU statistic over the job's GPUs;
     GPUs without a signal do not count towards its mean, and a signal no
-    GPU has gives NaN. Raises :class:`collectors.schema.SchemaError` if
+    GPU has gives NaN, as does an infinite statistic. Raises :class:`collectors.schema.SchemaError` if
     ``summary`` lacks a column of the GPU-summary schema or has the wrong dtype.
     """
     _check_summary(summary)
@@ -338,7 +338,9 @@ def features_frame(summary: pd.DataFrame) -> pd.DataFrame:
     out[WINDOW_SECONDS] = window.dt.total_seconds()
     present = per_gpu[[f"_has_{s}" for s in SIGNALS]].groupby(per_gpu[JOB_ID], dropna=False).any()
     out[COVERAGE_RATIO] = present.sum(axis=1) / len(SIGNALS)
-    return out.astype(np.float64)
+    # a source's infinite statistic (a counter gone wild in PromQL) is no measurement: a missing signal,
+    # which the model's interval widens for, never an input that fails the whole batch
+    return out.astype(np.float64).replace([np.inf, -np.inf], np.nan)
 
 
 def job_features(summary: pd.DataFrame, *, requested_window_seconds: float | None = None) -> Features:
