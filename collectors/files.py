@@ -9,10 +9,15 @@ decompressed first, whatever it is called) and reads:
   read as UTC**.
 * ``dcgmi dmon -e 203,1002,...`` text output. dmon prints no time: its samples
   are spaced ``interval_seconds`` apart (default 1 s, dmon's default ``-d``).
-* Prometheus text exposition scraped from dcgm-exporter or the jobstats
+* Prometheus text exposition scraped from dcgm-exporter (or the retired
+  gpu-monitoring-tools exporter's ``dcgm_*`` series) or the jobstats
   exporter, one scrape or several concatenated. Without sample timestamps the
   scrapes are spaced ``interval_seconds`` apart (default 30 s, dcgm-exporter's
-  collection interval).
+  collection interval). A MIG instance is a GPU of its own (``gpu/instance``);
+  where ``DCGM_FI_DEV_GPU_UTIL`` is absent (MIG) ``DCGM_FI_PROF_GR_ENGINE_ACTIVE``
+  gives the GPU's activity; DCGM's blank values are missing, lines ``...``
+  (where an author cut the output) skipped, each with a note. Series copied
+  without values, or with labels cut short, are refused.
 * zest's own Parquet capture, written by :func:`write_capture`.
 
 Where a file carries no time, the samples start at ``start_time`` or, by
@@ -272,6 +277,8 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
             return DCGMI_DMON
         if stripped.startswith(("# HELP ", "# TYPE ")) or _PROMETHEUS_SAMPLE.fullmatch(stripped):
             return PROMETHEUS
+        if _PROMETHEUS_LISTED_SERIES.fullmatch(stripped):
+            return PROMETHEUS
         if stripped.startswith("#"):
             continue
         if _nvidia_smi_header(_csv_cells(path, number, stripped)) is not None:
@@ -290,6 +297,9 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
 def _dcgm_signals(raw: Mapping[str, float]) -> dict[str, float]:
     """Canonical signals from DCGM field values keyed by their dcgm-exporter names."""
     out = {m.signal: raw[m.name] * m.scale for m in metrics.DCGM_METRICS if m.name in raw}
+    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
+    if gr_engine.signal not in out and gr_engine.name in raw:
+        out[gr_engine.signal] = raw[gr_engine.name] * gr_engine.scale
     total_mib = raw.get(metrics.DCGM_FB_TOTAL, math.nan)
     if math.isnan(total_mib) and metrics.DCGM_FB_USED in raw and metrics.DCGM_FB_FREE in raw:
         # Reserved memory is absent from older exporters and default dmon field lists.
@@ -299,6 +309,10 @@ def _dcgm_signals(raw: Mapping[str, float]) -> dict[str, float]:
         out[_MEM_TOTAL_BYTES] = total_mib * metrics.MIB
     if all(name in raw for name in metrics.DCGM_NVLINK_BYTES):
         out[_NVLINK_BYTES_PER_SECOND] = sum(raw[name] for name in metrics.DCGM_NVLINK_BYTES)
+    elif metrics.DCGM_NVLINK_TOTAL in raw:  # the default counters' field 449, a throughput despite its type
+        out[_NVLINK_BYTES_PER_SECOND] = (
+            raw[metrics.DCGM_NVLINK_TOTAL] * metrics.DCGM_NVLINK_TOTAL_METRIC.scale
+        )
     return out
 
 
@@ -503,8 +517,14 @@ _PROMETHEUS_SAMPLE = re.compile(
     r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+[-+]?([0-9.]+([eE][-+]?[0-9]+)?|NaN|Inf)(\s+-?[0-9]+)?"
 )
 _SERIES_KEY = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?")
+# A series as a Prometheus UI or API listing shows it: labels, no sample value.
+_PROMETHEUS_LISTED_SERIES = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\{.*\}")
+# A label set an author shortened by hand: `{gpu="0",...,modelName="L40S",...}`.
+_ELIDED_LABELS = re.compile(r"\{(.*,)?\s*(\.\.\.|\u2026)\s*(,.*)?\}")
+_ELISION = frozenset({"...", "\u2026"})  # a line an author put where they cut the output
 _DCGM_NAMES = frozenset(
     {m.name for m in metrics.DCGM_METRICS}
+    | {metrics.DCGM_GR_ENGINE_ACTIVE.name, metrics.DCGM_NVLINK_TOTAL}
     | {metrics.DCGM_FB_FREE, metrics.DCGM_FB_RESERVED, metrics.DCGM_FB_TOTAL, *metrics.DCGM_NVLINK_BYTES}
 )
 _JOBSTATS_NAMES = frozenset(m.name for m in metrics.JOBSTATS_METRICS)
@@ -578,11 +598,45 @@ def _with_mig(gpu: str | None, instance: str | None) -> str | None:
 
 
 def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
-    gpu = _label(labels, (metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL))
+    gpu = _label(labels, (metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL, metrics.GMT_UUID_LABEL))
     gpu = _with_mig(gpu, labels.get(metrics.DCGM_MIG_INSTANCE_LABEL))
-    job = metrics.job_id_from_labels(labels, metrics.DCGM_JOB_LABELLINGS)
+    job = metrics.job_id_from_labels(labels, metrics.DCGM_STORED_JOB_LABELLINGS)
     model = labels.get(metrics.DCGM_MODEL_LABEL) or None
-    return _host(labels, metrics.DCGM_HOST_LABELS), gpu, job, model
+    return _host(labels, metrics.DCGM_STORED_HOST_LABELS), gpu, job, model
+
+
+def _is_dcgm_blank(value: float) -> bool:
+    """Whether ``value`` is one of DCGM's blank values (not supported, not found, ...), not a reading."""
+    fp64_blank = metrics.DCGM_FP64_BLANK <= value < metrics.DCGM_FP64_BLANK + metrics.DCGM_BLANK_SPAN
+    # The int64 blanks all round to 2**63 as floats, past any int64 reading.
+    return fp64_blank or value >= float(metrics.DCGM_INT64_BLANK)
+
+
+def _check_prometheus_lines(path: Path, lines: Sequence[str]) -> tuple[list[str], int]:
+    """``lines`` with the lines an author put where they cut the output blanked (numbers kept), and
+    their count. Raises :class:`MalformedCapture` for a series listed without a value, or whose labels
+    were shortened by hand: neither is what an exporter writes, and filling in either would be a guess."""
+    kept: list[str] = []
+    elided = 0
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped in _ELISION:
+            elided += 1
+            kept.append("")
+            continue
+        if stripped and not stripped.startswith("#"):
+            if _ELIDED_LABELS.search(stripped):
+                raise MalformedCapture(
+                    f"{path}:{number}: labels cut short with '...' (an edited excerpt): the GPU, host and "
+                    "job of the series are unknown; save the exporter's /metrics output whole"
+                )
+            if _PROMETHEUS_LISTED_SERIES.fullmatch(stripped):
+                raise MalformedCapture(
+                    f"{path}:{number}: a series without a sample value (a Prometheus UI or API listing, "
+                    "not a scrape): save the exporter's /metrics output"
+                )
+        kept.append(line)
+    return kept, elided
 
 
 def _jobstats_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:
@@ -594,28 +648,50 @@ def _jobstats_identity(labels: Mapping[str, str]) -> tuple[str | None, str | Non
 
 
 def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+    lines, elided = _check_prometheus_lines(path, lines)
     scrapes = _split_scrapes(lines)
     series: dict[_SeriesKey, dict[str, float]] = {}
     untimed = 0
+    blanks = 0
     for index, (first_number, chunk) in enumerate(scrapes):
         for family in _families(path, first_number, chunk):
             for sample in family.samples:
-                if sample.name in _DCGM_NAMES:
+                name = metrics.GMT_DCGM_FIELDS.get(sample.name, sample.name)
+                if name in _DCGM_NAMES:
                     identity = _dcgm_identity(sample.labels)
-                elif sample.name in _JOBSTATS_NAMES:
+                elif name in _JOBSTATS_NAMES:
                     identity = _jobstats_identity(sample.labels)
                 else:
                     continue
                 timestamp_ms = None if sample.timestamp is None else _timestamp_ms(float(sample.timestamp))
                 untimed += timestamp_ms is None
                 key = (index, timestamp_ms, *identity)
-                series.setdefault(key, {})[sample.name] = float(sample.value)
+                raw = series.setdefault(key, {})
+                if _is_dcgm_blank(float(sample.value)):
+                    blanks += 1  # no reading: as if the series were absent
+                else:
+                    raw[name] = float(sample.value)
     if not series:
         raise MalformedCapture(
-            f"{path}:1: Prometheus text without dcgm-exporter or jobstats GPU series "
-            f"(e.g. {metrics.DCGM_METRICS[0].name}, {metrics.JOBSTATS_METRICS[0].name})"
+            f"{path}:1: Prometheus text without dcgm-exporter or jobstats GPU series that zest reads "
+            f"(e.g. {metrics.DCGM_METRICS[0].name}, {metrics.DCGM_GR_ENGINE_ACTIVE.name}, "
+            f"{metrics.JOBSTATS_METRICS[0].name})"
         )
     notes = [f"{len(scrapes)} scrape(s) read"]
+    if elided:
+        notes.append(f"{elided} line(s) reading '...' (where the output was cut) skipped")
+    if blanks:
+        notes.append(
+            f"{blanks} value(s) reading DCGM's blank (field not supported or not found) taken as missing"
+        )
+    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
+    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
+    from_gr_engine = sum(gr_engine.name in raw and gpu_util not in raw for raw in series.values())
+    if from_gr_engine:
+        notes.append(
+            f"{from_gr_engine} sample(s) with {gr_engine.name} but no {gpu_util} (dcgm-exporter "
+            f"publishes none for MIG instances): {gr_engine.signal} read from the former"
+        )
     scrape_times: list[datetime | None] = []
     if untimed:
         scrape_times, placed = clock.times(len(scrapes), SCRAPE_INTERVAL_SECONDS, f"{len(scrapes)} scrape(s)")

@@ -48,6 +48,28 @@ DCGM_NVLINK_TOTAL = "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL"
 # Read it as a gauge in units of 1000 KiB/s. Used when the DCP pair
 # DCGM_NVLINK_BYTES (bytes/s, off by default) is absent.
 DCGM_NVLINK_TOTAL_METRIC = SourceMetric(DCGM_NVLINK_TOTAL, "nvlink_bytes_per_second", 1000 * 1024)
+# The graphics/compute engine's active ratio (DCP field 1001). dcgm-exporter
+# publishes no DCGM_FI_DEV_GPU_UTIL for MIG instances, and its maintainers
+# point users to this series instead: read as gpu_util_ratio where GPU_UTIL is absent.
+DCGM_GR_ENGINE_ACTIVE = SourceMetric("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gpu_util_ratio")
+# DCGM's "blank" values (dcgm_structs.h): a field not supported, not found or
+# not permitted is stored as one of the 16 values from DCGM_FP64_BLANK (2**47)
+# for doubles, from DCGM_INT64_BLANK (0x7ffffffffffffff0) for int64s; older
+# exporters print them as sample values (e.g. 9223372036854775794).
+DCGM_FP64_BLANK = float(2**47)
+DCGM_INT64_BLANK = 0x7FFFFFFFFFFFFFF0
+DCGM_BLANK_SPAN = 16
+
+# NVIDIA gpu-monitoring-tools' dcgm-exporter (DCGM 1.x, a node-exporter textfile;
+# retired): lower-case ``dcgm_*`` names with the same units as the DCGM fields they
+# carry, and labels ``gpu`` and ``uuid``. Read as those fields.
+GMT_DCGM_FIELDS: Mapping[str, str] = {
+    "dcgm_gpu_utilization": "DCGM_FI_DEV_GPU_UTIL",
+    "dcgm_fb_used": DCGM_FB_USED,
+    "dcgm_fb_free": DCGM_FB_FREE,
+    "dcgm_power_usage": "DCGM_FI_DEV_POWER_USAGE",
+}
+GMT_UUID_LABEL = "uuid"
 
 # Princeton jobstats' nvidia_gpu_prometheus_exporter (port 9445). Its GPM
 # ``_percent`` series hold 0-1 fractions despite their names.
@@ -88,6 +110,17 @@ DCGM_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = (
     *zip(DCGM_NAMESPACE_LABELS, DCGM_POD_LABELS, strict=True),
 )
 JOBSTATS_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = ((JOBSTATS_JOB_LABEL,),)
+#: dcgm-exporter's labels as a Prometheus server stores them: where the scrape's own target labels
+#: (the exporter pod's ``namespace``/``pod``) collided with the exporter's, the exporter's became
+#: ``exported_*`` and name the job; tried before the plain ones.
+DCGM_EXPORTED_JOB_LABELLING = ("exported_namespace", "exported_pod")
+DCGM_STORED_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = (
+    DCGM_JOB_LABELLINGS[0],
+    DCGM_EXPORTED_JOB_LABELLING,
+    *DCGM_JOB_LABELLINGS[1:],
+)
+#: Host labels of a stored dcgm-exporter series: the exporter's, then the scrape's ``instance`` (host:port).
+DCGM_STORED_HOST_LABELS = (*DCGM_HOST_LABELS, "instance")
 
 
 def job_id_from_labels(labels: Mapping[str, str], labellings: Sequence[Sequence[str]]) -> str | None:

@@ -436,3 +436,60 @@ def test_unreadable_content_is_malformed(tmp_path: Path, content: bytes, what: s
 def test_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval_seconds must be > 0"):
         read_capture(DMON, interval_seconds=0)
+
+
+# --- dcgm-exporter variants (label spellings, blanks, MIG without GPU_UTIL) -----
+
+
+def test_dcgm_blank_values_are_missing_with_a_note(tmp_path: Path) -> None:
+    # DCGM's int64 "not supported" and fp64 "blank" values, printed as readings by older exporters.
+    text = """\
+DCGM_FI_DEV_GPU_UTIL{gpu="0", UUID="GPU-a",container="",namespace="",pod=""} 9223372036854775794
+DCGM_FI_DEV_POWER_USAGE{gpu="0", UUID="GPU-a",container="",namespace="",pod=""} 140737488355328
+DCGM_FI_DEV_FB_USED{gpu="0", UUID="GPU-a",container="",namespace="",pod=""} 1024
+"""
+    capture = read_capture(write(tmp_path, "scrape.prom", text), start_time=START)
+    row = capture.frame.iloc[0]
+    assert pd.isna(row["gpu_util_ratio"]) and pd.isna(row["power_watts"])
+    assert row["mem_used_bytes"] == 1024 * MIB
+    assert pd.isna(row[JOB_ID])  # empty pod labels name no job
+    assert any("2 value(s) reading DCGM's blank" in note for note in capture.notes)
+
+
+def test_gr_engine_active_stands_for_gpu_util_only_where_it_is_absent(tmp_path: Path) -> None:
+    text = """\
+DCGM_FI_DEV_GPU_UTIL{gpu="0"} 50
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu="0"} 0.2
+DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu="0",GPU_I_PROFILE="3g.40gb",GPU_I_ID="2"} 0.75
+"""
+    capture = read_capture(write(tmp_path, "scrape.prom", text), start_time=START)
+    util = capture.frame.set_index(GPU)["gpu_util_ratio"]
+    assert util.to_dict() == {"0": pytest.approx(0.5), "0/2": pytest.approx(0.75)}
+    assert any("1 sample(s) with DCGM_FI_PROF_GR_ENGINE_ACTIVE but no" in note for note in capture.notes)
+
+
+def test_exported_pod_labels_name_the_job_and_instance_the_host(tmp_path: Path) -> None:
+    # Stored by Prometheus: pod/namespace are the exporter's own, the workload's became exported_*.
+    text = (
+        'DCGM_FI_DEV_GPU_UTIL{gpu="3",exported_namespace="ml",exported_pod="train-0",'
+        'namespace="gpu-operator",pod="nvidia-dcgm-exporter-57pvc",instance="10.0.0.7:9400"} 80\n'
+    )
+    row = read_capture(write(tmp_path, "scrape.prom", text), start_time=START).frame.iloc[0]
+    assert row[JOB_ID] == "ml/train-0"
+    assert row[HOST] == "10.0.0.7"
+
+
+def test_lines_where_the_output_was_cut_are_skipped_with_a_note(tmp_path: Path) -> None:
+    text = '# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n...\nDCGM_FI_DEV_GPU_UTIL{gpu="0"} 7\n...\n'
+    capture = read_capture(write(tmp_path, "scrape.prom", text), start_time=START)
+    assert capture.frame["gpu_util_ratio"].tolist() == pytest.approx([0.07])
+    assert any("2 line(s) reading '...'" in note for note in capture.notes)
+
+
+def test_series_listed_without_values_or_with_cut_labels_are_refused(tmp_path: Path) -> None:
+    listed = 'DCGM_FI_DEV_GPU_UTIL{gpu="0", instance="10.0.0.7:9400"}\n'
+    with pytest.raises(MalformedCapture, match=r"listed\.prom:1: a series without a sample value"):
+        read_capture(write(tmp_path, "listed.prom", listed))
+    cut = 'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a"} 1\nDCGM_FI_DEV_GPU_UTIL{gpu="1",...} 2\n'
+    with pytest.raises(MalformedCapture, match=r"cut\.prom:2: labels cut short"):
+        read_capture(write(tmp_path, "cut.prom", cut))
