@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import requests
+
+from collectors.metrics import DCGM_FB_FREE, DCGM_METRICS, MIB
 
 INSTALL_HINT = "install Prometheus and promtool: sudo apt-get install prometheus"
 SCRAPE_SECONDS = 30
@@ -228,6 +231,20 @@ def dcgm_gpu(
         values["DCGM_FI_PROF_NVLINK_TX_BYTES"] = rng.integers(0, 2 * 10**11, count).astype(float)
         values["DCGM_FI_PROF_NVLINK_RX_BYTES"] = rng.integers(0, 2 * 10**11, count).astype(float)
     return [Series(name, dict(labels), times, v) for name, v in values.items()]
+
+
+def dcgm_from_telemetry(frame: pd.DataFrame, start: int, count: int, labels: dict[str, str]) -> list[Series]:
+    """dcgm-exporter series of one GPU for ``count`` scrapes from ``start``, its values those of a canonical
+    telemetry frame of one GPU (e.g. a bundled example's), cycled: a job whose telemetry looks like one."""
+    rows = frame.iloc[np.arange(count) % len(frame)]
+    times = _times(start, count)
+    out = [
+        Series(m.name, dict(labels), times, rows[m.signal].to_numpy(dtype=float) / m.scale)
+        for m in DCGM_METRICS
+    ]
+    free = (rows["mem_total_bytes"] - rows["mem_used_bytes"]).to_numpy(dtype=float) / MIB
+    out.append(Series(DCGM_FB_FREE, dict(labels), times, free))
+    return out
 
 
 def dcgm_labels(host: str, gpu: int, job: dict[str, str], *, host_label: str = "Hostname") -> dict[str, str]:

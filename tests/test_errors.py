@@ -626,6 +626,7 @@ def test_a_damaged_training_cache_is_simulated_again(
     inputs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["train", "--data", str(inputs / "vtrain"), "--cache-dir", str(inputs / "cache")]
+    args += ["--simulated-studies", "0"]
     args += ["--output-dir", str(inputs / "out")]
     assert run("zest", args, capsys)[0] == 0
     (cached,) = (inputs / "cache").glob("training_rows_*.parquet")

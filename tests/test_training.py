@@ -282,14 +282,17 @@ def test_train_and_evaluate_commands_on_a_small_copy_of_the_data(tmp_path: Path,
     data_dir.mkdir()
     pd.read_csv(data.path)[kept(data, 5).to_numpy()].to_csv(data_dir / DATA_FILE, index=False)
     small = read_study_data(data_dir)
-    cache = ["--cache-dir", str(tmp_path / "cache")]
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--simulated-studies", "3"]
     out = tmp_path / "out"
     out.mkdir()
     result = CliRunner().invoke(train, ["--data", str(data_dir), "--output-dir", str(out), *cache])
     assert result.exit_code == 0, result.output
     model = load_model(out / "ze_model.skops")
     meta = json.loads((out / "ze_model.json").read_text(encoding="utf-8"))
-    assert meta["training_data"]["rows"] == len(small.frame)
+    trained = meta["training_data"]
+    assert trained["measured_rows"] == len(small.frame) and trained["simulated_studies"] == 3
+    assert trained["rows"] == len(small.frame) + trained["simulated_rows"] and trained["simulated_rows"] > 3
+    assert len({p.name.split("_")[0] for p in (tmp_path / "cache").glob("*.parquet")}) == 2  # both kept
     assert meta["features"] == list(model.feature_names_in_)
     assert small.studies == 5
     assert (tmp_path / "cache" / ".gitignore").is_file()
@@ -309,6 +312,7 @@ def test_train_and_evaluate_commands_on_a_small_copy_of_the_data(tmp_path: Path,
     assert f"Local outcomes: none; no outcomes store at {no_store}" in result.output
     text = card.read_text(encoding="utf-8")
     assert "| zest (Z_e model) |" in text and text.startswith("# card\n") and text.endswith(f"{CARD_END}\n")
+    assert "**Simulated labels**" in text and "| simulated, " in text  # scored apart from the measured
 
 
 # --- held-out evaluation on llm-foundry-like measurements ---------------------------------------------
@@ -349,7 +353,9 @@ def test_held_out_studies_and_measured_z_by_hand(tmp_path: Path) -> None:
     assert frame["hosts"].tolist() == [1, 1, 1, 2]
     assert held.dropped["rows"].tolist() == [1] and "FP8" in held.dropped["reason"].iloc[0]
     assert [s.sharding for s in held.specs] == ["full"] * 4
-    assert [s.recompute for s in held.specs] == ["selective", "selective", "full", "selective"]
+    # FlashAttention without checkpointing stores no scores: recompute "none"; checkpointing is "full"
+    assert [s.recompute for s in held.specs] == ["none", "none", "full", "none"]
+    assert {s.attention for s in held.specs} == {"flash"}
 
     with pytest.raises(DataError, match="--held-out"):
         read_mpt_studies(tmp_path / "nowhere")
@@ -444,6 +450,7 @@ def test_evaluate_command_writes_the_held_out_section(tmp_path: Path, data: Stud
     before = f"# card\n{CARD_BEGIN}\n{CARD_END}\n\nkept\n{HELD_OUT_BEGIN}\nOLD TABLE\n{HELD_OUT_END}\ntail\n"
     card.write_text(before, encoding="utf-8")
     args = ["--data", str(data_dir), "--cache-dir", str(tmp_path / "cache"), "--store", str(tmp_path / "s")]
+    args += ["--simulated-studies", "0"]
     result = CliRunner().invoke(
         evaluate_cli, [*args, "--held-out", str(tmp_path / "shared"), "--card", str(card)]
     )
