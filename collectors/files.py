@@ -3,10 +3,14 @@
 :func:`read_capture` detects the format by content, not by name (a gzip file is
 decompressed first, whatever it is called) and reads:
 
-* ``nvidia-smi --query-gpu=timestamp,index,...  --format=csv`` logs, with or
-  without ``nounits``; the header line is required (``noheader`` is refused).
-  nvidia-smi prints the node's local time without a zone: **its timestamps are
-  read as UTC**.
+* ``nvidia-smi --query-gpu=... --format=csv`` logs, any fields in any order,
+  with or without ``nounits``; the header line is required (``noheader`` is
+  refused: its columns cannot be named), and so is ``utilization.gpu`` with a
+  value in some record. The GPU is named by ``index``, ``uuid`` or
+  ``pci.bus_id``, else by its row order within a tick. nvidia-smi prints the
+  node's local time without a zone: **its timestamps are read as UTC**;
+  without a ``timestamp`` column the ticks (a new one where a GPU repeats) are
+  placed like dmon samples, 1 s apart by default.
 * ``dcgmi dmon -e 203,1002,...`` text output. dmon prints no time: its samples
   are spaced ``interval_seconds`` apart (default 1 s, dmon's default ``-d``).
 * Prometheus text exposition scraped from dcgm-exporter (or the retired
@@ -166,7 +170,7 @@ def read_capture(
     source_format = _detect(path, lines)
     clock = _Clock(path, interval_seconds, start_time, modified)
     if source_format == NVIDIA_SMI:
-        parsed = _parse_nvidia_smi(path, lines)
+        parsed = _parse_nvidia_smi(path, lines, clock)
     elif source_format == DCGMI_DMON:
         parsed = _parse_dmon(path, lines, clock)
     else:
@@ -283,10 +287,11 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
             continue
         if _nvidia_smi_header(_csv_cells(path, number, stripped)) is not None:
             return NVIDIA_SMI
-        if _NVIDIA_SMI_TIMESTAMP_START.match(stripped):
+        if _looks_like_nvidia_smi_record(_csv_cells(path, number, stripped)):
             raise MalformedCapture(
-                f"{path}:{number}: nvidia-smi CSV without its header line: record with --format=csv "
-                "or --format=csv,nounits, not noheader"
+                f"{path}:{number}: nvidia-smi CSV without its header line, so its columns cannot be "
+                "told apart: record with --format=csv or --format=csv,nounits, not noheader, querying "
+                f"{metrics.NVIDIA_SMI_UTILIZATION} and one of {', '.join(metrics.NVIDIA_SMI_GPU_FIELDS)}"
             )
         raise MalformedCapture(
             f"{path}:{number}: unknown capture format; accepted formats: {ACCEPTED_FORMATS}"
@@ -322,9 +327,22 @@ def _jobstats_signals(raw: Mapping[str, float]) -> dict[str, float]:
 
 # --- nvidia-smi --query-gpu --format=csv ---------------------------------------
 
-_NVIDIA_SMI_HEADER_CELL = re.compile(r"([a-z][a-z0-9_.]*)(?: \[([^\]]+)\])?")
+_NVIDIA_SMI_HEADER_CELL = re.compile(r"([a-z][A-Za-z0-9_.]*)(?: \[([^\]]+)\])?")
 _NVIDIA_SMI_TIMESTAMP_START = re.compile(r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}")
+# Cells only nvidia-smi writes: a null in brackets, a value with its unit, a GPU UUID, a PCI bus id.
+_NVIDIA_SMI_RECORD_CELL = re.compile(
+    r"\[[^\]]+\]|-?\d+(?:\.\d+)? (?:%|MiB|W|MHz)|GPU-[0-9a-fA-F-]{36}"
+    r"|[0-9A-Fa-f]{8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d"
+)
 _NVIDIA_SMI_BY_NAME = {f.name: f for f in metrics.NVIDIA_SMI_METRICS}
+_NVIDIA_SMI_KNOWN = {
+    metrics.NVIDIA_SMI_TIMESTAMP,
+    metrics.NVIDIA_SMI_MODEL,
+    *metrics.NVIDIA_SMI_GPU_FIELDS,
+    *_NVIDIA_SMI_BY_NAME,
+}
+_NVIDIA_SMI_TICK_GAP = timedelta(seconds=0.5)  # rows of one tick are ms apart; nvidia-smi -l loops >= 1 s
+_NVIDIA_SMI_LOOP_SECONDS = 1.0  # spacing of the ticks of a log without timestamps, unless told
 
 Header = list[tuple[str, str | None]]
 
@@ -336,22 +354,39 @@ def _csv_cells(path: Path, number: int, line: str) -> list[str]:
         raise MalformedCapture(f"{path}:{number}: not a CSV record ({exc})") from None
 
 
+def _looks_like_nvidia_smi_record(cells: list[str]) -> bool:
+    """True if ``cells`` are a header-less nvidia-smi record (a timestamp first, or cells only it writes)."""
+    if len(cells) < 2:
+        return False
+    if _NVIDIA_SMI_TIMESTAMP_START.match(cells[0].strip()):
+        return True
+    return any(_NVIDIA_SMI_RECORD_CELL.fullmatch(cell.strip()) for cell in cells)
+
+
 def _nvidia_smi_header(cells: list[str]) -> Header | None:
-    """``[(property, unit or None), ...]`` if ``cells`` are a nvidia-smi CSV header with a timestamp."""
+    """``[(property, unit or None), ...]`` if ``cells`` are a nvidia-smi CSV header.
+
+    A header is a line of property names, at least one of them one zest knows.
+    """
     matches = [_NVIDIA_SMI_HEADER_CELL.fullmatch(cell.strip()) for cell in cells]
     if not all(matches):
         return None
-    header = [(m.group(1), m.group(2)) for m in matches if m is not None]
-    if metrics.NVIDIA_SMI_TIMESTAMP not in (name for name, _ in header):
+    header = [
+        (metrics.NVIDIA_SMI_ALIASES.get(m.group(1), m.group(1)), m.group(2)) for m in matches if m is not None
+    ]
+    if not any(name in _NVIDIA_SMI_KNOWN for name, _ in header):
         return None
     return header
 
 
 def _check_nvidia_smi_header(path: Path, number: int, header: Header) -> None:
     names = [name for name, _ in header]
-    if not any(name in names for name in metrics.NVIDIA_SMI_GPU_FIELDS):
-        fields = " or ".join(metrics.NVIDIA_SMI_GPU_FIELDS)
-        raise MalformedCapture(f"{path}:{number}: the header names no GPU: add {fields} to --query-gpu")
+    if metrics.NVIDIA_SMI_UTILIZATION not in names:
+        held = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise MalformedCapture(
+            f"{path}:{number}: nvidia-smi CSV holding {held}: no utilization or activity signal; "
+            f"add {metrics.NVIDIA_SMI_UTILIZATION} to --query-gpu"
+        )
     for name, unit in header:
         known = _NVIDIA_SMI_BY_NAME.get(name)
         if known is not None and unit is not None and unit != known.unit:
@@ -371,13 +406,18 @@ def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime | None:
     )
 
 
-def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
+def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
     header: Header | None = None
-    gpu_field = ""
+    gpu_field: str | None = None
     repeated_headers = 0
     missing_cells = 0
     rows: list[Row] = []
     numbers: list[int] = []
+    ticks: list[int] = []  # the tick (one loop of nvidia-smi over the GPUs) of each row
+    tick_gpus: set[str] = set()
+    position = 0  # the row's place within its tick, naming the GPU where the file names none
+    last_time: datetime | None = None
+    timed = untimed = unnamed = False
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -390,7 +430,7 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
             _check_nvidia_smi_header(path, number, new_header)
             header = new_header
             names = [name for name, _ in header]
-            gpu_field = next(f for f in metrics.NVIDIA_SMI_GPU_FIELDS if f in names)
+            gpu_field = next((f for f in metrics.NVIDIA_SMI_GPU_FIELDS if f in names), None)
             continue
         if header is None:
             raise MalformedCapture(f"{path}:{number}: a record before the nvidia-smi CSV header")
@@ -411,13 +451,61 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str]) -> _Parsed:
                 value = _nvidia_smi_value(path, number, name, unit, cell)
                 missing_cells += math.isnan(value)
                 row[known.signal] = value * known.scale
+        has_time = metrics.NVIDIA_SMI_TIMESTAMP in (name for name, _ in header)
+        timed, untimed = timed or has_time, untimed or not has_time
+        when = row.get(TIMESTAMP)
+        gpu = row.get(GPU)
+        # A new tick: the GPU is seen again, or (no GPU named) the time jumps past the spread of one tick.
+        if gpu is not None:
+            new_tick = gpu in tick_gpus
+        elif isinstance(when, datetime) and isinstance(last_time, datetime):
+            new_tick = not timedelta(0) <= when - last_time < _NVIDIA_SMI_TICK_GAP
+        else:
+            new_tick = False
+        if not rows or new_tick:
+            ticks.append(ticks[-1] + 1 if ticks else 0)
+            tick_gpus, position = set(), 0
+        else:
+            ticks.append(ticks[-1])
+        if gpu is None:
+            unnamed = True
+            gpu = row[GPU] = str(position)
+        tick_gpus.add(str(gpu))
+        position += 1
+        last_time = when if isinstance(when, datetime) else last_time
         rows.append(row)
         numbers.append(number)
     if not rows:
         raise MalformedCapture(f"{path}:{len(lines)}: nvidia-smi CSV with a header but no records")
-    notes = ["nvidia-smi prints local time without a zone: timestamps assumed UTC"]
+    util = canonical_signal("gpu_util_ratio")
+    if all(math.isnan(float(row.get(util, math.nan))) for row in rows):  # type: ignore[arg-type]
+        raise MalformedCapture(
+            f"{path}:{numbers[0]}: {metrics.NVIDIA_SMI_UTILIZATION} is [N/A] or [Not Supported] in every "
+            "record (as nvidia-smi gives it with MIG enabled): no utilization or activity signal; "
+            "record dcgm-exporter or dcgmi dmon (DCGM_FI_PROF_GR_ENGINE_ACTIVE) instead"
+        )
+    notes = []
+    if timed:
+        notes.append("nvidia-smi prints local time without a zone: timestamps assumed UTC")
+    if untimed:
+        untimed_ticks = sorted({tick for tick, row in zip(ticks, rows, strict=True) if TIMESTAMP not in row})
+        times, how = clock.times(
+            len(untimed_ticks), _NVIDIA_SMI_LOOP_SECONDS, "nvidia-smi ticks without timestamps"
+        )
+        at = dict(zip(untimed_ticks, times, strict=True))
+        for tick, row in zip(ticks, rows, strict=True):
+            if TIMESTAMP not in row:
+                row[TIMESTAMP] = at[tick]
+        notes.append(
+            f"no timestamp column: {len(untimed_ticks)} tick(s) (a new one where a GPU repeats), {how}"
+        )
+    if unnamed:
+        fields = ", ".join(metrics.NVIDIA_SMI_GPU_FIELDS)
+        notes.append(
+            f"the file names no GPU ({fields}): GPUs named 0, 1, ... by their row order within each tick"
+        )
     if missing_cells:
-        notes.append(f"{missing_cells} cell(s) reading [N/A] or [Not Supported] taken as missing")
+        notes.append(f"{missing_cells} cell(s) reading [N/A], [Not Supported] or the like taken as missing")
     if repeated_headers:
         notes.append(f"{repeated_headers} repeated header line(s) skipped (log appended by several runs)")
     return _Parsed(rows, notes, NVIDIA_SMI, numbers)

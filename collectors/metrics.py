@@ -192,5 +192,8 @@ NVIDIA_SMI_METRICS: tuple[NvidiaSmiField, ...] = (
 )
 NVIDIA_SMI_TIMESTAMP = "timestamp"  # local time of the node, no zone: "2026/11/24 08:00:01.123"
 NVIDIA_SMI_TIMESTAMP_FORMATS = ("%Y/%m/%d %H:%M:%S.%f", "%Y/%m/%d %H:%M:%S")
-NVIDIA_SMI_GPU_FIELDS = ("index", "uuid")  # first present names the GPU
+NVIDIA_SMI_GPU_FIELDS = ("index", "uuid", "pci.bus_id")  # first present names the GPU
 NVIDIA_SMI_MODEL = "name"
+NVIDIA_SMI_UTILIZATION = "utilization.gpu"  # without it a file has no utilization or activity signal
+# Other spellings --query-gpu accepts, as the header then shows them.
+NVIDIA_SMI_ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id"}

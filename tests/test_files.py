@@ -140,10 +140,87 @@ def test_nvidia_smi_bad_record_names_file_and_line(tmp_path: Path, record: str, 
         read_capture(path)
 
 
-def test_nvidia_smi_header_without_a_gpu_field_is_refused(tmp_path: Path) -> None:
-    path = write(tmp_path, "smi.csv", "timestamp, utilization.gpu [%]\n2026/11/24 08:00:01.123, 45 %\n")
-    with pytest.raises(MalformedCapture, match=r"smi\.csv:1: .*add index or uuid"):
+def test_nvidia_smi_without_a_gpu_field_names_gpus_by_row_order_within_each_tick(tmp_path: Path) -> None:
+    records = [
+        "2026/11/24 08:00:01.123, 45 %",
+        "2026/11/24 08:00:01.131, 55 %",
+        "2026/11/24 08:00:02.125, 46 %",
+        "2026/11/24 08:00:02.129, 56 %",
+    ]
+    path = write(tmp_path, "smi.csv", "timestamp, utilization.gpu [%]\n" + "\n".join(records) + "\n")
+    capture = read_capture(path)
+    assert capture.frame[GPU].tolist() == ["0", "1", "0", "1"]
+    assert capture.frame["gpu_util_ratio"].tolist() == pytest.approx([0.45, 0.55, 0.46, 0.56])
+    assert any("names no GPU" in note for note in capture.notes)
+
+
+@pytest.mark.parametrize("field", ["uuid", "pci.bus_id", "gpu_uuid", "gpu_bus_id"])
+def test_nvidia_smi_uuid_or_pci_bus_id_names_the_gpu(tmp_path: Path, field: str) -> None:
+    path = write(
+        tmp_path,
+        "smi.csv",
+        f"timestamp, {field}, utilization.gpu [%]\n2026/11/24 08:00:01.123, 00000000:3B:00.0, 45 %\n",
+    )
+    assert read_capture(path).frame[GPU].tolist() == ["00000000:3B:00.0"]
+
+
+@pytest.mark.parametrize("null", ["[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", "[GPU is lost]"])
+def test_nvidia_smi_every_null_spelling_is_missing(tmp_path: Path, null: str) -> None:
+    path = write(
+        tmp_path,
+        "smi.csv",
+        f"index, utilization.gpu [%], power.draw [W]\n0, 45 %, {null}\n",
+    )
+    frame = read_capture(path).frame
+    assert frame["gpu_util_ratio"].tolist() == [0.45]
+    assert frame["power_watts"].isna().all()
+
+
+def test_nvidia_smi_snapshot_without_timestamps_is_one_tick_at_the_file_time(tmp_path: Path) -> None:
+    # Fields as a monitoring tool chose them: no timestamp, no index.
+    header = (
+        "name, fan.speed [%], memory.total [MiB], memory.used [MiB], utilization.gpu [%], temperature.gpu"
+    )
+    rows = ["NVIDIA L4, 30 %, 23034 MiB, 1200 MiB, 12 %, 41", "NVIDIA L4, [N/A], 23034 MiB, 0 MiB, 0 %, 38"]
+    path = write(tmp_path, "smi.csv", "\n".join([header, *rows]) + "\n")
+    capture = read_capture(path, start_time=START)
+    frame = capture.frame
+    assert frame[GPU].tolist() == ["0", "1"]
+    assert frame[TIMESTAMP].tolist() == [utc("2026-11-24T08:00:01.123"), utc("2026-11-24T08:00:01.123")]
+    assert frame["mem_used_bytes"].tolist() == [1200 * MIB, 0]
+    assert frame[GPU_MODEL].tolist() == ["NVIDIA L4", "NVIDIA L4"]
+    assert any("no timestamp column: 1 tick(s)" in note for note in capture.notes)
+
+
+def test_nvidia_smi_loop_without_timestamps_starts_a_tick_where_a_gpu_repeats(tmp_path: Path) -> None:
+    path = write(tmp_path, "smi.csv", "index, utilization.gpu [%]\n0, 10 %\n1, 20 %\n0, 30 %\n1, 40 %\n")
+    frame = read_capture(path, start_time=START, interval_seconds=5).frame
+    assert frame[GPU].tolist() == ["0", "1", "0", "1"]
+    assert frame["gpu_util_ratio"].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    first, second = utc("2026-11-24T08:00:01.123"), utc("2026-11-24T08:00:06.123")
+    assert frame[TIMESTAMP].tolist() == [first, first, second, second]
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (
+            "index, temperature.gpu, clocks.sm [MHz]\n0, 41, 1410 MHz\n",
+            r":1: nvidia-smi CSV holding index, "
+            r"temperature\.gpu, clocks\.sm: no utilization or activity signal",
+        ),
+        ("index, utilization.gpu [%]\n0, [N/A]\n", r":2: utilization\.gpu is \[N/A\]"),
+        ("GeForce GTX 770, [Not Supported], 52 %\n", r":1: nvidia-smi CSV without its header line"),
+        ("0, GPU-004f693d-767b-b215-b4a9-a18af0ffd643, 25, 0\n", r":1: nvidia-smi CSV without its header"),
+    ],
+)
+def test_nvidia_smi_without_a_signal_or_header_is_refused_saying_what_it_lacks(
+    tmp_path: Path, text: str, what: str
+) -> None:
+    path = write(tmp_path, "smi.csv", text)
+    with pytest.raises(MalformedCapture, match=rf"smi\.csv{what}") as refused:
         read_capture(path)
+    assert "\n" not in str(refused.value)
 
 
 # --- dcgmi dmon ----------------------------------------------------------------

@@ -133,3 +133,38 @@ def test_gpu_monitoring_tools_dcgm_names() -> None:
     assert frame["gpu_util_ratio"].tolist() == [0.0]
     assert frame["power_watts"].tolist() == pytest.approx([31.737])
     assert frame[HOST].isna().all()
+
+
+#: Every nvidia-smi --query-gpu CSV of the corpus, each refused with the line named and what it lacks.
+NVSMI_CSV_REFUSED = {
+    # --format=csv,noheader: one GTX 770 row, 8 of 12 cells [Not Supported]; columns cannot be named.
+    "nvsmi-csv-Megaminer-235.csv": r":1: nvidia-smi CSV without its header line",
+    # --format=csv,noheader with units: 3 A100s by pci.bus_id, but no header names the columns.
+    "nvsmi-csv-OmniOpt-doc-folder_structure.csv": r":1: nvidia-smi CSV without its header line",
+    # --format=csv,noheader,nounits: 8 TITAN X; bare numbers whose columns only the command line named.
+    "nvsmi-csv-gpustat-5.csv": r":1: nvidia-smi CSV without its header line",
+    # name, driver_version, index of 2 T4s: nothing zest reads.
+    "nvsmi-csv-k8s-ai-conformance-openshift.csv": r":1: nvidia-smi CSV holding name, driver_version, index: "
+    r"no utilization or activity signal",
+    # H100 with MIG enabled: utilization.gpu is [N/A] in its one record.
+    "nvsmi-csv-nvgpuexp-cap-h100mig.csv": r":2: utilization\.gpu is \[N/A\] or "
+    r"\[Not Supported\] in every record",
+}
+
+
+def test_every_nvidia_smi_csv_of_the_corpus_is_covered() -> None:
+    if not CORPUS.is_dir():
+        pytest.fail(
+            f"corpus not found at {CORPUS}: CI keeps ../shared/data/real-outputs beside the repository"
+        )
+    present = {p.name for p in CORPUS.iterdir() if p.name.startswith("nvsmi-csv-")}
+    assert present == set(NVSMI_CSV_REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(NVSMI_CSV_REFUSED))
+def test_nvidia_smi_csv_refused_with_one_line_saying_what_it_lacks(name: str) -> None:
+    with pytest.raises(MalformedCapture, match=NVSMI_CSV_REFUSED[name]) as refused:
+        read_capture(corpus_file(name))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(str(CORPUS / name))
