@@ -22,6 +22,12 @@ decompressed first, whatever it is called) and reads:
   gives the GPU's activity; DCGM's blank values are missing, lines ``...``
   (where an author cut the output) skipped, each with a note. Series copied
   without values, or with labels cut short, are refused.
+* A Prometheus HTTP API answer (``/api/v1/query`` or ``query_range``,
+  ``vector`` or ``matrix``) saved as JSON: the same dcgm-exporter and jobstats
+  series, read with their own timestamps. An answer whose series lost their
+  names (a function or aggregation such as ``avg_over_time`` drops
+  ``__name__``), or lack per-GPU labels (``sum(...)``), is refused: which
+  metric, or which GPU, it holds would be a guess.
 * zest's own Parquet capture, written by :func:`write_capture`.
 
 Where a file carries no time, the samples start at ``start_time`` or, by
@@ -74,7 +80,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = b"zest.capture"
 ACCEPTED_FORMATS = (
     "nvidia-smi --query-gpu CSV with its header line, dcgmi dmon text, Prometheus text from "
-    "dcgm-exporter or the jobstats exporter, zest Parquet; each may be gzip-compressed"
+    "dcgm-exporter or the jobstats exporter, a Prometheus HTTP API JSON answer (vector or matrix) "
+    "of their series, zest Parquet; each may be gzip-compressed"
 )
 DMON_INTERVAL_SECONDS = 1.0  # dcgmi dmon's default -d 1000 (ms)
 SCRAPE_INTERVAL_SECONDS = 30.0  # dcgm-exporter's default collection interval
@@ -82,6 +89,7 @@ SCRAPE_INTERVAL_SECONDS = 30.0  # dcgm-exporter's default collection interval
 NVIDIA_SMI = "nvidia-smi csv"
 DCGMI_DMON = "dcgmi dmon"
 PROMETHEUS = "prometheus text"
+PROMETHEUS_API = "prometheus api json"
 ZEST_PARQUET = "zest parquet"
 
 _JOBS_NAMED = 5  # job ids a JobNotFound message lists
@@ -99,7 +107,7 @@ class Capture:
 
     frame: pd.DataFrame  # the canonical telemetry frame (collectors.schema.COLUMNS)
     notes: list[str] = field(default_factory=list)  # one line each, e.g. "timestamps assumed UTC"
-    source_format: str = ""  # which format the file held: NVIDIA_SMI, DCGMI_DMON, PROMETHEUS, ZEST_PARQUET
+    source_format: str = ""  # which format: NVIDIA_SMI, DCGMI_DMON, PROMETHEUS, PROMETHEUS_API, ZEST_PARQUET
 
 
 @dataclass
@@ -173,6 +181,8 @@ def read_capture(
         parsed = _parse_nvidia_smi(path, lines, clock)
     elif source_format == DCGMI_DMON:
         parsed = _parse_dmon(path, lines, clock)
+    elif source_format == PROMETHEUS_API:
+        parsed = _parse_prometheus_api(path, text)
     else:
         parsed = _parse_prometheus(path, lines, clock)
     frame = conform(pd.DataFrame.from_records(parsed.rows, columns=list(COLUMNS)), sort=False)
@@ -279,6 +289,8 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
             continue
         if stripped.startswith(("#Entity", "# Entity")):
             return DCGMI_DMON
+        if stripped.startswith("{") and _is_prometheus_api_answer(path, "\n".join(lines)):
+            return PROMETHEUS_API
         if stripped.startswith(("# HELP ", "# TYPE ")) or _PROMETHEUS_SAMPLE.fullmatch(stripped):
             return PROMETHEUS
         if _PROMETHEUS_LISTED_SERIES.fullmatch(stripped):
@@ -803,6 +815,150 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
 def _timestamp_ms(seconds: float) -> int:
     """A sample's time in ms since the epoch, or :data:`_IMPOSSIBLE_MS` outside the span samples can have."""
     return round(seconds * 1000) if in_epoch_span(seconds) else _IMPOSSIBLE_MS
+
+
+# --- Prometheus HTTP API answer (JSON) ------------------------------------------
+
+_API_RESULT_TYPES = ("vector", "matrix")  # the answers that hold series: instant and range queries
+_API_NAME = "__name__"
+
+
+def _is_prometheus_api_answer(path: Path, text: str) -> bool:
+    """Whether ``text`` is a Prometheus HTTP API answer; raises :class:`MalformedCapture` if cut short."""
+    try:
+        answer = json.loads(text)
+    except ValueError as exc:
+        if '"resultType"' in text or '"status"' in text:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else 1
+            raise MalformedCapture(
+                f"{path}:{line}: a Prometheus API answer that is not valid JSON ({one_line(exc)}): "
+                "save the answer whole"
+            ) from None
+        return False
+    if not isinstance(answer, dict):
+        return False
+    return answer.get("status") == "error" or (answer.get("status") == "success" and "data" in answer)
+
+
+def _api_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(value)
+    return float(value)
+
+
+def _api_points(
+    path: Path, entry: Mapping[str, object], result_type: str, name: str
+) -> list[tuple[float, float]]:
+    raw_points = [entry.get("value")] if result_type == "vector" else entry.get("values")
+    if not isinstance(raw_points, list):
+        raise MalformedCapture(
+            f"{path}:1: series {name} of the {result_type} answer has no "
+            f"{'value' if result_type == 'vector' else 'values'}"
+        )
+    points: list[tuple[float, float]] = []
+    for point in raw_points:
+        try:
+            if not isinstance(point, list) or len(point) != 2:
+                raise ValueError(point)
+            points.append((_api_number(point[0]), _api_number(point[1])))
+        except (ValueError, TypeError):
+            raise MalformedCapture(
+                f'{path}:1: series {name} holds {one_line(repr(point))}, not a [time, "value"] pair'
+            ) from None
+    return points
+
+
+def _parse_prometheus_api(path: Path, text: str) -> _Parsed:
+    answer = json.loads(text)  # detection parsed it already
+    if answer.get("status") != "success":
+        what = one_line(f"{answer.get('errorType', 'error')}: {answer.get('error', 'no message')}")
+        raise MalformedCapture(f"{path}:1: a Prometheus API error answer ({what}): it holds no telemetry")
+    data = answer.get("data")
+    result_type = data.get("resultType") if isinstance(data, dict) else None
+    results = data.get("result") if isinstance(data, dict) else None
+    if result_type not in _API_RESULT_TYPES or not isinstance(results, list):
+        raise MalformedCapture(
+            f"{path}:1: a Prometheus API answer of type {one_line(repr(result_type))}, which holds no "
+            "per-GPU series: save the vector or matrix answer of a query for dcgm-exporter or jobstats series"
+        )
+    series: dict[tuple[int, str | None, str | None, str | None, str | None], dict[str, float]] = {}
+    unnamed = 0
+    without_gpu = 0
+    blanks = 0
+    read = 0
+    unread: set[str] = set()
+    for number, entry in enumerate(results, 1):
+        metric = entry.get("metric") if isinstance(entry, dict) else None
+        if not isinstance(metric, dict):
+            raise MalformedCapture(
+                f"{path}:1: result {number} of the answer is not a series (no metric labels)"
+            )
+        labels = {str(key): str(value) for key, value in metric.items()}
+        if not labels.get(_API_NAME):
+            unnamed += 1
+            continue
+        name = metrics.GMT_DCGM_FIELDS.get(labels[_API_NAME], labels[_API_NAME])
+        if name in _DCGM_NAMES:
+            identity = _dcgm_identity(labels)
+        elif name in _JOBSTATS_NAMES:
+            identity = _jobstats_identity(labels)
+        else:
+            unread.add(name)
+            continue
+        if identity[1] is None:
+            without_gpu += 1
+            continue
+        read += 1
+        for seconds, value in _api_points(path, entry, result_type, name):
+            raw = series.setdefault((_timestamp_ms(seconds), *identity), {})
+            if _is_dcgm_blank(value):
+                blanks += 1
+            else:
+                raw[name] = value
+    held = f" (it holds {', '.join(sorted(unread)[:_JOBS_NAMED])})" if unread else ""
+    skipped = []
+    if unnamed:
+        skipped.append(
+            f"{unnamed} series without a metric name (a function or aggregation such as avg_over_time or "
+            "sum drops __name__, so which metric they hold is unknown)"
+        )
+    if without_gpu:
+        skipped.append(f"{without_gpu} GPU series without per-GPU labels (an aggregated answer)")
+    if not series:
+        what = (
+            "; ".join(skipped)
+            if skipped
+            else (
+                f"no dcgm-exporter or jobstats GPU series that zest reads{held}" if results else "no series"
+            )
+        )
+        raise MalformedCapture(
+            f"{path}:1: a Prometheus API {result_type} answer with {what}: save the answer of a query "
+            f"for the raw per-GPU series (e.g. {metrics.DCGM_METRICS[0].name}, "
+            f"{metrics.JOBSTATS_METRICS[0].name})"
+        )
+    notes = [f"Prometheus API {result_type} answer: {read} series read, at their own timestamps"]
+    notes.extend(f"{reason}: skipped" for reason in skipped)
+    if unread:
+        notes.append(f"series zest does not use ignored: {', '.join(sorted(unread))}")
+    if blanks:
+        notes.append(
+            f"{blanks} value(s) reading DCGM's blank (field not supported or not found) taken as missing"
+        )
+    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
+    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
+    from_gr_engine = sum(gr_engine.name in raw and gpu_util not in raw for raw in series.values())
+    if from_gr_engine:
+        notes.append(
+            f"{from_gr_engine} sample(s) with {gr_engine.name} but no {gpu_util}: {gr_engine.signal} read "
+            "from the former"
+        )
+    rows: list[Row] = []
+    for (timestamp_ms, host, gpu, job, model), raw in series.items():
+        at = None if timestamp_ms == _IMPOSSIBLE_MS else _EPOCH + timedelta(milliseconds=timestamp_ms)
+        signals = _dcgm_signals(raw) | _jobstats_signals(raw)
+        rows.append({TIMESTAMP: at, HOST: host, GPU: gpu, JOB_ID: job, GPU_MODEL: model, **signals})
+    return _Parsed(rows, notes, PROMETHEUS_API, [1] * len(rows))
 
 
 # --- zest Parquet --------------------------------------------------------------

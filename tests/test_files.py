@@ -21,6 +21,7 @@ from collectors.files import (
     METADATA_KEY,
     NVIDIA_SMI,
     PROMETHEUS,
+    PROMETHEUS_API,
     ZEST_PARQUET,
     read_capture,
     write_capture,
@@ -417,6 +418,87 @@ def test_prometheus_text_without_gpu_series_is_refused(tmp_path: Path) -> None:
     text = "# HELP node_load1 1m load average.\n# TYPE node_load1 gauge\nnode_load1 0.42\n"
     with pytest.raises(MalformedCapture, match=r"without dcgm-exporter or jobstats GPU series"):
         read_capture(write(tmp_path, "node.prom", text))
+
+
+# --- Prometheus HTTP API answers (JSON) -----------------------------------------
+
+
+def _api(result_type: str, result: list[dict[str, object]]) -> str:
+    return json.dumps({"status": "success", "data": {"resultType": result_type, "result": result}})
+
+
+def test_prometheus_api_matrix_of_dcgm_and_jobstats_series(tmp_path: Path) -> None:
+    dcgm = {"__name__": "DCGM_FI_DEV_GPU_UTIL", "gpu": "0", "Hostname": "node1", "hpc_job": "77"}
+    power = {**dcgm, "__name__": "DCGM_FI_DEV_POWER_USAGE"}
+    duty = {"__name__": "nvidia_gpu_duty_cycle", "minor_number": "1", "instance": "node2:9445", "jobid": "77"}
+    text = _api(
+        "matrix",
+        [
+            {"metric": dcgm, "values": [[1767225600, "40"], [1767225630.5, "60"]]},
+            {"metric": power, "values": [[1767225600, "250.5"]]},
+            {"metric": duty, "values": [[1767225600, "90"]]},
+        ],
+    )
+    capture = read_capture(write(tmp_path, "answer.json", text))
+    assert capture.source_format == PROMETHEUS_API
+    frame = capture.frame
+    gpu0 = frame[frame[GPU] == "0"]
+    assert gpu0["gpu_util_ratio"].tolist() == pytest.approx([0.4, 0.6])
+    assert gpu0["power_watts"].iloc[0] == pytest.approx(250.5) and pd.isna(gpu0["power_watts"].iloc[1])
+    assert gpu0[TIMESTAMP].tolist() == [
+        pd.Timestamp("2026-01-01T00:00:00Z"),
+        pd.Timestamp("2026-01-01T00:00:30.500Z"),
+    ]
+    gpu1 = frame[frame[GPU] == "1"].iloc[0]
+    assert gpu1["gpu_util_ratio"] == pytest.approx(0.9)
+    assert gpu1[HOST] == "node2"
+    assert set(frame[JOB_ID]) == {"77"}
+
+
+def test_prometheus_api_vector_is_gzip_tolerant(tmp_path: Path) -> None:
+    labels = {"__name__": "DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gpu": "3", "GPU_I_ID": "2"}
+    text = _api("vector", [{"metric": labels, "value": [1767225600.082, "0.25"]}])
+    path = tmp_path / "answer.json.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    capture = read_capture(path)
+    assert capture.frame[GPU].tolist() == ["3/2"]
+    assert capture.frame["gpu_util_ratio"].tolist() == [0.25]
+    assert any("read from the former" in note for note in capture.notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        (
+            _api("vector", [{"metric": {"gpu": "0"}, "value": [1767225600, "5"]}]),
+            r"a\.json:1: a Prometheus API vector answer with 1 series without a metric name",
+        ),
+        (
+            _api("vector", [{"metric": {"__name__": "DCGM_FI_DEV_GPU_UTIL"}, "value": [1767225600, "5"]}]),
+            r"a\.json:1: .* 1 GPU series without per-GPU labels",
+        ),
+        (_api("vector", []), r"a\.json:1: a Prometheus API vector answer with no series"),
+        (
+            json.dumps({"status": "success", "data": {"resultType": "scalar", "result": [1, "2"]}}),
+            r"a\.json:1: a Prometheus API answer of type 'scalar'",
+        ),
+        (
+            json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"}),
+            r"a\.json:1: a Prometheus API error answer \(bad_data: parse error\)",
+        ),
+        ('{"status": "success",\n "data": {"resultType": "vector", "res', r"a\.json:2: .* not valid JSON"),
+        (
+            _api("vector", [{"metric": {"__name__": "DCGM_FI_DEV_GPU_UTIL", "gpu": "0"}, "value": [1, "x"]}]),
+            r"a\.json:1: series DCGM_FI_DEV_GPU_UTIL holds \[1, 'x'\]",
+        ),
+    ],
+)
+def test_prometheus_api_answer_without_per_gpu_series_is_refused(
+    tmp_path: Path, text: str, what: str
+) -> None:
+    with pytest.raises(MalformedCapture, match=what) as refused:
+        read_capture(write(tmp_path, "a.json", text))
+    assert "\n" not in str(refused.value)
 
 
 # --- zest Parquet --------------------------------------------------------------

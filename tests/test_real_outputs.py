@@ -1,4 +1,6 @@
-"""The dcgm-exporter scrapes of the corpus of real outputs (``../shared/data/real-outputs``), read or refused.
+"""Exporter scrapes and Prometheus API answers of the corpus of real outputs, read or refused.
+
+The corpus is ``../shared/data/real-outputs``.
 
 Each file is verbatim from a public source (the corpus README gives them). The
 expected GPUs and values below were read off the files by hand, not off zest's
@@ -168,3 +170,51 @@ def test_nvidia_smi_csv_refused_with_one_line_saying_what_it_lacks(name: str) ->
     message = str(refused.value)
     assert "\n" not in message
     assert message.startswith(str(CORPUS / name))
+
+
+#: Every jobstats exporter scrape of the corpus: each one is read below.
+JOBSTATS_FILES = ("jobstats-gpu-jobstats-32.prom",)
+
+#: Every Prometheus HTTP API answer of the corpus, each refused with what it lacks.
+PROMAPI_REFUSED = {
+    # avg_over_time(nvidia_gpu_power_usage_milliwatts{...}[3919s:]): the function dropped __name__ from
+    # all 4 A100 series, so nothing in the answer says which metric they hold (and it is power anyway).
+    "promapi-jobstats-docs-summaries.json": r":1: a Prometheus API vector answer with 4 series without a "
+    r"metric name",
+    # One DCGM_FI_DEV_GPU_TEMP series of an L40S: temperature only, no utilization or activity.
+    "promapi-k8s-ai-conformance-upcloud.json": r":1: a Prometheus API vector answer with no dcgm-exporter "
+    r"or jobstats GPU series that zest reads \(it holds DCGM_FI_DEV_GPU_TEMP\)",
+}
+
+
+def test_every_jobstats_and_prometheus_api_file_of_the_corpus_is_covered() -> None:
+    if not CORPUS.is_dir():
+        pytest.fail(
+            f"corpus not found at {CORPUS}: CI keeps ../shared/data/real-outputs beside the repository"
+        )
+    present = {p.name for p in CORPUS.iterdir() if p.name.startswith("jobstats-")}
+    assert present == set(JOBSTATS_FILES)
+    present = {p.name for p in CORPUS.iterdir() if p.name.startswith("promapi-")}
+    assert present == set(PROMAPI_REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(PROMAPI_REFUSED))
+def test_prometheus_api_answer_refused_with_one_line_saying_what_it_lacks(name: str) -> None:
+    with pytest.raises(MalformedCapture, match=PROMAPI_REFUSED[name]) as refused:
+        read_capture(corpus_file(name))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(str(CORPUS / name))
+
+
+def test_jobstats_duty_cycle_of_four_a100s() -> None:
+    # PrincetonUniversity/jobstats#32: nvidia_gpu_duty_cycle 97, 70, 0, 100 on minor_number 0-3,
+    # name="NVIDIA A100 80GB PCIe"; no jobid, no instance or hostname label.
+    capture = read("jobstats-gpu-jobstats-32.prom")
+    rows = capture.frame.set_index(GPU).sort_index()
+    assert rows.index.tolist() == ["0", "1", "2", "3"]
+    assert rows["gpu_util_ratio"].tolist() == pytest.approx([0.97, 0.70, 0.0, 1.0])
+    assert set(rows[GPU_MODEL]) == {"NVIDIA A100 80GB PCIe"}
+    assert rows[JOB_ID].isna().all()
+    assert rows[HOST].isna().all()
+    assert rows["power_watts"].isna().all()  # absent, never zero
