@@ -45,7 +45,7 @@ import math
 import os
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -705,6 +705,25 @@ def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, s
     return _host(labels, metrics.DCGM_STORED_HOST_LABELS), gpu, job, model
 
 
+def _dcgm_reading_notes(samples: Iterable[Mapping[str, float]], blanks: int) -> list[str]:
+    """What reading dcgm-exporter samples (each a series name -> value) took as missing or stood in for:
+    DCGM's blank values, and GR_ENGINE_ACTIVE read as utilization where GPU_UTIL is absent."""
+    notes = []
+    if blanks:
+        notes.append(
+            f"{blanks} value(s) reading DCGM's blank (field not supported or not found) taken as missing"
+        )
+    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
+    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
+    from_gr_engine = sum(gr_engine.name in raw and gpu_util not in raw for raw in samples)
+    if from_gr_engine:
+        notes.append(
+            f"{from_gr_engine} sample(s) with {gr_engine.name} but no {gpu_util} (dcgm-exporter "
+            f"publishes none for MIG instances): {gr_engine.signal} read from the former"
+        )
+    return notes
+
+
 def _is_dcgm_blank(value: float) -> bool:
     """Whether ``value`` is one of DCGM's blank values (not supported, not found, ...), not a reading."""
     fp64_blank = metrics.DCGM_FP64_BLANK <= value < metrics.DCGM_FP64_BLANK + metrics.DCGM_BLANK_SPAN
@@ -780,18 +799,7 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
     notes = [f"{len(scrapes)} scrape(s) read"]
     if elided:
         notes.append(f"{elided} line(s) reading '...' (where the output was cut) skipped")
-    if blanks:
-        notes.append(
-            f"{blanks} value(s) reading DCGM's blank (field not supported or not found) taken as missing"
-        )
-    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
-    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
-    from_gr_engine = sum(gr_engine.name in raw and gpu_util not in raw for raw in series.values())
-    if from_gr_engine:
-        notes.append(
-            f"{from_gr_engine} sample(s) with {gr_engine.name} but no {gpu_util} (dcgm-exporter "
-            f"publishes none for MIG instances): {gr_engine.signal} read from the former"
-        )
+    notes.extend(_dcgm_reading_notes(series.values(), blanks))
     scrape_times: list[datetime | None] = []
     if untimed:
         scrape_times, placed = clock.times(len(scrapes), SCRAPE_INTERVAL_SECONDS, f"{len(scrapes)} scrape(s)")
@@ -941,18 +949,7 @@ def _parse_prometheus_api(path: Path, text: str) -> _Parsed:
     notes.extend(f"{reason}: skipped" for reason in skipped)
     if unread:
         notes.append(f"series zest does not use ignored: {', '.join(sorted(unread))}")
-    if blanks:
-        notes.append(
-            f"{blanks} value(s) reading DCGM's blank (field not supported or not found) taken as missing"
-        )
-    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
-    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
-    from_gr_engine = sum(gr_engine.name in raw and gpu_util not in raw for raw in series.values())
-    if from_gr_engine:
-        notes.append(
-            f"{from_gr_engine} sample(s) with {gr_engine.name} but no {gpu_util}: {gr_engine.signal} read "
-            "from the former"
-        )
+    notes.extend(_dcgm_reading_notes(series.values(), blanks))
     rows: list[Row] = []
     for (timestamp_ms, host, gpu, job, model), raw in series.items():
         at = None if timestamp_ms == _IMPOSSIBLE_MS else _EPOCH + timedelta(milliseconds=timestamp_ms)
