@@ -376,7 +376,14 @@ def estimate(
     if reuse is None:
         notes.append("R not given (--reuse): assumed the tuned configuration runs once")
     if any(a.z_percent is None for a in chosen):
-        notes.append(shares.note)
+        from estimator.decision.reconcile import takes_search
+
+        searched = answer is not None and any(takes_search(a, answer) for a in chosen)
+        notes.append(
+            f"{shares.note}; the heuristic's share is not used: it tries the search's top configurations"
+            if searched
+            else shares.note
+        )
     decision = (
         found.decision
         if found is not None and found.decision is not None
@@ -392,12 +399,7 @@ def estimate(
             if answer.gap_note:
                 notes.append(answer.gap_note)
         notes.append(reconcile_note(answer, z_expected, z_e_from_telemetry=found is not None))
-        searched = with_search(plan.algorithms, answer)
-        if searched != plan.algorithms and shares.note in notes:
-            notes[notes.index(shares.note)] = (
-                f"{shares.note}; the heuristic's share is not used: it tries the search's top configurations"
-            )
-        plan = replace(plan, algorithms=searched)
+        plan = replace(plan, algorithms=with_search(plan.algorithms, answer))
         gpus_seen = found.gpus_seen if found is not None else math.nan
         decision = weigh(plan, z_expected, shares, gpus_seen)
         whole_space = answer.document()

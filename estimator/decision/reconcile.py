@@ -24,17 +24,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
+import numpy as np
 import pandas as pd
 
 from estimator.decision.algorithms import AlgorithmChoice
 from estimator.decision.breakeven import ZInterval
 from estimator.features.extract import job_features, ratio_feature, summarize_gpus
-from estimator.model.compiled import Z_MAX_PERCENT
+from estimator.model.compiled import clip_z
 from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec, PerfConstants
 from estimator.perfmodel.search import Ranked, describe_layout, gain_percent, held_out_error, search_ranked
 
-__all__ = ["GAP_SIGNALS", "TOP_K", "SearchAnswer", "reconcile_note", "search_answer", "with_search"]
+__all__ = [
+    "GAP_SIGNALS",
+    "TOP_K",
+    "SearchAnswer",
+    "reconcile_note",
+    "search_answer",
+    "takes_search",
+    "with_search",
+    "with_telemetry",
+]
 
 #: Configurations the heuristic tries: the model's top 3 hold a held-out vTrain study's best measured
 #: configuration in 88 % of studies (models/README.md, "Ranking configurations: measured").
@@ -68,15 +78,19 @@ class SearchAnswer:
     @property
     def z_percent(self) -> ZInterval:
         """Z of the best of the top configurations over the job's layout, with its uncertainty."""
-        best = self.best_seconds
-        m = self.uncertainty
-
-        def z(value: float) -> float:
-            return float(min(max(value, 0.0), Z_MAX_PERCENT))
-
-        mid = z(gain_percent(best, self.spec_seconds))
-        low = z(gain_percent(best * (1 + m), self.spec_seconds * (1 - m)))
-        high = z(gain_percent(best * (1 - m), self.spec_seconds * (1 + m)))
+        best, own, m = self.best_seconds, self.spec_seconds, self.uncertainty
+        low, mid, high = (
+            float(z)
+            for z in clip_z(
+                np.array(
+                    [
+                        gain_percent(best * (1 + m), own * (1 - m)),
+                        gain_percent(best, own),
+                        gain_percent(best * (1 - m), own * (1 + m)),
+                    ]
+                )
+            )
+        )
         return ZInterval(min(low, mid), mid, max(high, mid))
 
     @property
@@ -146,12 +160,15 @@ def with_telemetry(
     return replace(answer, gap_percent=100.0 * gap, gap_note=note)
 
 
+def takes_search(choice: AlgorithmChoice, answer: SearchAnswer) -> bool:
+    """Whether ``choice`` becomes the model's top K trials: the heuristic, when its Z was not given."""
+    return choice.name == "heuristic" and choice.z_percent is None and bool(answer.top)
+
+
 def with_search(chosen: tuple[AlgorithmChoice, ...], answer: SearchAnswer) -> tuple[AlgorithmChoice, ...]:
     """The algorithms with the heuristic, when its Z was not given, as the model's top K trials."""
     return tuple(
-        AlgorithmChoice(c.name, len(answer.top), answer.z_percent)
-        if c.name == "heuristic" and c.z_percent is None and answer.top
-        else c
+        AlgorithmChoice(c.name, len(answer.top), answer.z_percent) if takes_search(c, answer) else c
         for c in chosen
     )
 
