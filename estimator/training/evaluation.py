@@ -45,6 +45,7 @@ from estimator.training.rows import (
     measured_z_percent,
     row_weights,
 )
+from estimator.training.simulated import SEVERAL_NODES as SIMULATED_SEVERAL_NODES
 
 __all__ = [
     "CARD_BEGIN",
@@ -374,9 +375,8 @@ def default_capture_shares(shares: pd.DataFrame) -> dict[str, Any]:
 
 #: Simulated rows held out whole (the model fitted on every other row): where no measured row lies.
 HOPPER_GPUS: Final = ("h100-sxm", "h200")
-SEVERAL_NODES_SET: Final = "simulated, several nodes"
 HELD_OUT_GROUPS: Final = {
-    "simulated, several nodes": lambda rows: rows[SET] == SEVERAL_NODES_SET,
+    SIMULATED_SEVERAL_NODES: lambda rows: rows[SET] == SIMULATED_SEVERAL_NODES,
     "simulated, H100 and H200": lambda rows: (
         rows[GPU_MODEL].isin(HOPPER_GPUS) & (rows[LABEL_SOURCE] == SIMULATED)
     ),
