@@ -72,7 +72,8 @@ from collectors.schema import (
     in_time_span,
     screen,
 )
-from collectors.util import iso_utc, one_line
+from collectors.textcapture import Clock, Parsed, Row
+from collectors.util import one_line
 
 #: Version of the Parquet capture layout that :func:`write_capture` writes and :func:`read_capture` reads.
 FORMAT_VERSION = 1
@@ -98,8 +99,6 @@ _JOBS_NAMED = 5  # job ids a JobNotFound message lists
 _MEM_TOTAL_BYTES = canonical_signal("mem_total_bytes")
 _NVLINK_BYTES_PER_SECOND = canonical_signal("nvlink_bytes_per_second")
 
-Row = dict[str, object]
-
 
 @dataclass(frozen=True)
 class Capture:
@@ -108,14 +107,6 @@ class Capture:
     frame: pd.DataFrame  # the canonical telemetry frame (collectors.schema.COLUMNS)
     notes: list[str] = field(default_factory=list)  # one line each, e.g. "timestamps assumed UTC"
     source_format: str = ""  # which format: NVIDIA_SMI, DCGMI_DMON, PROMETHEUS, PROMETHEUS_API, ZEST_PARQUET
-
-
-@dataclass
-class _Parsed:
-    rows: list[Row]
-    notes: list[str]
-    source_format: str
-    lines: list[int] = field(default_factory=list)  # the file's line of each row, to name it in notes
 
 
 def read_capture(
@@ -158,7 +149,7 @@ def read_capture(
         modified = datetime.now(UTC)
     if is_parquet:  # read by pyarrow from the file, not through a copy in memory
         frame, notes = _read_parquet(path, path)
-        return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
+        return _finish(path, frame, job_id, host, Parsed([], notes, ZEST_PARQUET))
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
@@ -166,7 +157,7 @@ def read_capture(
             raise MalformedCapture(f"{path}:1: corrupt or truncated gzip data ({exc})") from None
     if data[:4] == b"PAR1":
         frame, notes = _read_parquet(path, data)
-        return _finish(path, frame, job_id, host, _Parsed([], notes, ZEST_PARQUET))
+        return _finish(path, frame, job_id, host, Parsed([], notes, ZEST_PARQUET))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -176,7 +167,7 @@ def read_capture(
         ) from None
     lines = text.splitlines()
     source_format = _detect(path, lines)
-    clock = _Clock(path, interval_seconds, start_time, modified)
+    clock = Clock(path, interval_seconds, start_time, modified)
     if source_format == NVIDIA_SMI:
         parsed = _parse_nvidia_smi(path, lines, clock)
     elif source_format == DCGMI_DMON:
@@ -222,9 +213,7 @@ def write_capture(frame: pd.DataFrame, path: Path, *, notes: Sequence[str] = ())
 # --- shared steps --------------------------------------------------------------
 
 
-def _finish(
-    path: Path, frame: pd.DataFrame, job_id: str | None, host: str | None, parsed: _Parsed
-) -> Capture:
+def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | None, parsed: Parsed) -> Capture:
     notes = list(parsed.notes)
     if host is not None and frame[HOST].isna().any():
         frame[HOST] = frame[HOST].fillna(host)
@@ -247,39 +236,6 @@ def _finish(
         )
         raise JobNotFound(f"{path}: no telemetry for job {job_id}; the file holds job(s) {named}: pass one")
     return Capture(frame[selected].reset_index(drop=True), notes, parsed.source_format)
-
-
-@dataclass(frozen=True)
-class _Clock:
-    """Places the samples of a file without timestamps."""
-
-    path: Path
-    interval_seconds: float | None
-    start_time: datetime | None
-    modified: datetime
-
-    def times(
-        self, count: int, default_interval_seconds: float, what: str
-    ) -> tuple[list[datetime | None], str]:
-        """``count`` sample times (None where one falls outside the span samples can have), and a note
-        saying how they were placed."""
-        interval = self.interval_seconds or default_interval_seconds
-        try:
-            step = timedelta(seconds=interval)
-            if self.start_time is None:
-                first = self.modified - step * max(count - 1, 0)
-                anchor = f"the last at the file's modification time {iso_utc(self.modified)}"
-            else:
-                first = self.start_time if self.start_time.tzinfo else self.start_time.replace(tzinfo=UTC)
-                anchor = f"starting at {iso_utc(first)}"
-            times = [first + step * i for i in range(count)]
-        except OverflowError:
-            raise MalformedCapture(
-                f"{self.path}:1: {what} spaced {interval:g} s reach past year 9999: "
-                "give a start time and interval that fit"
-            ) from None
-        placed: list[datetime | None] = [t if in_time_span(t) else None for t in times]
-        return placed, f"{what} spaced {interval:g} s, {anchor}"
 
 
 def _detect(path: Path, lines: Sequence[str]) -> str:
@@ -418,7 +374,7 @@ def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime | None:
     )
 
 
-def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
     header: Header | None = None
     gpu_field: str | None = None
     repeated_headers = 0
@@ -520,7 +476,7 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
         notes.append(f"{missing_cells} cell(s) reading [N/A], [Not Supported] or the like taken as missing")
     if repeated_headers:
         notes.append(f"{repeated_headers} repeated header line(s) skipped (log appended by several runs)")
-    return _Parsed(rows, notes, NVIDIA_SMI, numbers)
+    return Parsed(rows, notes, NVIDIA_SMI, numbers)
 
 
 def _nvidia_smi_value(path: Path, number: int, name: str, unit: str | None, cell: str) -> float:
@@ -545,7 +501,7 @@ _DMON_ENTITY_KIND = re.compile(r"[A-Za-z][A-Za-z-]*")
 _DMON_GPU_ENTITIES = {"GPU": "{}", "GPU-I": "i:{}", "GPU-CI": "ci:{}"}
 
 
-def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+def _parse_dmon(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
     fields: list[str] | None = None
     unknown_fields: set[str] = set()
     other_entities: set[str] = set()
@@ -608,7 +564,7 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
         notes.append(f"dmon fields zest does not use ignored: {', '.join(sorted(unknown_fields))}")
     if other_entities:
         notes.append(f"rows of non-GPU entities ignored: {', '.join(sorted(other_entities))}")
-    return _Parsed(rows, notes, DCGMI_DMON, numbers)
+    return Parsed(rows, notes, DCGMI_DMON, numbers)
 
 
 # --- Prometheus text exposition ------------------------------------------------
@@ -766,7 +722,7 @@ def _jobstats_identity(labels: Mapping[str, str]) -> tuple[str | None, str | Non
     return _host(labels, metrics.JOBSTATS_HOST_LABELS), gpu, job, model
 
 
-def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parsed:
+def _parse_prometheus(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
     lines, elided = _check_prometheus_lines(path, lines)
     scrapes = _split_scrapes(lines)
     series: dict[_SeriesKey, dict[str, float]] = {}
@@ -817,7 +773,7 @@ def _parse_prometheus(path: Path, lines: Sequence[str], clock: _Clock) -> _Parse
         signals = _dcgm_signals(raw) | _jobstats_signals(raw)
         rows.append({TIMESTAMP: when, HOST: host, GPU: gpu, JOB_ID: job, GPU_MODEL: model, **signals})
         numbers.append(scrapes[index][0])  # a row gathers samples of several lines: name its scrape's first
-    return _Parsed(rows, notes, PROMETHEUS, numbers)
+    return Parsed(rows, notes, PROMETHEUS, numbers)
 
 
 def _timestamp_ms(seconds: float) -> int:
@@ -876,7 +832,7 @@ def _api_points(
     return points
 
 
-def _parse_prometheus_api(path: Path, text: str) -> _Parsed:
+def _parse_prometheus_api(path: Path, text: str) -> Parsed:
     answer = json.loads(text)  # detection parsed it already
     if answer.get("status") != "success":
         what = one_line(f"{answer.get('errorType', 'error')}: {answer.get('error', 'no message')}")
@@ -955,7 +911,7 @@ def _parse_prometheus_api(path: Path, text: str) -> _Parsed:
         at = None if timestamp_ms == _IMPOSSIBLE_MS else _EPOCH + timedelta(milliseconds=timestamp_ms)
         signals = _dcgm_signals(raw) | _jobstats_signals(raw)
         rows.append({TIMESTAMP: at, HOST: host, GPU: gpu, JOB_ID: job, GPU_MODEL: model, **signals})
-    return _Parsed(rows, notes, PROMETHEUS_API, [1] * len(rows))
+    return Parsed(rows, notes, PROMETHEUS_API, [1] * len(rows))
 
 
 # --- zest Parquet --------------------------------------------------------------
