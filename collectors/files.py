@@ -116,6 +116,7 @@ def read_capture(
     host: str | None = None,
     interval_seconds: float | None = None,
     start_time: datetime | None = None,
+    fields: Sequence[str] | None = None,
 ) -> Capture:
     """Read a capture file into the canonical telemetry frame.
 
@@ -125,7 +126,9 @@ def read_capture(
     stays missing. ``interval_seconds`` and ``start_time`` (UTC where naive)
     place the samples of files without timestamps (dmon, Prometheus scrapes
     without sample timestamps); by default the last sample sits at the
-    file's modification time.
+    file's modification time. ``fields`` names the columns of a nvidia-smi
+    CSV written without its header (``--format=csv,noheader``): the
+    ``--query-gpu`` list, in its order.
 
     Raises :class:`SourceUnavailable` if the file cannot be opened,
     :class:`MalformedCapture` (``path:line: what broke``) if it cannot be
@@ -166,10 +169,16 @@ def read_capture(
             f"{path}:{line}: not UTF-8 text; accepted formats: {ACCEPTED_FORMATS}"
         ) from None
     lines = text.splitlines()
-    source_format = _detect(path, lines)
+    given = None if fields is None else _given_header(fields)
+    source_format = _detect(path, lines, headerless=given is not None)
+    if given is not None and source_format != NVIDIA_SMI:
+        raise MalformedCapture(
+            f"{path}:1: --fields names the columns of a nvidia-smi CSV without its header, "
+            f"but this file is {source_format}: drop --fields"
+        )
     clock = Clock(path, interval_seconds, start_time, modified)
     if source_format == NVIDIA_SMI:
-        parsed = _parse_nvidia_smi(path, lines, clock)
+        parsed = _parse_nvidia_smi(path, lines, clock, given)
     elif source_format == DCGMI_DMON:
         parsed = _parse_dmon(path, lines, clock)
     elif source_format == PROMETHEUS_API:
@@ -238,7 +247,12 @@ def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | Non
     return Capture(frame[selected].reset_index(drop=True), notes, parsed.source_format)
 
 
-def _detect(path: Path, lines: Sequence[str]) -> str:
+def _detect(path: Path, lines: Sequence[str], *, headerless: bool = False) -> str:
+    """The format of ``lines``; ``headerless``: the columns of a nvidia-smi CSV without header are given."""
+    # dcgmi dmon copied from a terminal may follow a prompt, the command line or escape sequences.
+    head = (_TERMINAL_CONTROL.sub("", line).lstrip() for line in lines[:_DMON_HEADER_WITHIN])
+    if any(line.startswith(("#Entity", "# Entity")) for line in head):
+        return DCGMI_DMON
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped:
@@ -253,13 +267,14 @@ def _detect(path: Path, lines: Sequence[str]) -> str:
             return PROMETHEUS
         if stripped.startswith("#"):
             continue
-        if _nvidia_smi_header(_csv_cells(path, number, stripped)) is not None:
+        cells = _csv_cells(path, number, stripped)
+        if _nvidia_smi_header(cells) is not None or (headerless and len(cells) > 1):
             return NVIDIA_SMI
-        if _looks_like_nvidia_smi_record(_csv_cells(path, number, stripped)):
+        if _looks_like_nvidia_smi_record(cells):
             raise MalformedCapture(
                 f"{path}:{number}: nvidia-smi CSV without its header line, so its columns cannot be "
-                "told apart: record with --format=csv or --format=csv,nounits, not noheader, querying "
-                f"{metrics.NVIDIA_SMI_UTILIZATION} and one of {', '.join(metrics.NVIDIA_SMI_GPU_FIELDS)}"
+                f"told apart: give the --query-gpu list it was recorded with as --fields (e.g. --fields "
+                f"{_FIELDS_EXAMPLE}), or record with --format=csv"
             )
         raise MalformedCapture(
             f"{path}:{number}: unknown capture format; accepted formats: {ACCEPTED_FORMATS}"
@@ -303,6 +318,7 @@ _NVIDIA_SMI_RECORD_CELL = re.compile(
     r"|[0-9A-Fa-f]{8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d"
 )
 _NVIDIA_SMI_BY_NAME = {f.name: f for f in metrics.NVIDIA_SMI_METRICS}
+_FIELDS_EXAMPLE = f"index,{metrics.NVIDIA_SMI_UTILIZATION},memory.used,memory.total"
 _NVIDIA_SMI_KNOWN = {
     metrics.NVIDIA_SMI_TIMESTAMP,
     metrics.NVIDIA_SMI_MODEL,
@@ -374,9 +390,25 @@ def _nvidia_smi_time(path: Path, number: int, cell: str) -> datetime | None:
     )
 
 
-def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
-    header: Header | None = None
+def _given_header(fields: Sequence[str]) -> Header:
+    """The header of a nvidia-smi CSV written without one, from its ``--query-gpu`` list."""
+    cells = [cell.strip() for field in fields for cell in field.split(",")]
+    header = _nvidia_smi_header(cells)
+    if header is None:
+        named = ", ".join(cells) or "nothing"
+        raise MalformedCapture(
+            f"--fields {named}: not a --query-gpu list zest reads; give the properties the file was "
+            f"recorded with, in order, including {metrics.NVIDIA_SMI_UTILIZATION} (e.g. {_FIELDS_EXAMPLE})"
+        )
+    return header
+
+
+def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock, given: Header | None) -> Parsed:
+    header: Header | None = given
     gpu_field: str | None = None
+    if given is not None:
+        _check_nvidia_smi_header(path, 1, given)
+        gpu_field = next((f for f in metrics.NVIDIA_SMI_GPU_FIELDS if f in (n for n, _ in given)), None)
     repeated_headers = 0
     missing_cells = 0
     rows: list[Row] = []
@@ -403,9 +435,8 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
         if header is None:
             raise MalformedCapture(f"{path}:{number}: a record before the nvidia-smi CSV header")
         if len(cells) != len(header):
-            raise MalformedCapture(
-                f"{path}:{number}: {len(cells)} cells for the {len(header)} columns of the header"
-            )
+            columns = "fields given with --fields" if header is given else "columns of the header"
+            raise MalformedCapture(f"{path}:{number}: {len(cells)} cells for the {len(header)} {columns}")
         row: Row = {}
         for (name, unit), cell in zip(header, cells, strict=True):
             if name == metrics.NVIDIA_SMI_TIMESTAMP:
@@ -416,7 +447,8 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
                 row[GPU_MODEL] = cell
             elif name in _NVIDIA_SMI_BY_NAME:
                 known = _NVIDIA_SMI_BY_NAME[name]
-                value = _nvidia_smi_value(path, number, name, unit, cell)
+                # Without a header (or with nounits) the unit is the property's own, where cells show one.
+                value = _nvidia_smi_value(path, number, name, unit or known.unit, cell)
                 missing_cells += math.isnan(value)
                 row[known.signal] = value * known.scale
         has_time = metrics.NVIDIA_SMI_TIMESTAMP in (name for name, _ in header)
@@ -449,8 +481,9 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
     if all(math.isnan(float(row.get(util, math.nan))) for row in rows):  # type: ignore[arg-type]
         raise MalformedCapture(
             f"{path}:{numbers[0]}: {metrics.NVIDIA_SMI_UTILIZATION} is [N/A] or [Not Supported] in every "
-            "record (as nvidia-smi gives it with MIG enabled): no utilization or activity signal; "
-            "record dcgm-exporter or dcgmi dmon (DCGM_FI_PROF_GR_ENGINE_ACTIVE) instead"
+            "record (as nvidia-smi gives it with MIG enabled, or on a GPU that does not support it): no "
+            "utilization or activity signal; record dcgm-exporter or dcgmi dmon "
+            "(DCGM_FI_PROF_GR_ENGINE_ACTIVE) instead"
         )
     notes = []
     if timed:
@@ -495,10 +528,21 @@ def _nvidia_smi_value(path: Path, number: int, name: str, unit: str | None, cell
 # --- dcgmi dmon ----------------------------------------------------------------
 
 _DMON_BY_SHORT_NAME = {f.short_name: f for f in metrics.DCGM_DMON_FIELDS}
+_DMON_HEADER_WITHIN = 20  # lines of terminal output before dmon's #Entity header that are looked past
+_DMON_BY_ID = {f.field_id: f for f in metrics.DCGM_DMON_FIELDS}
+_DMON_ERROR = re.compile(r"(Error|Failed|Unable)\b", re.IGNORECASE)  # dcgmi's messages when it cannot go on
+# Escape sequences of a terminal (colours, cursor moves) and carriage returns, left in output copied from it.
+_TERMINAL_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
 _DMON_MISSING = re.compile(r"N/[A-Z]")  # N/A blank, N/W not watched, N/S not supported
 _DMON_ENTITY_KIND = re.compile(r"[A-Za-z][A-Za-z-]*")
 # GPU rows name the GPU by index; MIG instances use dcgmi's own i:/ci: entity syntax.
 _DMON_GPU_ENTITIES = {"GPU": "{}", "GPU-I": "i:{}", "GPU-CI": "ci:{}"}
+
+
+def _dmon_header(line: str) -> list[str]:
+    """The fields of a ``#Entity`` header, by dmon's short name; a field printed by its id is named by it."""
+    fields = line.split("Entity", 1)[1].split()
+    return [_DMON_BY_ID[int(f)].short_name if f.isdigit() and int(f) in _DMON_BY_ID else f for f in fields]
 
 
 def _parse_dmon(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
@@ -510,24 +554,30 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
     in_sample: set[str] = set()
     samples: list[tuple[int, str, dict[str, float]]] = []
     numbers: list[int] = []
-    for number, line in enumerate(lines, 1):
+    errors: list[tuple[int, str]] = []  # dcgmi's own error lines, e.g. when it cannot watch a field
+    ragged: list[int] = []  # rows with another number of values than the header has fields
+    noise: list[int] = []  # terminal output around dmon's: prompts, the command, ^C
+    for number, raw_line in enumerate(lines, 1):
+        line = _TERMINAL_CONTROL.sub("", raw_line)
         tokens = line.split()
         if not tokens:
             continue
         if line.lstrip().startswith(("#Entity", "# Entity")):
-            fields = line.split("Entity", 1)[1].split()
+            fields = _dmon_header(line)
             unknown_fields.update(f for f in fields if f not in _DMON_BY_SHORT_NAME)
             continue
-        if tokens[0] == "ID" or tokens[0].startswith("#"):
+        if tokens[0].upper() == "ID" or tokens[0].startswith("#"):
             continue  # the units line under the header, comments
-        if fields is None:
-            raise MalformedCapture(f"{path}:{number}: a dmon row before the #Entity header")
+        if _DMON_ERROR.match(line.strip()):
+            errors.append((number, line.strip()))
+            continue
         kind, entity, values = tokens[0], tokens[1] if len(tokens) > 1 else "", tokens[2:]
-        if not (_DMON_ENTITY_KIND.fullmatch(kind) and entity.isdigit()) or len(values) != len(fields):
-            raise MalformedCapture(
-                f"{path}:{number}: expected '<entity> <id>' and {len(fields)} values for the #Entity header, "
-                f"got {one_line(repr(line.strip()))}"
-            )
+        if fields is None or not (_DMON_ENTITY_KIND.fullmatch(kind) and entity.isdigit()):
+            noise.append(number)
+            continue
+        if len(values) != len(fields):
+            ragged.append(number)
+            continue
         if kind not in _DMON_GPU_ENTITIES:
             other_entities.add(kind)
             continue
@@ -554,6 +604,21 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
         samples.append((sample, gpu, raw))
         numbers.append(number)
     if not samples:
+        if errors:
+            number, error = errors[0]
+            raise MalformedCapture(
+                f"{path}:{number}: dcgmi dmon printed an error and no samples "
+                f"({one_line(repr(error))}): mend what DCGM reports and record again"
+            )
+        if ragged:
+            raise MalformedCapture(
+                f"{path}:{ragged[0]}: dcgmi dmon rows with another number of values than the "
+                f"{len(fields or ())} fields of the #Entity header, and no whole row"
+            )
+        if fields is None:
+            raise MalformedCapture(
+                f"{path}:{noise[0] if noise else 1}: dcgmi dmon output without its #Entity header"
+            )
         raise MalformedCapture(f"{path}:{len(lines)}: dcgmi dmon output without GPU rows")
     times, placed = clock.times(sample + 1, DMON_INTERVAL_SECONDS, f"{sample + 1} dmon sample(s)")
     rows: list[Row] = [{TIMESTAMP: times[k], GPU: gpu, **_dcgm_signals(raw)} for k, gpu, raw in samples]
@@ -564,6 +629,15 @@ def _parse_dmon(path: Path, lines: Sequence[str], clock: Clock) -> Parsed:
         notes.append(f"dmon fields zest does not use ignored: {', '.join(sorted(unknown_fields))}")
     if other_entities:
         notes.append(f"rows of non-GPU entities ignored: {', '.join(sorted(other_entities))}")
+    if ragged:
+        notes.append(
+            f"{len(ragged)} row(s) with another number of values than the header's fields skipped, "
+            f"the first at {path}:{ragged[0]}"
+        )
+    if errors:
+        notes.append(f"{len(errors)} dcgmi error line(s) skipped, the first at {path}:{errors[0][0]}")
+    if noise:
+        notes.append(f"{len(noise)} line(s) of other terminal output skipped, the first at {path}:{noise[0]}")
     return Parsed(rows, notes, DCGMI_DMON, numbers)
 
 

@@ -158,6 +158,7 @@ class DmonField:
 # Short names as ``dcgmi dmon -l`` lists them (DCGM 3.x).
 DCGM_DMON_FIELDS: tuple[DmonField, ...] = (
     DmonField(203, "GPUTL", dcgm_metric_for("gpu_util_ratio")),
+    DmonField(1001, "GRACT", DCGM_GR_ENGINE_ACTIVE.name),
     DmonField(1002, "SMACT", dcgm_metric_for("sm_active_ratio")),
     DmonField(1003, "SMOCC", dcgm_metric_for("sm_occupancy_ratio")),
     DmonField(1004, "TENSO", dcgm_metric_for("tensor_active_ratio")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -118,7 +119,7 @@ def test_nvidia_smi_uuid_names_the_gpu_when_index_is_not_queried(tmp_path: Path)
 
 def test_nvidia_smi_without_header_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = write(tmp_path, "smi.csv", "2026/11/24 08:00:01.123, 0, 45 %, 1234 MiB\n")
-    with pytest.raises(MalformedCapture, match=r"smi\.csv:1: .*not noheader"):
+    with pytest.raises(MalformedCapture, match=r"smi\.csv:1: .*as --fields"):
         read_capture(path)
 
 
@@ -284,12 +285,9 @@ GPU-I 3   505         395         N/A         N/A         N/A
     [
         (
             "#Entity SMACT\nID\nError setting watches. Result: The profiling module returned an error\n",
-            r":3: expected '<entity> <id>' and 1 values",
+            r":3: dcgmi dmon printed an error and no samples \('Error setting watches\. .*'\): mend",
         ),
-        (
-            "#Entity GPUTL SMACT\nID\nGPU 0  45  0.5\nGPU 1  45\n",
-            r":4: expected '<entity> <id>' and 2 values",
-        ),
+        ("#Entity GPUTL SMACT\nID\nGPU 1  45\n", r":3: dcgmi dmon rows with another number of values"),
         ("#Entity GPUTL SMACT\nGPU 0  45  half\n", r":2: SMACT value 'half' is not a number"),
         ("#Entity GPUTL\nID\n", r":2: dcgmi dmon output without GPU rows"),
     ],
@@ -652,3 +650,68 @@ def test_series_listed_without_values_or_with_cut_labels_are_refused(tmp_path: P
     cut = 'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a"} 1\nDCGM_FI_DEV_GPU_UTIL{gpu="1",...} 2\n'
     with pytest.raises(MalformedCapture, match=r"cut\.prom:2: labels cut short"):
         read_capture(write(tmp_path, "cut.prom", cut))
+
+
+def test_dmon_reads_gract_and_field_ids_and_skips_terminal_noise_and_ragged_rows(tmp_path: Path) -> None:
+    text = (
+        "user@node01:~$ dcgmi dmon -e 1001,1002,155 -c 2\n"
+        "\x1b[?2004l#Entity   GRACT   SMACT   POWER\n"
+        "ID\n"
+        "GPU 0     0.812   0.790   301.2\n"
+        "GPU 1     N/A     N/A     N/A\n"
+        "GPU 0     0.820   0.801   305.0\n"
+        "GPU 1     0.100\n"  # cut by ^C
+        "^C\n"
+    )
+    capture = read_capture(write(tmp_path, "dmon.txt", text), start_time=START)
+    frame = capture.frame
+    # GR_ENGINE_ACTIVE (1001) is the activity signal where GPUTL (203) is not watched
+    assert frame["gpu_util_ratio"].tolist()[0] == pytest.approx(0.812)
+    assert frame["gpu_util_ratio"].tolist()[2] == pytest.approx(0.820)
+    assert math.isnan(frame["gpu_util_ratio"].tolist()[1])
+    assert frame["power_watts"].tolist()[2] == pytest.approx(305.0)
+    assert len(frame) == 3
+    assert any("row(s) with another number of values" in n and "dmon.txt:7" in n for n in capture.notes)
+    assert any("line(s) of other terminal output skipped" in n and "dmon.txt:1" in n for n in capture.notes)
+
+    by_id = read_capture(
+        write(tmp_path, "ids.txt", "# Entity  1001  1004\n      Id\nGPU 0  0.5  0.25\n")
+    ).frame
+    assert by_id[["gpu_util_ratio", "tensor_active_ratio"]].iloc[0].tolist() == [0.5, 0.25]
+
+
+GPUSTAT_FIELDS = "index,uuid,name,temperature.gpu,utilization.gpu,memory.used,memory.total"
+
+
+def test_headerless_nvidia_smi_csv_is_read_with_fields_in_one_or_several_arguments(tmp_path: Path) -> None:
+    text = (
+        "0, GPU-0, Tesla T4, 40, 17, 802 MiB, 15360 MiB\n1, GPU-1, Tesla T4, 41, [N/A], 10 MiB, 15360 MiB\n"
+    )
+    path = write(tmp_path, "smi.csv", text)
+    for fields in ([GPUSTAT_FIELDS], GPUSTAT_FIELDS.split(",")):
+        frame = read_capture(path, fields=fields, start_time=START).frame
+        assert frame[GPU].tolist() == ["0", "1"]
+        assert frame["gpu_util_ratio"].iloc[0] == pytest.approx(0.17)
+        assert math.isnan(frame["gpu_util_ratio"].iloc[1])
+        assert frame["mem_used_bytes"].tolist() == [802 * 2**20, 10 * 2**20]  # units in cells stripped
+
+
+@pytest.mark.parametrize(
+    ("text", "fields", "what"),
+    [
+        ("0, GPU-0, 802 MiB\n", None, r":1: .* give the --query-gpu list it was recorded with as --fields"),
+        ("0, 17, 802\n", ["index,utilization.gpu"], r":1: 3 cells for the 2 fields given with --fields"),
+        ("0, 17\n", ["index,temperature.gpu"], r":1: nvidia-smi CSV holding index, temperature.gpu: no util"),
+        ("0, 17\n", ["fan speed"], r"--fields fan speed: not a --query-gpu list zest reads"),
+        (
+            'DCGM_FI_DEV_GPU_UTIL{gpu="0"} 5\n',
+            ["index,utilization.gpu"],
+            r":1: .*this file is prometheus text",
+        ),
+    ],
+)
+def test_headerless_nvidia_smi_csv_refusals(
+    tmp_path: Path, text: str, fields: list[str] | None, what: str
+) -> None:
+    with pytest.raises(MalformedCapture, match=what):
+        read_capture(write(tmp_path, "smi.csv", text), fields=fields)
