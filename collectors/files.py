@@ -4,14 +4,18 @@
 decompressed first, whatever it is called) and reads:
 
 * ``nvidia-smi --query-gpu=... --format=csv`` logs, any fields in any order,
-  with or without ``nounits``; the header line is required (``noheader`` is
-  refused: its columns cannot be named), and so is ``utilization.gpu`` with a
-  value in some record. The GPU is named by ``index``, ``uuid`` or
+  with or without ``nounits``; a file written ``noheader`` is read only with
+  its ``--query-gpu`` list given (``fields``: its columns cannot be named
+  otherwise); ``utilization.gpu`` with a value in some record is required. The GPU is named by ``index``, ``uuid`` or
   ``pci.bus_id``, else by its row order within a tick. nvidia-smi prints the
   node's local time without a zone: **its timestamps are read as UTC**;
   without a ``timestamp`` column the ticks (a new one where a GPU repeats) are
   placed like dmon samples, 1 s apart by default.
-* ``dcgmi dmon -e 203,1002,...`` text output. dmon prints no time: its samples
+* ``nvidia-smi dmon``, ``pmon``, ``-q`` and ``-q -x`` output
+  (:mod:`collectors.nvsmi_text`); a pmon file selects a job ``pid:<pid>`` by
+  the GPUs that process ran on.
+* ``dcgmi dmon -e 1001,1002,...`` text output (fields by name or id; the
+  prompt, command and escape sequences of a terminal around it are skipped). dmon prints no time: its samples
   are spaced ``interval_seconds`` apart (default 1 s, dmon's default ``-d``).
 * Prometheus text exposition scraped from dcgm-exporter (or the retired
   gpu-monitoring-tools exporter's ``dcgm_*`` series) or the jobstats
@@ -56,7 +60,7 @@ import pyarrow.parquet as pq
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors import metrics
+from collectors import metrics, nvsmi_text
 from collectors.errors import CaptureWriteError, JobNotFound, MalformedCapture, SourceUnavailable
 from collectors.schema import (
     COLUMNS,
@@ -80,7 +84,8 @@ FORMAT_VERSION = 1
 #: Parquet file-metadata key holding the capture's JSON header.
 METADATA_KEY = b"zest.capture"
 ACCEPTED_FORMATS = (
-    "nvidia-smi --query-gpu CSV with its header line, dcgmi dmon text, Prometheus text from "
+    "nvidia-smi --query-gpu CSV (with its header line, or its fields given), nvidia-smi dmon, pmon, -q or "
+    "-q -x output, dcgmi dmon text, Prometheus text from "
     "dcgm-exporter or the jobstats exporter, a Prometheus HTTP API JSON answer (vector or matrix) "
     "of their series, zest Parquet; each may be gzip-compressed"
 )
@@ -94,6 +99,7 @@ PROMETHEUS_API = "prometheus api json"
 ZEST_PARQUET = "zest parquet"
 
 _JOBS_NAMED = 5  # job ids a JobNotFound message lists
+_PID_JOB = "pid:"  # a job named by one of its processes, where the file lists the processes on each GPU
 
 
 _MEM_TOTAL_BYTES = canonical_signal("mem_total_bytes")
@@ -181,6 +187,8 @@ def read_capture(
         parsed = _parse_nvidia_smi(path, lines, clock, given)
     elif source_format == DCGMI_DMON:
         parsed = _parse_dmon(path, lines, clock)
+    elif source_format in nvsmi_text.FORMATS:
+        parsed = nvsmi_text.parse(path, lines, clock, source_format)
     elif source_format == PROMETHEUS_API:
         parsed = _parse_prometheus_api(path, text)
     else:
@@ -229,6 +237,8 @@ def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | Non
         notes.append(f"host {host} given by the caller for samples the file names no host for")
     elif frame[HOST].isna().all():
         notes.append("the file names no host: host left unset")
+    if job_id is not None and job_id.startswith(_PID_JOB) and parsed.pids:
+        return _by_process(path, frame, job_id, notes, parsed)
     jobs = frame[JOB_ID]
     if jobs.isna().all():
         if job_id is not None:
@@ -247,12 +257,34 @@ def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | Non
     return Capture(frame[selected].reset_index(drop=True), notes, parsed.source_format)
 
 
+def _by_process(path: Path, frame: pd.DataFrame, job_id: str, notes: list[str], parsed: Parsed) -> Capture:
+    """The rows of the GPUs where the file saw process ``pid:<pid>`` (nvidia-smi pmon)."""
+    pid = job_id.removeprefix(_PID_JOB)
+    gpus = sorted(gpu for gpu, pids in parsed.pids.items() if pid.isdigit() and int(pid) in pids)
+    if not gpus:
+        seen = sorted({p for pids in parsed.pids.values() for p in pids})
+        named = ", ".join(map(str, seen[:_JOBS_NAMED])) + (
+            f" and {len(seen) - _JOBS_NAMED} more" if len(seen) > _JOBS_NAMED else ""
+        )
+        raise JobNotFound(f"{path}: no process {pid} on any GPU of the file; it lists process(es) {named}")
+    selected = frame[frame[GPU].isin(gpus)].reset_index(drop=True)
+    selected[JOB_ID] = pd.Series(job_id, index=selected.index, dtype=frame[JOB_ID].dtype)
+    notes.append(
+        f"job {job_id}: GPU(s) {', '.join(gpus)}, where the file lists process {pid} (its children, "
+        "which the file does not link to it, are not followed)"
+    )
+    return Capture(selected, notes, parsed.source_format)
+
+
 def _detect(path: Path, lines: Sequence[str], *, headerless: bool = False) -> str:
     """The format of ``lines``; ``headerless``: the columns of a nvidia-smi CSV without header are given."""
     # dcgmi dmon copied from a terminal may follow a prompt, the command line or escape sequences.
     head = (_TERMINAL_CONTROL.sub("", line).lstrip() for line in lines[:_DMON_HEADER_WITHIN])
     if any(line.startswith(("#Entity", "# Entity")) for line in head):
         return DCGMI_DMON
+    found = nvsmi_text.detect(path, lines)
+    if found is not None:
+        return found
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped:
@@ -487,7 +519,7 @@ def _parse_nvidia_smi(path: Path, lines: Sequence[str], clock: Clock, given: Hea
         )
     notes = []
     if timed:
-        notes.append("nvidia-smi prints local time without a zone: timestamps assumed UTC")
+        notes.append(nvsmi_text.LOCAL_TIME_NOTE)
     if untimed:
         untimed_ticks = sorted({tick for tick, row in zip(ticks, rows, strict=True) if TIMESTAMP not in row})
         times, how = clock.times(

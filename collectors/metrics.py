@@ -198,3 +198,83 @@ NVIDIA_SMI_MODEL = "name"
 NVIDIA_SMI_UTILIZATION = "utilization.gpu"  # without it a file has no utilization or activity signal
 # Other spellings --query-gpu accepts, as the header then shows them.
 NVIDIA_SMI_ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id"}
+
+
+# --- nvidia-smi text outputs: dmon, pmon, -q and -q -x ---------------------------------------------
+# nvidia-smi's MB and KB are binary, as in its memory figures (dmon's fb in MB is memory.used in MiB);
+# its PCIe throughput is NVML's nvmlDeviceGetPcieThroughput (KB/s), which dmon prints in MB/s.
+KIB = 1024
+
+#: ``nvidia-smi dmon`` columns zest reads: name in the ``# gpu ...`` header, unit in the ``# Idx ...``
+#: line. ``mem`` (memory-controller busy time, like ``utilization.memory``) feeds no canonical signal.
+NVIDIA_SMI_DMON_METRICS: tuple[NvidiaSmiField, ...] = (
+    NvidiaSmiField("sm", "%", "gpu_util_ratio", 0.01),
+    NvidiaSmiField("fb", "MB", "mem_used_bytes", MIB),
+    NvidiaSmiField("pwr", "W", "power_watts"),
+    NvidiaSmiField("rxpci", "MB/s", "pcie_rx_bytes_per_second", MIB),
+    NvidiaSmiField("txpci", "MB/s", "pcie_tx_bytes_per_second", MIB),
+)
+NVIDIA_SMI_DMON_GPU = "gpu"  # the GPU's index
+NVIDIA_SMI_DMON_UTILIZATION = "sm"  # without it a dmon log has no utilization signal (-s u adds it)
+
+#: ``nvidia-smi pmon`` columns zest sums over a GPU's processes (``-s u`` gives sm, ``-s m`` fb).
+NVIDIA_SMI_PMON_METRICS: tuple[NvidiaSmiField, ...] = (
+    NvidiaSmiField("sm", "%", "gpu_util_ratio", 0.01),
+    NvidiaSmiField("fb", "MB", "mem_used_bytes", MIB),
+)
+NVIDIA_SMI_PMON_PID = "pid"
+NVIDIA_SMI_PMON_COMMAND = "command"  # the last column, its name may hold spaces
+
+
+@dataclass(frozen=True)
+class NvidiaSmiQueryField:
+    """A value of ``nvidia-smi -q``: its path of section titles and key in the text, of tags in the XML
+    (``-q -x``), its unit, the signal it feeds. Fields feeding one signal are tried in order."""
+
+    text_path: str  # "Utilization/Gpu"
+    xml_path: str  # "utilization/gpu_util"
+    unit: str
+    signal: str
+    scale: float = 1.0
+
+
+# Power: R535+ name the section "GPU Power Readings" and R550+ split "Power Draw" into average and
+# instantaneous; power.draw (the CSV's) is the 1 s average where there is one.
+NVIDIA_SMI_QUERY_METRICS: tuple[NvidiaSmiQueryField, ...] = (
+    NvidiaSmiQueryField("Utilization/Gpu", "utilization/gpu_util", "%", "gpu_util_ratio", 0.01),
+    NvidiaSmiQueryField("FB Memory Usage/Used", "fb_memory_usage/used", "MiB", "mem_used_bytes", MIB),
+    NvidiaSmiQueryField("FB Memory Usage/Total", "fb_memory_usage/total", "MiB", "mem_total_bytes", MIB),
+    NvidiaSmiQueryField("Power Readings/Power Draw", "power_readings/power_draw", "W", "power_watts"),
+    NvidiaSmiQueryField("GPU Power Readings/Power Draw", "gpu_power_readings/power_draw", "W", "power_watts"),
+    NvidiaSmiQueryField(
+        "GPU Power Readings/Average Power Draw", "gpu_power_readings/average_power_draw", "W", "power_watts"
+    ),
+    NvidiaSmiQueryField(
+        "GPU Power Readings/Instantaneous Power Draw",
+        "gpu_power_readings/instant_power_draw",
+        "W",
+        "power_watts",
+    ),
+    NvidiaSmiQueryField("PCI/Tx Throughput", "pci/tx_util", "KB/s", "pcie_tx_bytes_per_second", KIB),
+    NvidiaSmiQueryField("PCI/Rx Throughput", "pci/rx_util", "KB/s", "pcie_rx_bytes_per_second", KIB),
+)
+#: A MIG device's memory (its GPU instance's: shared by its compute instances). nvidia-smi reports no
+#: utilization and no power per MIG device.
+NVIDIA_SMI_QUERY_MIG_METRICS: tuple[NvidiaSmiQueryField, ...] = (
+    NvidiaSmiQueryField(
+        "Shared FB Memory Usage/Used", "shared_fb_memory_usage/used", "MiB", "mem_used_bytes", MIB
+    ),
+    NvidiaSmiQueryField("FB Memory Usage/Used", "fb_memory_usage/used", "MiB", "mem_used_bytes", MIB),
+    NvidiaSmiQueryField(
+        "Shared FB Memory Usage/Total", "shared_fb_memory_usage/total", "MiB", "mem_total_bytes", MIB
+    ),
+    NvidiaSmiQueryField("FB Memory Usage/Total", "fb_memory_usage/total", "MiB", "mem_total_bytes", MIB),
+)
+NVIDIA_SMI_QUERY_MODEL = ("Product Name", "product_name")
+NVIDIA_SMI_QUERY_MINOR = ("Minor Number", "minor_number")
+# Local time without a zone: "Fri Jul  3 22:22:26 2026".
+NVIDIA_SMI_QUERY_TIMESTAMP = ("Timestamp", "timestamp")
+NVIDIA_SMI_QUERY_TIMESTAMP_FORMAT = "%a %b %d %H:%M:%S %Y"
+NVIDIA_SMI_QUERY_ATTACHED = ("Attached GPUs", "attached_gpus")
+NVIDIA_SMI_QUERY_MIG_INSTANCE = ("GPU Instance ID", "gpu_instance_id")
+NVIDIA_SMI_QUERY_MIG_COMPUTE_INSTANCE = ("Compute Instance ID", "compute_instance_id")

@@ -71,6 +71,7 @@ def read_job(
     prometheus_auth: PrometheusAuth | None = None,
     hpc_job_dir: Path | None = None,
     nvml_factory: Callable[[], object] | None = None,
+    fields: Sequence[str] | None = None,
 ) -> Telemetry:
     """Read ``job_id``'s telemetry from ``source`` (None: NVML where a driver is present).
 
@@ -83,7 +84,8 @@ def read_job(
     job's GPUs on this node without job mapping, and a capture is narrowed to
     them. ``prometheus_auth``: credentials for a Prometheus. ``hpc_job_dir``:
     dcgm-exporter's job mapping directory, where NVML looks for the job's GPUs
-    (None: not looked at).
+    (None: not looked at). ``fields``: the columns of a capture file written
+    without its header (nvidia-smi ``--format=csv,noheader``).
     """
     if source is None or source == NVML:
         local = None if placement is None else placement.get(short_host(socket.gethostname()))
@@ -106,7 +108,7 @@ def read_job(
                 f"no bundled example for job {job_id!r}; the examples are: {', '.join(example_jobs())}"
             )
         return _read_file(path, job_id, window_seconds, end, placement, name=f"example {job_id}")
-    return _read_file(Path(source), job_id, window_seconds, end, placement, name=source)
+    return _read_file(Path(source), job_id, window_seconds, end, placement, name=source, fields=fields)
 
 
 def _read_file(
@@ -117,6 +119,7 @@ def _read_file(
     placement: Mapping[str, Sequence[int]] | None,
     *,
     name: str,
+    fields: Sequence[str] | None = None,
 ) -> Telemetry:
     import pandas as pd
 
@@ -127,7 +130,7 @@ def _read_file(
         raise SourceUnavailable(f"{path} is a folder: give one capture file, or one of {SOURCE_HELP}")
     if not path.exists():
         raise SourceUnavailable(f"--source {path}: no such file; give {SOURCE_HELP}")
-    capture = read_capture(path, job_id)
+    capture = read_capture(path, job_id, fields=fields)
     frame, notes = capture.frame, list(capture.notes)
     if placement:
         frame = _on_placement(frame, placement)

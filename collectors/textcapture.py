@@ -22,6 +22,8 @@ class Parsed:
     notes: list[str]
     source_format: str
     lines: list[int] = field(default_factory=list)  # the file's line of each row, to name it in notes
+    # GPU id -> the process ids the file shows on it (nvidia-smi pmon), to select a job by ``pid:<pid>``
+    pids: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

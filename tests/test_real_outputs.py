@@ -1,4 +1,4 @@
-"""Exporter scrapes and Prometheus API answers of the corpus of real outputs, read or refused.
+"""Every file of the corpus of real outputs, read or refused, through read_capture.
 
 The corpus is ``../shared/data/real-outputs``.
 
@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from collectors.errors import MalformedCapture
+from collectors.errors import JobNotFound, MalformedCapture
 from collectors.files import PROMETHEUS, Capture, read_capture
 from collectors.metrics import MIB
-from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID
+from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, TIMESTAMP
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "real-outputs"
@@ -218,3 +218,133 @@ def test_jobstats_duty_cycle_of_four_a100s() -> None:
     assert rows[JOB_ID].isna().all()
     assert rows[HOST].isna().all()
     assert rows["power_watts"].isna().all()  # absent, never zero
+
+
+# --- header-less nvidia-smi CSV read with the --query-gpu list its source names -----------------------
+
+#: The --query-gpu list each header-less CSV was recorded with, as its source gives it (corpus README).
+NVSMI_CSV_FIELDS = {
+    "nvsmi-csv-gpustat-5.csv": "index,uuid,name,temperature.gpu,utilization.gpu,memory.used,memory.total",
+    "nvsmi-csv-OmniOpt-doc-folder_structure.csv": "timestamp,name,pci.bus_id,driver_version,pstate,"
+    "pcie.link.gen.max,pcie.link.gen.current,temperature.gpu,utilization.gpu,utilization.memory,"
+    "memory.total,memory.free,memory.used",
+    "nvsmi-csv-Megaminer-235.csv": "gpu_name,utilization.gpu,utilization.memory,temperature.gpu,power.draw,"
+    "power.limit,fan.speed,pstate,clocks.current.graphics,clocks.current.memory,power.max_limit,"
+    "power.default_limit",
+}
+
+
+def test_gpustat_noheader_nounits_with_fields() -> None:
+    # Lines 1-2: "0, GPU-004f..., GeForce GTX TITAN X, 25, 0, 802, 12206" and "1, ..., 54, 86, 10032, 12206".
+    name = "nvsmi-csv-gpustat-5.csv"
+    capture = read_capture(corpus_file(name), fields=[NVSMI_CSV_FIELDS[name]])
+    rows = capture.frame.set_index(GPU).sort_index()
+    assert rows.index.tolist() == [str(i) for i in range(8)]
+    assert rows.loc["0", "gpu_util_ratio"] == 0 and rows.loc["0", "mem_used_bytes"] == 802 * MIB
+    assert (
+        rows.loc["1", "gpu_util_ratio"] == pytest.approx(0.86)
+        and rows.loc["1", "mem_used_bytes"] == 10032 * MIB
+    )
+    assert set(rows["mem_total_bytes"]) == {12206 * MIB}
+    assert set(rows[GPU_MODEL]) == {"GeForce GTX TITAN X"}
+    assert any("no timestamp column" in note for note in capture.notes)
+
+
+def test_omniopt_looping_log_with_units_in_cells_with_fields() -> None:
+    # Three A100s by pci.bus_id in a different order each ~10 s tick; the last tick lacks 00000000:0B:00.0.
+    name = "nvsmi-csv-OmniOpt-doc-folder_structure.csv"
+    frame = read_capture(corpus_file(name), fields=[NVSMI_CSV_FIELDS[name]]).frame
+    assert len(frame) == 8
+    assert frame[GPU].value_counts().to_dict() == {
+        "00000000:3B:00.0": 3,
+        "00000000:8B:00.0": 3,
+        "00000000:0B:00.0": 2,
+    }
+    # Line 4: 2024/06/01 11:27:15.309, 00000000:8B:00.0, 3 %, total 40960 MiB, used 38803 MiB.
+    row = frame[frame[TIMESTAMP] == pd.Timestamp("2024-06-01 11:27:15.309", tz="UTC")].iloc[0]
+    assert row[GPU] == "00000000:8B:00.0"
+    assert row["gpu_util_ratio"] == pytest.approx(0.03)
+    assert row["mem_used_bytes"] == 38803 * MIB and row["mem_total_bytes"] == 40960 * MIB
+
+
+def test_megaminer_with_fields_is_refused_for_its_unsupported_utilization() -> None:
+    # One GTX 770 row: utilization.gpu (2nd field) is [Not Supported].
+    name = "nvsmi-csv-Megaminer-235.csv"
+    with pytest.raises(MalformedCapture, match=r":1: utilization\.gpu is \[N/A\] or \[Not Supported\]"):
+        read_capture(corpus_file(name), fields=[NVSMI_CSV_FIELDS[name]])
+
+
+# --- nvidia-smi dmon, pmon, -q, -q -x and dcgmi dmon through read_capture ----------------------------
+
+#: The text outputs read, with their format and GPUs (each file's values are checked by hand in
+#: tests/test_nvsmi_text.py for nvidia-smi's, below for dcgmi's).
+TEXT_READ = {
+    "nvsmi-dmon-DeepSpeech-178.txt": ("nvidia-smi dmon", ["0", "1", "2", "3"]),
+    "nvsmi-dmon-telegraf-5532.txt": ("nvidia-smi dmon", ["0"]),
+    "nvsmi-pmon-nvgpuexp-cap-win2080s.txt": ("nvidia-smi pmon", ["0"]),
+    "dcgmi-dmon-DCGM-151.txt": ("dcgmi dmon", ["i:21", "i:22", "i:28", "i:29", "i:30", "i:31", "i:35"]),
+}
+#: The text outputs refused, with the line named and what the file lacks.
+TEXT_REFUSED = {
+    # H200 with MIG, first 120 lines: memory of the MIG devices, utilization nowhere.
+    "nvsmi-q-nvgpuexp-cap-h200mig.txt": r":9: nvidia-smi -q output holding memory of GPU\(s\) 0/2, 0/3, 0/9, "
+    r"no utilization or activity signal",
+    # GTX 780, 32 lines: cut before any utilization, memory or power.
+    "nvsmi-q-sysmon-12.txt": r":9: nvidia-smi -q output holding no signal zest reads",
+    # RTX 3080 XML, first 120 of 849 lines: not well-formed.
+    "nvsmi-qx-telegraf-pr18690-rtx3080.xml": r":120: nvidia-smi -q -x XML that ends at line 120 before its "
+    r"closing </nvidia_smi_log> \(cut short\)",
+    # dcgmi dmon -e 1004 failing: the header, then only DCGM's error.
+    "dcgmi-dmon-DCGM-3.txt": r":3: dcgmi dmon printed an error and no samples \('Error setting watches",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_READ))
+def test_text_outputs_read(name: str) -> None:
+    source_format, gpus = TEXT_READ[name]
+    capture = read_capture(corpus_file(name))
+    assert capture.source_format == source_format
+    assert sorted(capture.frame[GPU].unique()) == gpus
+    assert capture.frame["gpu_util_ratio"].notna().any()
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_REFUSED))
+def test_text_outputs_refused_with_one_line_saying_what_they_lack(name: str) -> None:
+    with pytest.raises(MalformedCapture, match=TEXT_REFUSED[name]) as refused:
+        read_capture(corpus_file(name))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(str(CORPUS / name))
+
+
+def test_dcgmi_dmon_mig_instances_read_gract_as_activity() -> None:
+    # DCGM#151: GPU-I 28 at GRACT 0.993, SMACT 0.987, TENSO 0.940; GPU-I 29 at 0.495 (lines 6-7).
+    frame = read_capture(corpus_file("dcgmi-dmon-DCGM-151.txt")).frame.set_index(GPU)
+    assert frame.loc["i:28", "gpu_util_ratio"] == pytest.approx(0.993)
+    assert frame.loc["i:28", "tensor_active_ratio"] == pytest.approx(0.940)
+    assert frame.loc["i:29", "gpu_util_ratio"] == pytest.approx(0.495)
+
+
+def test_pmon_job_by_pid_gets_the_gpu_of_its_process() -> None:
+    # ffmpeg.exe pid 25704 runs on GPU 0 (line 13); pid 1 appears nowhere.
+    path = corpus_file("nvsmi-pmon-nvgpuexp-cap-win2080s.txt")
+    capture = read_capture(path, "pid:25704")
+    assert set(capture.frame[GPU]) == {"0"} and set(capture.frame[JOB_ID]) == {"pid:25704"}
+    assert any("where the file lists process 25704" in note for note in capture.notes)
+    with pytest.raises(
+        JobNotFound, match=r"no process 1 on any GPU of the file; it lists process\(es\) 2056"
+    ):
+        read_capture(path, "pid:1")
+
+
+def test_every_file_of_the_corpus_is_read_or_refused_here() -> None:
+    covered = {
+        *DCGM_FILES,
+        *NVSMI_CSV_REFUSED,
+        *JOBSTATS_FILES,
+        *PROMAPI_REFUSED,
+        *TEXT_READ,
+        *TEXT_REFUSED,
+    }
+    present = {p.name for p in CORPUS.iterdir() if p.name != "README.md"}
+    assert present == covered
