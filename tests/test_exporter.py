@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import errno
 import logging
+import re
 import socket
 import subprocess
 import threading
@@ -188,6 +189,70 @@ def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
     assert len(diagnoses) == len(example_jobs()) * len(RULE_NAMES)
 
 
+def test_each_algorithm_exports_its_own_z_and_each_job_counts_once_at_stake() -> None:
+    """The verdict compares an algorithm's own Z (its share of Z_e), not Z_e, with its Z_break: both exported
+    and consistent."""
+    config = parse_config({"defaults": {"duration_hours": 500, "reuse": 20}})
+    snapshot = estimate_jobs(example_summary(), config, estimator, SHARES, taken_at_seconds=1.0)
+    state = ExporterState("prometheus")
+    state.publish(snapshot, 0.5)
+    text = render(state)
+    z_own = samples(text, "zest_job_algorithm_z_ratio")
+    z_break = samples(text, "zest_job_z_break_ratio")
+    verdicts = samples(text, "zest_job_verdict")
+    at_stake = samples(text, "zest_job_gpu_seconds_at_stake")
+    recommendations = set()
+    for estimate in snapshot.jobs:
+        jid = estimate.job_id
+        for a in estimate.decision.assessments:
+            name = a.candidate.name
+            z = {
+                b: z_own[(("algorithm", name), ("bound", b), ("job_id", jid))] for b in ("low", "mid", "high")
+            }
+            assert z == pytest.approx(
+                {b: getattr(a.candidate.z_percent, b) / 100 for b in ("low", "mid", "high")}
+            )
+            assert z["mid"] == pytest.approx(estimate.z_percent.mid / 100 * SHARES.shares[name])
+            brk = z_break[(("algorithm", name), ("job_id", jid))]
+            # The exported figures give the exported verdict: like is compared with like.
+            expected = "proceed" if z["low"] > brk else "does-not-pay" if z["high"] < brk else "marginal"
+            assert verdicts[(("algorithm", name), ("job_id", jid), ("verdict", expected))] == 1.0
+        mine = {k: v for k, v in at_stake.items() if ("job_id", jid) in k}
+        recommendation = estimate.decision.recommendation or "none"
+        assert list(mine) == [
+            (("job_id", jid), ("recommendation", recommendation))
+        ]  # once, by recommendation
+        recommendations.add(recommendation)
+    assert "none" in recommendations and len(recommendations) > 1  # both kinds occur in this fleet
+    help_text = next(f for f in text_string_to_metric_families(text) if f.name == "zest_job_z_break_ratio")
+    assert "(0-1)" not in help_text.documentation and "above 1" in help_text.documentation
+
+
+def test_readme_metrics_table_names_the_labels_zest_exports() -> None:
+    """Every metric the README's table names carries exactly the labels the table gives it."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("**Metrics**", 1)[1].split("\n\n", 2)[1]
+    state = ExporterState("prometheus")
+    state.publish(
+        estimate_jobs(example_summary(), ServeConfig(), estimator, SHARES, taken_at_seconds=1.0), 0.5
+    )
+    state.fail("source_unavailable", 0.1)
+    exported: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(render(state)):
+        for sample in family.samples:
+            exported.setdefault(sample.name, set()).update(sample.labels)
+    checked = 0
+    for row in table.splitlines()[2:]:
+        names_cell, labels_cell = row.split("|")[1:3]
+        labels = {part.split("=")[0].strip() for part in labels_cell.split(",") if part.strip()}
+        for name in re.findall(r"`(zest_[a-z_]+)`", names_cell):
+            assert exported[name] == labels, (
+                f"{name}: README {sorted(labels)}, exported {sorted(exported[name])}"
+            )
+            checked += 1
+    assert checked >= 15
+
+
 def samples_python(text: str) -> str:
     return dict(next(iter(samples(text, "zest_build_info"))))["python_version"]
 
@@ -196,8 +261,12 @@ def test_fresh_exporter_serves_its_health_and_no_jobs() -> None:
     text = render(ExporterState("nvml"))
     assert jobs_in(text) == set()
     assert samples(text, "zest_estimates_stale") == {(): 0.0}
-    assert samples(text, "zest_source_errors_total") == {(("reason", "none"), ("source", "nvml")): 0.0}
-    assert samples(text, "zest_cycles_total") == {(): 0.0}
+    # The reasons every source can fail with are there from 0, so that rate() has a series; no made-up one.
+    assert samples(text, "zest_source_errors_total") == {
+        (("reason", "source_query_error"), ("source", "nvml")): 0.0,
+        (("reason", "source_unavailable"), ("source", "nvml")): 0.0,
+    }
+    assert samples(text, "zest_cycles_total") == {(("source", "nvml"),): 0.0}
     assert not samples(text, "zest_last_success_timestamp_seconds")
 
 
@@ -239,7 +308,7 @@ def test_source_down_keeps_the_estimates_marks_them_stale_and_recovers() -> None
     after = render(runner.state)
     assert samples(after, "zest_estimates_stale") == {(): 0.0}
     assert jobs_in(after) == set(example_jobs()[:1])
-    assert samples(after, "zest_cycles_total") == {(): 4.0}
+    assert samples(after, "zest_cycles_total") == {(("source", "prometheus"),): 4.0}
 
 
 def test_a_scrape_during_a_cycle_sees_the_whole_previous_snapshot() -> None:

@@ -81,6 +81,65 @@ def test_every_metric_a_dashboard_reads_is_one_zest_exports(name: str) -> None:
             assert used in exported, used
 
 
+def test_each_metric_name_is_written_once_in_the_code() -> None:
+    """A metric name lives in estimator.serving.metrics only; the code uses the constant."""
+    code = [p.read_text() for d in ("estimator", "collectors") for p in (GRAFANA.parent / d).rglob("*.py")]
+    for name in ZEST_NAMES:
+        copies = sum(len(re.findall(rf"[\"']{name}[\"']", text)) for text in code)
+        assert copies == 1, f"{name} is written {copies} times"
+
+
+def test_z_break_is_shown_against_each_algorithms_own_z() -> None:
+    """Verdicts compare an algorithm's own Z (its share of Z_e) with its Z_break: so does every panel that
+    plots Z_break; Z_break reaches thousands of %, so the axis is logarithmic, with a line at 100 %."""
+    plotted = 0
+    for dashboard in DASHBOARDS.values():
+        for panel in dashboard["panels"]:
+            exprs = [t["expr"] for t in panel["targets"]]
+            if not any(metrics.ZEST_Z_BREAK in e for e in exprs):
+                continue
+            defaults = panel["fieldConfig"]["defaults"]
+            if panel["type"] == "table":  # a column of ratios, shown as %
+                overrides = {
+                    o["matcher"]["options"]: o["properties"] for o in panel["fieldConfig"]["overrides"]
+                }
+                assert overrides["Z_break"] == [{"id": "unit", "value": "percentunit"}]
+                continue
+            plotted += 1
+            assert any(metrics.ZEST_Z_ALGORITHM in e for e in exprs), panel["title"]
+            assert not any(metrics.ZEST_Z_EXPECTED in e for e in exprs), panel["title"]
+            assert defaults["unit"] == "percentunit"
+            assert defaults["custom"]["scaleDistribution"] == {"type": "log", "log": 10}
+            assert [step["value"] for step in defaults["thresholds"]["steps"]] == [None, 1]
+            assert defaults["custom"]["thresholdsStyle"]["mode"] != "off"
+    assert plotted == 2  # the fleet's and the job's
+
+
+def test_gpu_hours_at_stake_count_each_job_once_by_its_recommendation() -> None:
+    exprs = [
+        t["expr"]
+        for t in targets(DASHBOARDS["zest-fleet.json"])
+        if metrics.ZEST_GPU_TIME_AT_STAKE in t["expr"]
+    ]
+    by_recommendation = (
+        f"sum by ({metrics.ZEST_RECOMMENDATION_LABEL}) ({metrics.ZEST_GPU_TIME_AT_STAKE}) / 3600"
+    )
+    assert by_recommendation in exprs
+    assert not any(metrics.ZEST_VERDICT_LABEL in e for e in exprs)  # a job reaches several verdicts
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panel_units_fit_their_queries(name: str) -> None:
+    """A counter is shown as a count over a window (increase), never in a panel whose unit is seconds."""
+    for panel in DASHBOARDS[name]["panels"]:
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "_total" in expr or "rate(" in expr:
+                assert unit not in ("s", "ms", "dtdurations"), f"{panel['title']}: {expr} in {unit}"
+                assert "increase(" in expr, expr
+
+
 @pytest.mark.parametrize("name", sorted(DASHBOARDS))
 def test_every_expression_parses_in_prometheus(name: str, prometheus_dataset: Dataset) -> None:  # noqa: F811
     for target in targets(DASHBOARDS[name]):

@@ -11,8 +11,8 @@ Three parts, each plain:
   sees the previous snapshot, never half of the next; a job missing from the
   new snapshot (it ended) loses its series.
 
-Metric names come from :mod:`estimator.serving.metrics`; ratios are 0-1, GPU time is
-in GPU-seconds.
+Metric names come from :mod:`estimator.serving.metrics`; ratios of shares are 0-1, GPU time
+is in GPU-seconds.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ from estimator.serving.config import ServeConfig
 SECONDS_PER_HOUR = 3600.0
 PERCENT_PER_RATIO = 100.0
 BOUNDS = ("low", "mid", "high")
+#: Failure reasons counted from 0 before any failure, so that rate() has a series from the first
+#: scrapes: the two every source can fail with (it cannot be reached; it answered with an error).
+#: A reason is the error class in snake case (runner.failure_reason); others appear when first counted.
+INITIAL_REASONS = ("source_unavailable", "source_query_error")
 
 
 FEATURE_HELP: Mapping[str, str] = {
@@ -87,11 +91,13 @@ def estimate_jobs(
     shares: CaptureShares,
     *,
     taken_at_seconds: float,
+    scheduled: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Snapshot:
     """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs), through the pipeline.
 
-    Each job is weighed with the plan ``config`` gives it; ``shares``: each
-    algorithm's share of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set.
+    Each job is weighed with the plan ``config`` gives it, after what its scheduler says of it
+    (``scheduled``, by job id: ``duration_hours``, ``reuse``); ``shares``: each algorithm's share
+    of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set.
 
     A job whose every signal is NaN is left out (it has no telemetry to estimate
     from); when that leaves none of the jobs, :class:`NoFiniteTelemetry` is raised,
@@ -105,8 +111,12 @@ def estimate_jobs(
     gpu_means = _gpu_means(summary) if config.gpu_series else None
     if summary.empty:
         return Snapshot(gpu_means=gpu_means, taken_at_seconds=taken_at_seconds)
+    known = scheduled or {}
     jobs = pipeline.estimate(
-        summary, z_estimator=z_estimator, plan_for=lambda job: config.for_job(job).plan(), shares=shares
+        summary,
+        z_estimator=z_estimator,
+        plan_for=lambda job: config.for_job(job, known.get(job)).plan(),
+        shares=shares,
     )
     return Snapshot(tuple(jobs), gpu_means, taken_at_seconds)
 
@@ -217,18 +227,21 @@ class ZestCollector(Collector):
             )
             coverage.add_metric([], self._coverage)
             yield coverage
-        cycles = _counter(m.ZEST_CYCLES, "Estimation cycles run, successful or not")
-        cycles.add_metric([], float(health.cycles))
+        cycles = _counter(
+            m.ZEST_CYCLES,
+            "Estimation cycles run, successful or not, by telemetry source",
+            [m.ZEST_SOURCE_LABEL],
+        )
+        cycles.add_metric([self._state.source], float(health.cycles))
         yield cycles
         errors = _counter(
             m.ZEST_SOURCE_ERRORS,
             "Cycles that failed, by telemetry source and reason",
             [m.ZEST_SOURCE_LABEL, m.ZEST_REASON_LABEL],
         )
-        errors.add_metric([self._state.source, "none"], 0.0)  # the series exists from the start
-        for (source, reason), count in sorted(health.errors.items()):
-            if (source, reason) != (self._state.source, "none"):
-                errors.add_metric([source, reason], float(count))
+        counts = {(self._state.source, reason): 0 for reason in INITIAL_REASONS} | dict(health.errors)
+        for (source, reason), count in sorted(counts.items()):
+            errors.add_metric([source, reason], float(count))
         yield errors
         stale = GaugeMetricFamily(
             m.ZEST_STALE, "1 when the last cycle failed and the estimates shown are from an earlier one"
@@ -261,11 +274,21 @@ class ZestCollector(Collector):
         reuse = GaugeMetricFamily(m.ZEST_REUSE, "R: runs of the tuned configuration assumed", labels=[job])
         gpus = GaugeMetricFamily(m.ZEST_BREAKEVEN_GPUS, "G: GPUs the break-even assumes", labels=[job])
         at_stake = GaugeMetricFamily(
-            m.ZEST_GPU_TIME_AT_STAKE, "G·T·R: GPU time tuning acts on, in GPU-seconds", labels=[job]
+            m.ZEST_GPU_TIME_AT_STAKE,
+            f"G·T·R: GPU time tuning acts on, in GPU-seconds; recommendation: the algorithm zest "
+            f"recommends, {m.NO_RECOMMENDATION} when none proceeds",
+            labels=[job, m.ZEST_RECOMMENDATION_LABEL],
+        )
+        z_algorithm = GaugeMetricFamily(
+            m.ZEST_Z_ALGORITHM,
+            "Z: share of training time the algorithm is expected to save (0-1), low/mid/high of its "
+            "interval; the verdict compares it with the algorithm's Z_break",
+            labels=[job, alg, m.ZEST_BOUND_LABEL],
         )
         z_break = GaugeMetricFamily(
             m.ZEST_Z_BREAK,
-            "Z_break: improvement at which tuning with the algorithm just pays (0-1)",
+            "Z_break: improvement at which tuning with the algorithm just pays, as a ratio of training "
+            "time; above 1 where no improvement can pay (tuning cannot save more than the whole run)",
             labels=[job, alg],
         )
         r_break = GaugeMetricFamily(
@@ -315,10 +338,13 @@ class ZestCollector(Collector):
             reuse.add_metric([jid], decision.job.reuse)
             gpus.add_metric([jid], float(decision.job.gpus))
             at_stake.add_metric(
-                [jid], decision.job.gpus * decision.job.duration_hours * decision.job.reuse * SECONDS_PER_HOUR
+                [jid, decision.recommendation or m.NO_RECOMMENDATION],
+                decision.job.gpus * decision.job.duration_hours * decision.job.reuse * SECONDS_PER_HOUR,
             )
             for a in decision.assessments:
-                name = a.candidate.name
+                name, z_own = a.candidate.name, a.candidate.z_percent
+                for bound, value in zip(BOUNDS, (z_own.low, z_own.mid, z_own.high), strict=True):
+                    z_algorithm.add_metric([jid, name, bound], value / PERCENT_PER_RATIO)
                 z_break.add_metric([jid, name], a.z_break_percent / PERCENT_PER_RATIO)
                 r_break.add_metric([jid, name], a.r_break)
                 exploration.add_metric([jid, name], a.exploration_gpu_hours * SECONDS_PER_HOUR)
@@ -330,8 +356,8 @@ class ZestCollector(Collector):
                 value = estimate.features.get(feature, math.nan)
                 if not math.isnan(value):
                     family.add_metric([jid], value)
-        yield from (z, duration, reuse, gpus, at_stake, z_break, r_break, exploration, saving, verdict)
-        yield from (recommended, diagnosis)
+        yield from (z, duration, reuse, gpus, at_stake, z_algorithm, z_break, r_break, exploration, saving)
+        yield from (verdict, recommended, diagnosis)
         yield from features.values()
 
     def _gpu_metrics(self, means: pd.DataFrame) -> Iterator[Metric]:

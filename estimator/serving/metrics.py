@@ -1,8 +1,9 @@
 """The names of the series zest exports (``zest serve``): one prefix, its labels, and the metric names.
 
-One prefix, base units (ratios 0-1, seconds, bytes), counters ending in ``_total``. GPU time is in
-GPU-seconds (seconds of one GPU), the base unit of GPU-hours: divide by 3600 for GPU-hours. The
-names zest reads from other exporters are in :mod:`collectors.metrics`.
+One prefix, base units (ratios, seconds, bytes), counters ending in ``_total``. A ratio of a share
+(Z, utilization) is 0-1; Z_break's ratio exceeds 1 where no improvement can pay for the tuning. GPU
+time is in GPU-seconds (seconds of one GPU), the base unit of GPU-hours: divide by 3600 for
+GPU-hours. The names zest reads from other exporters are in :mod:`collectors.metrics`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ ZEST_PREFIX = "zest_"
 #: scrape configuration sets to the scrape job's name).
 ZEST_JOB_LABEL = "job_id"
 ZEST_ALGORITHM_LABEL = "algorithm"
-ZEST_BOUND_LABEL = "bound"  # low, mid, high of the Z_e interval
+ZEST_BOUND_LABEL = "bound"  # low, mid, high of a Z interval (Z_e, or an algorithm's Z)
 ZEST_VERDICT_LABEL = "verdict"
+ZEST_RECOMMENDATION_LABEL = "recommendation"  # the recommended algorithm, or NO_RECOMMENDATION
+NO_RECOMMENDATION = "none"  # the recommendation label's value when no algorithm proceeds
 ZEST_SOURCE_LABEL = "source"
 ZEST_REASON_LABEL = "reason"
 ZEST_HOST_LABEL = "host"
@@ -30,6 +33,7 @@ ZEST_STALE = "zest_estimates_stale"
 ZEST_RUNNING_JOBS = "zest_running_jobs"
 
 ZEST_Z_EXPECTED = "zest_job_z_expected_ratio"
+ZEST_Z_ALGORITHM = "zest_job_algorithm_z_ratio"  # Z of each algorithm: its share of Z_e, or its given Z
 ZEST_Z_COVERAGE = "zest_z_interval_coverage_ratio"  # of the model, not per job
 ZEST_DURATION = "zest_job_duration_seconds"  # T, the job's training duration the break-even assumes
 ZEST_REUSE = "zest_job_reuse_runs"  # R
@@ -40,7 +44,8 @@ ZEST_EXPLORATION = "zest_job_exploration_gpu_seconds"
 ZEST_NET_SAVING = "zest_job_net_saving_gpu_seconds"
 ZEST_VERDICT = "zest_job_verdict"
 ZEST_RECOMMENDED = "zest_job_recommended"
-ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"  # G · T · R: the GPU time tuning acts on
+#: G · T · R, the GPU time tuning acts on; labelled with the job's recommendation so that each job counts once
+ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"
 ZEST_DIAGNOSIS = "zest_job_diagnosis"  # 1: the rule fires, 0: checked and silent; absent: not checkable
 
 
