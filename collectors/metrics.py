@@ -114,6 +114,9 @@ JOBSTATS_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = ((JOBSTATS_JOB_LABEL,),)
 #: (the exporter pod's ``namespace``/``pod``) collided with the exporter's, the exporter's became
 #: ``exported_*`` and name the job; tried before the plain ones.
 DCGM_EXPORTED_JOB_LABELLING = ("exported_namespace", "exported_pod")
+#: The scrape's own labels those were renamed away from: where a series has ``exported_pod``, its
+#: ``namespace``/``pod`` name the exporter pod (kube-prometheus adds them to every series), never a job.
+DCGM_SCRAPE_POD_LABELLING = tuple(label.removeprefix("exported_") for label in DCGM_EXPORTED_JOB_LABELLING)
 DCGM_STORED_JOB_LABELLINGS: tuple[tuple[str, ...], ...] = (
     DCGM_JOB_LABELLINGS[0],
     DCGM_EXPORTED_JOB_LABELLING,

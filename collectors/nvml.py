@@ -199,6 +199,13 @@ class NvmlSource:
             pids[key] = sorted({int(p.pid) for p in processes})
         return pids
 
+    def gpu_uuids(self) -> dict[str, int | str]:
+        """Each device's UUID and its id as :meth:`gpu_pids` keys it: a GPU index, or "i/gi" for a MIG
+        instance. jobstats names a MIG job's file by the instance's UUID: mapping that to the physical
+        index would sample every instance of the GPU for the job."""
+        self._ensure_init()
+        return {dev.info.uuid: dev.info.gpu_id if dev.mig else dev.info.index for dev in self._enumerate()}
+
     def _enumerate(self) -> list[_Device]:
         nvml = self._nvml
         try:

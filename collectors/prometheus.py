@@ -8,8 +8,15 @@ the number of GPUs, never with the number of samples.
 It reads what clusters already scrape (names from :mod:`collectors.metrics`):
 
 * dcgm-exporter series, the job named by ``hpc_job`` (Slurm/HPC) or by the
-  Kubernetes ``pod`` and ``namespace`` labels: job id ``"<namespace>/<pod>"`` or
-  ``"<pod>"``;
+  Kubernetes ``pod`` and ``namespace`` labels (``exported_pod`` and
+  ``exported_namespace`` where the scrape's own pod labels took those names;
+  ``pod_name`` and ``pod_namespace`` in older releases): job id
+  ``"<namespace>/<pod>"`` or ``"<pod>"``. The host is ``Hostname``,
+  ``hostname``, else the scrape's ``instance`` without its port. A MIG
+  instance (``GPU_I_ID``) is a GPU of its own, ``"<gpu>/<instance>"``; a job
+  that holds instances of a GPU never reads that GPU's whole-device series.
+  Where a GPU has no ``DCGM_FI_DEV_GPU_UTIL`` (MIG instances),
+  ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` gives its utilization;
 * the jobstats exporter's ``nvidia_gpu_*`` series, the job named by ``jobid``.
 
 Which of them holds the job is found from the data. Statistics of a plain
@@ -194,6 +201,18 @@ class _Family:
         """Labels that tell one GPU of a job from another."""
         return (*self.host_labels, *self.gpu_labels, self.mig_label, self.model_label)
 
+    def whole_gpu(self, identity: Mapping[str, str]) -> tuple[str, ...]:
+        """The physical GPU a series' identity labels name: its host labels and its first GPU label (the
+        index, which a MIG instance's series shares with its GPU's; a UUID label may name the instance)."""
+        return (*(identity.get(label, "") for label in self.host_labels), _label(identity, self.gpu_labels))
+
+    def preferred(self, present: set[str]) -> dict[str, list[_Signal]]:
+        """The usable readings of each signal, in order of preference: a GPU takes the first it has."""
+        found: dict[str, list[_Signal]] = {}
+        for reading in self.usable(present):
+            found.setdefault(reading.signal, []).append(reading)
+        return found
+
     def choose(self, present: set[str]) -> dict[str, _Signal]:
         """The first reading of each signal whose required series are present."""
         chosen: dict[str, _Signal] = {}
@@ -226,17 +245,19 @@ _DCGM = _Family(
     name="dcgm-exporter",
     readings=(
         *(_Signal.of(m) for m in metrics.DCGM_METRICS),
+        # Where a GPU has no GPU_UTIL (a MIG instance), its graphics engine's activity stands in.
+        _Signal.of(metrics.DCGM_GR_ENGINE_ACTIVE),
         _Signal(
             _MEM_TOTAL, (metrics.DCGM_FB_USED, metrics.DCGM_FB_FREE), (metrics.DCGM_FB_RESERVED,), metrics.MIB
         ),
         _Signal(_NVLINK, metrics.DCGM_NVLINK_BYTES),
         _Signal.of(metrics.DCGM_NVLINK_TOTAL_METRIC),
     ),
-    host_labels=metrics.DCGM_HOST_LABELS,
+    host_labels=metrics.DCGM_STORED_HOST_LABELS,
     gpu_labels=(metrics.DCGM_GPU_LABEL, metrics.DCGM_UUID_LABEL),
     mig_label=metrics.DCGM_MIG_INSTANCE_LABEL,
     model_label=metrics.DCGM_MODEL_LABEL,
-    job_labellings=metrics.DCGM_JOB_LABELLINGS,
+    job_labellings=metrics.DCGM_STORED_JOB_LABELLINGS,
 )
 _JOBSTATS = _Family(
     name="jobstats exporter",
@@ -275,34 +296,44 @@ def _any_of(values: Iterable[str], suffix: str = "") -> _Regex:
 
 
 def _placement_candidates(placement: Mapping[str, Sequence[int]]) -> list[_Candidate]:
-    """Series without job labels, selected by the job's nodes (short names, with or without a domain) and,
-    where every node holds the same GPU indices, by those indices."""
+    """Series without job labels, selected by the job's nodes (short names, with or without a domain or,
+    in the scrape's ``instance``, a port) and, where every node holds the same GPU indices, by those."""
     hosts = sorted({node.split(".", 1)[0] for node in placement})
     index_sets = {tuple(sorted(indices)) for indices in placement.values()}
     indices = next(iter(index_sets)) if len(index_sets) == 1 else ()
     gpu = () if not indices else ((metrics.DCGM_GPU_LABEL, _any_of(map(str, indices))),)
     minor = () if not indices else ((metrics.JOBSTATS_GPU_LABELS[0], _any_of(map(str, indices))),)
-    found = [
-        _Candidate(_DCGM, ((label, _any_of(hosts, r"(\..*)?")), *gpu)) for label in metrics.DCGM_HOST_LABELS
-    ]
+    host_pattern = r"(\..*)?(:[0-9]+)?"
+    found = [_Candidate(_DCGM, ((label, _any_of(hosts, host_pattern)), *gpu)) for label in _DCGM.host_labels]
     found += [
-        _Candidate(_JOBSTATS, ((label, _any_of(hosts, r"(\..*)?(:[0-9]+)?")), *minor))
-        for label in metrics.JOBSTATS_HOST_LABELS
+        _Candidate(_JOBSTATS, ((label, _any_of(hosts, host_pattern)), *minor))
+        for label in _JOBSTATS.host_labels
     ]
     return found
 
 
+def _scrape_pod_guard(labelling: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """Matchers that keep a labelling off series whose labels of that name are the scrape's: the plain
+    ``namespace``/``pod`` name a job only on series without ``exported_pod``."""
+    if tuple(labelling) != metrics.DCGM_SCRAPE_POD_LABELLING:
+        return ()
+    return ((metrics.DCGM_EXPORTED_JOB_LABELLING[-1], ""),)
+
+
 def _candidates(job_id: str) -> list[_Candidate]:
-    """The labellings tried for ``job_id``, in order of preference."""
-    found = [_Candidate(_DCGM, ((metrics.DCGM_HPC_JOB_LABEL, job_id),))]
+    """The labellings tried for ``job_id``, in order of preference: a ``namespace/pod`` id by a labelling's
+    two labels, another id by its last label alone (``hpc_job`` takes any id whole)."""
+    found = []
     namespace, slash, pod = job_id.rpartition("/")
-    for pod_label, namespace_label in zip(
-        metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True
-    ):
-        if slash and namespace and pod:
-            found.append(_Candidate(_DCGM, ((namespace_label, namespace), (pod_label, pod))))
-        elif not slash:
-            found.append(_Candidate(_DCGM, ((pod_label, job_id),)))
+    for labelling in _DCGM.job_labellings:
+        *outer, inner = labelling
+        if not outer or not slash:
+            matchers: tuple[tuple[str, str], ...] = ((inner, job_id),)
+        elif namespace and pod:
+            matchers = ((outer[0], namespace), (inner, pod))
+        else:
+            continue
+        found.append(_Candidate(_DCGM, (*matchers, *_scrape_pod_guard(labelling))))
     found.append(_Candidate(_JOBSTATS, ((metrics.JOBSTATS_JOB_LABEL, job_id),)))
     return found
 
@@ -397,6 +428,10 @@ class _Located:
     last: dict[tuple[str, ...], float]
     start: float  # the window, Unix seconds
     end: float
+    #: Each signal's usable readings, in order of preference: a GPU takes the first it has.
+    preferred: dict[str, list[_Signal]] = field(default_factory=dict)
+    #: Identities of whole-GPU series left out: the job holds MIG instances of those GPUs.
+    left_out: frozenset[tuple[str, ...]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -496,14 +531,9 @@ class PrometheusSource:
                 f"counting {anchor} samples",
             )
         ]
-        for signal, reading in chosen.items():
+        for readings in job.preferred.values():
             plan += [
-                _Planned(
-                    summary_column(signal, statistic),
-                    self._statistic_query(reading, statistic, matchers, width, by),
-                    f"reading {statistic} of {'+'.join(reading.names)}",
-                    reading.scale,
-                )
+                self._preferred_statistic(readings, statistic, matchers, width, by)
                 for statistic in STATISTICS
             ]
         if _SM_ACTIVE in chosen:
@@ -516,7 +546,13 @@ class PrometheusSource:
             )
         else:
             tally.notes.append("idle share needs SM activity, which this job lacks: it is NaN")
-        columns = {WINDOW_START: job.first, WINDOW_END: job.last, **self._run(plan, at, family, tally)}
+        tally.notes.extend(_stand_in_notes(job.preferred))
+        answers = self._run(plan, at, family, tally)
+        answers = {
+            column: {key: value for key, value in values.items() if key not in job.left_out}
+            for column, values in answers.items()
+        }
+        columns = {WINDOW_START: job.first, WINDOW_END: job.last, **answers}
         summary = _frame(columns, family, job_id)
         return JobSummary(summary, tally.notes, tally.series, tally.queries)
 
@@ -538,11 +574,12 @@ class PrometheusSource:
         job = self._locate(job_id, start, end, tally, placement)
         family, matchers = job.candidate.family, job.candidate.matchers
         width = _duration(job.end - job.start)
-        plan: list[tuple[str, str]] = []  # (series name or signal, query)
-        for reading in job.chosen.values():
+        readings = [reading for preferred in job.preferred.values() for reading in preferred]
+        plan: list[tuple[str, str]] = []  # (series name, or "rate:" and a counter's name, query)
+        for reading in readings:
             if reading.counter:
                 per_step = _per_step(reading, matchers, self.step_seconds, ",".join(family.identity))
-                plan.append((reading.signal, f"({per_step})[{width}:{_duration(self.step_seconds)}]"))
+                plan.append((_rate_key(reading), f"({per_step})[{width}:{_duration(self.step_seconds)}]"))
             else:
                 plan += [(name, f"{_selector(name, matchers)}[{width}]") for name in reading.names]
         plan = list(dict.fromkeys(plan))
@@ -552,12 +589,27 @@ class PrometheusSource:
 
         with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
             answers = dict(zip((name for name, _ in plan), pool.map(one, plan), strict=True))
+
+        def key_of(item: Mapping[str, Any]) -> tuple[str, ...]:
+            return tuple(item["metric"].get(label, "") for label in family.identity)
+
+        def parts(reading: _Signal) -> tuple[str, ...]:
+            return (_rate_key(reading),) if reading.counter else reading.names
+
+        # Each GPU takes the first reading of a signal whose required series it has.
+        taken: dict[tuple[str, tuple[str, ...]], _Signal] = {}
+        for reading in readings:
+            required = (_rate_key(reading),) if reading.counter else reading.parts
+            has = set.intersection(*({key_of(item) for item in answers[name]} for name in required))
+            for key in has - job.left_out:
+                taken.setdefault((reading.signal, key), reading)
         rows: dict[tuple[tuple[str, ...], float], dict[str, float]] = {}
-        for reading in job.chosen.values():
-            names = (reading.signal,) if reading.counter else reading.names
-            for name in names:
+        for reading in readings:
+            for name in parts(reading):
                 for item in answers[name]:
-                    key = tuple(item["metric"].get(label, "") for label in family.identity)
+                    key = key_of(item)
+                    if taken.get((reading.signal, key)) is not reading:
+                        continue
                     for stamp, value in item["values"]:
                         row = rows.setdefault((key, float(stamp)), {})
                         # Parts of a sum share their scrape's timestamp.
@@ -566,9 +618,10 @@ class PrometheusSource:
         for (key, stamp), signals in rows.items():
             labels = dict(zip(family.identity, key, strict=True))
             records.append({TIMESTAMP: stamp, **_identity(labels, family, job_id), **signals})
-        frame = pd.DataFrame(records, columns=[TIMESTAMP, HOST, GPU, JOB_ID, GPU_MODEL, *job.chosen])
+        frame = pd.DataFrame(records, columns=[TIMESTAMP, HOST, GPU, JOB_ID, GPU_MODEL, *job.preferred])
         milliseconds = np.round(frame[TIMESTAMP].to_numpy(dtype="float64") * 1000)
         frame[TIMESTAMP] = pd.to_datetime(milliseconds, unit="ms", utc=True)
+        tally.notes.extend(_stand_in_notes(job.preferred))
         return JobSamples(conform(frame), tally.notes, tally.series, tally.queries)
 
     def summarize_jobs(self, window_seconds: float, end: datetime | None = None) -> JobsSummary:
@@ -592,7 +645,7 @@ class PrometheusSource:
         for family in _FAMILIES:
             columns = self._summarize_family(family, lo, hi, tally)
             if columns:
-                frames.append(_jobs_frame(columns, family))
+                frames.append(_jobs_frame(columns, family, tally))
         if not frames:
             tally.notes.append(f"no job has GPU series between {iso_utc(lo)} and {iso_utc(hi)}")
             return JobsSummary(
@@ -606,7 +659,9 @@ class PrometheusSource:
         self, family: _Family, lo: float, hi: float, tally: _Tally
     ) -> dict[str, dict[tuple[str, ...], float]]:
         """Columns of the GPU summary of every job of ``family``, keyed by (job labels, identity) values."""
-        labellings = [((labelling[-1], None),) for labelling in family.job_labellings]
+        labellings: list[tuple[_Matcher, ...]] = [
+            ((labelling[-1], None), *_scrape_pod_guard(labelling)) for labelling in family.job_labellings
+        ]
         names = self._label_values(
             [
                 *(("match[]", _name_selector(family.names, m)) for m in labellings),
@@ -708,25 +763,28 @@ class PrometheusSource:
         jobstats ``jobid`` values, in :meth:`summarize_job`'s id format.
         """
         tally = _Tally()
-        dcgm_names = _name_regex(_DCGM.names)
-        parts = [
-            f"group by ({metrics.DCGM_HPC_JOB_LABEL}) "
-            f'({{__name__=~{dcgm_names},{metrics.DCGM_HPC_JOB_LABEL}!=""}})'
-        ]
-        for pod, namespace in zip(metrics.DCGM_POD_LABELS, metrics.DCGM_NAMESPACE_LABELS, strict=True):
-            parts.append(f'group by ({namespace},{pod}) ({{__name__=~{dcgm_names},{pod}!=""}})')
+        parts = []
+        for labelling in _DCGM.job_labellings:
+            # The exported labelling keeps the scrape's pod labels too: they tell which pod is the exporter.
+            kept = (*labelling, *metrics.DCGM_SCRAPE_POD_LABELLING) if _is_exported(labelling) else labelling
+            selector = _name_selector(_DCGM.names, ((labelling[-1], None), *_scrape_pod_guard(labelling)))
+            parts.append(f"group by ({','.join(kept)}) ({selector})")
         parts.append(
             f"group by ({metrics.JOBSTATS_JOB_LABEL}) "
-            f'({{__name__=~{_name_regex(_JOBSTATS.names)},{metrics.JOBSTATS_JOB_LABEL}!=""}})'
+            f"({_name_selector(_JOBSTATS.names, ((metrics.JOBSTATS_JOB_LABEL, None),))})"
         )
         result = self._query(" or ".join(parts), datetime.now(UTC).timestamp(), "listing running jobs", tally)
+        labelsets: list[Mapping[str, str]] = [item["metric"] for item in result]
+        scrape_pods = _scrape_pods(labelsets)
         jobs: set[str] = set()
-        for item in result:
-            labels: Mapping[str, str] = item["metric"]
+        for labels in labelsets:
             # Each part of the query keeps only its own labelling's labels.
-            found = (
-                _JOBSTATS.job_id(labels) if labels.get(metrics.JOBSTATS_JOB_LABEL) else _DCGM.job_id(labels)
-            )
+            if labels.get(metrics.JOBSTATS_JOB_LABEL):
+                found = _JOBSTATS.job_id(labels)
+            elif _names_scrape_pod(labels, _DCGM, scrape_pods):
+                found = None
+            else:
+                found = _DCGM.job_id(labels)
             if found is not None:
                 jobs.add(found)
         return sorted(jobs)
@@ -763,6 +821,10 @@ class PrometheusSource:
         first, last = self._edges(
             family, anchor, matchers, search_lo, search_hi, tally, samples_follow=end is not None
         )
+        left_out = _whole_gpus_of_instances(first.keys() | last.keys(), family.identity, family)
+        tally.notes.extend(_left_out_notes(left_out.values(), family))
+        first = {key: value for key, value in first.items() if key not in left_out}
+        last = {key: value for key, value in last.items() if key not in left_out}
         if not first or not last:
             raise JobNotFound(self._not_found(job_id, [candidate], lo, hi, "has no samples"))
         window_start = lo if start is not None else min(first.values())
@@ -772,7 +834,17 @@ class PrometheusSource:
                 f"window taken from the data: {iso_utc(window_start)} to {iso_utc(window_end)} "
                 f"(first and last sample)"
             )
-        return _Located(candidate, chosen, anchor, first, last, window_start, window_end)
+        return _Located(
+            candidate,
+            chosen,
+            anchor,
+            first,
+            last,
+            window_start,
+            window_end,
+            family.preferred(present),
+            frozenset(left_out),
+        )
 
     def _find_job(
         self,
@@ -792,9 +864,31 @@ class PrometheusSource:
                 f"looking for job {job_id} as {candidate.describe()}",
                 tally,
             )
-            if names:
+            if names and not self._is_scrape_pod(candidate, lo, hi, tally):
                 return candidate, set(names)
         raise JobNotFound(self._not_found(job_id, tried, lo, hi, "has no GPU series"))
+
+    def _is_scrape_pod(self, candidate: _Candidate, lo: float, hi: float, tally: _Tally) -> bool:
+        """Whether a candidate's plain pod labels name the scrape's own pod (the exporter's): the pod
+        the scrape renamed an exporter's ``pod`` away from, ``exported_pod``, on other series."""
+        exported_pod = metrics.DCGM_EXPORTED_JOB_LABELLING[-1]
+        if (exported_pod, "") not in candidate.matchers:
+            return False
+        matchers = [*(m for m in candidate.matchers if m[0] != exported_pod), (exported_pod, None)]
+        found = self._label_values(
+            [
+                ("match[]", _name_selector(candidate.family.names, matchers)),
+                ("start", f"{lo:.3f}"),
+                ("end", f"{hi:.3f}"),
+            ],
+            f"checking whether {candidate.describe()} is the exporter's own pod",
+            tally,
+        )
+        if found:
+            tally.count(
+                notes=[f"{candidate.describe()} names the exporter's own pod, not a job: passed over"]
+            )
+        return bool(found)
 
     def _coarse_window(
         self, job_id: str, candidate: _Candidate, anchor: str, lo: float, hi: float, tally: _Tally
@@ -877,6 +971,23 @@ class PrometheusSource:
             )
             found[edge] |= _finite(refined)
         return found["min"], found["max"]
+
+    def _preferred_statistic(
+        self, readings: Sequence[_Signal], statistic: str, matchers: Sequence[_Matcher], width: float, by: str
+    ) -> _Planned:
+        """One query for ``statistic`` of a signal: each GPU's from the first of ``readings`` it has."""
+        column = summary_column(readings[0].signal, statistic)
+        names = " or ".join("+".join(r.names) for r in readings)
+        purpose = f"reading {statistic} of {names}"
+        if len(readings) == 1:
+            query = self._statistic_query(readings[0], statistic, matchers, width, by)
+            return _Planned(column, query, purpose, readings[0].scale)
+        # Both sides are grouped by the GPU identity, so "or" adds a later reading's GPUs only where no
+        # earlier one has the GPU; each side is scaled to base units first.
+        query = " or ".join(
+            f"({self._statistic_query(r, statistic, matchers, width, by)}) * {r.scale!r}" for r in readings
+        )
+        return _Planned(column, query, purpose)
 
     def _statistic_query(
         self, reading: _Signal, statistic: str, matchers: Sequence[_Matcher], width: float, by: str
@@ -1077,6 +1188,64 @@ def _connection_reason(exc: requests.ConnectionError) -> str:
     return type(exc).__name__
 
 
+def _rate_key(reading: _Signal) -> str:
+    """How :meth:`PrometheusSource.job_samples` names the answer holding a counter's rate."""
+    return f"rate:{reading.parts[0]}"
+
+
+def _stand_in_notes(preferred: Mapping[str, Sequence[_Signal]]) -> list[str]:
+    """A note where dcgm-exporter's graphics-engine activity stands in for GPU utilization."""
+    gr_engine = metrics.DCGM_GR_ENGINE_ACTIVE
+    readings = preferred.get(gr_engine.signal, ())
+    if not any(reading.names == (gr_engine.name,) for reading in readings):
+        return []
+    gpu_util = metrics.dcgm_metric_for(gr_engine.signal)
+    where = "on every GPU" if len(readings) == 1 else f"on the GPUs without {gpu_util}"
+    return [
+        f"{gr_engine.signal} read from {gr_engine.name} {where} "
+        f"(dcgm-exporter publishes no {gpu_util} for MIG instances)"
+    ]
+
+
+def _whole_gpus_of_instances(
+    keys: Iterable[tuple[str, ...]],
+    names: Sequence[str],
+    family: _Family,
+    job_of: Callable[[Mapping[str, str]], str | None] | None = None,
+) -> dict[tuple[str, ...], dict[str, str]]:
+    """The keys (values of the labels ``names``) of whole-GPU series whose GPU the same job (``job_of``)
+    also has MIG instances of, with their labels. Such a series holds the whole GPU's readings (its
+    utilization, its memory), shared by every instance and so by other jobs: a job holding an instance
+    reads that instance only."""
+    labelled = {key: dict(zip(names, key, strict=True)) for key in keys}
+
+    def owner(labels: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
+        return (job_of(labels) if job_of is not None else None, family.whole_gpu(labels))
+
+    split = {owner(labels) for labels in labelled.values() if labels.get(family.mig_label)}
+    return {
+        key: labels
+        for key, labels in labelled.items()
+        if not labels.get(family.mig_label) and owner(labels) in split
+    }
+
+
+def _left_out_notes(
+    labelsets: Iterable[Mapping[str, str]],
+    family: _Family,
+    job_of: Callable[[Mapping[str, str]], str | None] | None = None,
+) -> list[str]:
+    notes = []
+    for labels in labelsets:
+        where = _identity(labels, family, "")
+        job = job_of(labels) if job_of is not None else None
+        notes.append(
+            f"{f'job {job}: ' if job else ''}GPU {where[GPU]} on {where[HOST]} is split into MIG instances: "
+            "each read as a GPU of its own, the whole GPU's series (shared by its instances) left out"
+        )
+    return sorted(set(notes))
+
+
 def _label(labels: Mapping[str, str], names: Sequence[str]) -> str:
     return next((labels[n] for n in names if labels.get(n)), "")
 
@@ -1116,15 +1285,50 @@ def _frame(
     return conform_summary(frame)
 
 
-def _jobs_frame(columns: Mapping[str, Mapping[tuple[str, ...], float]], family: _Family) -> pd.DataFrame:
+def _is_exported(labelling: Sequence[str]) -> bool:
+    return tuple(labelling) == metrics.DCGM_EXPORTED_JOB_LABELLING
+
+
+def _scrape_pods(labelsets: Iterable[Mapping[str, str]]) -> set[tuple[str, ...]]:
+    """The scrape's own pods: the plain pod labels of series that also carry ``exported_pod``."""
+    exported_pod = metrics.DCGM_EXPORTED_JOB_LABELLING[-1]
+    return {
+        tuple(labels.get(label, "") for label in metrics.DCGM_SCRAPE_POD_LABELLING)
+        for labels in labelsets
+        if labels.get(exported_pod)
+    }
+
+
+def _names_scrape_pod(labels: Mapping[str, str], family: _Family, scrape_pods: set[tuple[str, ...]]) -> bool:
+    """Whether the job these labels name would come from the plain pod labels, and those name a scrape's
+    own pod (the exporter's, which kube-prometheus adds to every series, a GPU's without a pod too)."""
+    first = next((labelling for labelling in family.job_labellings if labels.get(labelling[-1])), None)
+    if first is None or tuple(first) != metrics.DCGM_SCRAPE_POD_LABELLING:
+        return False
+    return tuple(labels.get(label, "") for label in first) in scrape_pods
+
+
+def _jobs_frame(
+    columns: Mapping[str, Mapping[tuple[str, ...], float]], family: _Family, tally: _Tally
+) -> pd.DataFrame:
     """GPU-summary rows of many jobs from answers keyed by (job labels, identity) values."""
-    keys = sorted({key for values in columns.values() for key in values})
     names = (*family.job_labels, *family.identity)
+    labelled = {
+        key: dict(zip(names, key, strict=True))
+        for key in sorted({k for values in columns.values() for k in values})
+    }
+    scrape_pods = _scrape_pods(labelled.values())
+    named = {
+        key: labels
+        for key, labels in labelled.items()
+        if family.job_id(labels) is not None and not _names_scrape_pod(labels, family, scrape_pods)
+    }
+    left_out = _whole_gpus_of_instances(named, names, family, family.job_id)
+    tally.count(notes=_left_out_notes(left_out.values(), family, family.job_id))
     rows = []
-    for key in keys:
-        labels = dict(zip(names, key, strict=True))
+    for key, labels in named.items():
         job_id = family.job_id(labels)
-        if job_id is None:
+        if job_id is None or key in left_out:
             continue
         row: dict[str, object] = _identity(labels, family, job_id)
         for column, values in columns.items():

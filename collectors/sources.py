@@ -199,7 +199,7 @@ def _read_nvml(
             job_id,
             gpu_pids=nvml.gpu_pids(),
             hpc_job_dir=hpc_job_dir,
-            gpu_uuids={d.uuid: d.index for d in nvml.devices()},
+            gpu_uuids=nvml.gpu_uuids(),
         )
         indices = gpus.gpu_indices
         notes = [f"job {job_id} on GPU(s) {_listed(indices)} of this host ({gpus.how})"]

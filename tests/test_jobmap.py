@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fake_nvml import MIB, MIG_UUIDS, FakeClock, mig_h100
 
 from collectors.errors import JobNotFound
 from collectors.jobmap import CgroupOwner, JobGpus, cgroup_owner, resolve_job_gpus
+from collectors.nvml import NvmlSource
 
 POD_UID = "8f3e5c1a-2b4d-4e6f-9a8b-7c6d5e4f3a2b"
 OTHER_POD_UID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
@@ -312,3 +314,46 @@ def test_nothing_maps(tmp_path: Path, proc: Path, empty_gpustat: Path) -> None:
 def test_nothing_to_look_at(proc: Path, empty_gpustat: Path) -> None:
     with pytest.raises(JobNotFound, match="no GPU on this node belongs to job '1234'"):
         resolve_job_gpus("1234", proc_root=proc, gpustat_dir=empty_gpustat)
+
+
+# -- a MIG job, mapped and sampled through the NVML source (fake driver) -------------------------------
+
+
+def _mig_node(tmp_path: Path, proc: Path, evidence: str) -> tuple[dict[str, Path | None], str]:
+    """An H100 in MIG mode whose instance 2 (GPU instance 2, pid 5151) is held by the job, named the way
+    ``evidence`` says; instance 1 (pid 4242) is another job's. The job id to ask for is returned."""
+    gpustat = tmp_path / "gpustat"
+    hpc = tmp_path / "dcgm-job-map"
+    gpustat.mkdir()
+    hpc.mkdir()
+    add_process(proc, 4242, 4200, slurm_v2(1111))
+    if evidence == "dcgm":
+        (hpc / "0.1").write_text("1111\n")
+        (hpc / "0.2").write_text("2222\n")
+        add_process(proc, 5151, 5100, slurm_v2(2222))
+        return {"hpc_job_dir": hpc, "gpustat_dir": gpustat}, "2222"
+    if evidence == "jobstats":
+        # The prolog writes the MIG UUID and Slurm's ordinal, which is no GPU index.
+        (gpustat / MIG_UUIDS[1]).write_text("2222 262563\n")
+        (gpustat / "0").write_text("2222 262563\n")
+        add_process(proc, 5151, 5100, "0::/\n")
+        return {"hpc_job_dir": None, "gpustat_dir": gpustat}, "2222"
+    add_process(proc, 5151, 5100, pod_systemd(POD_UID))
+    return {"hpc_job_dir": None, "gpustat_dir": gpustat}, f"pod:{POD_UID}"
+
+
+@pytest.mark.parametrize("evidence", ["dcgm", "jobstats", "pod"])
+def test_mig_job_is_sampled_on_its_instance_only(tmp_path: Path, proc: Path, evidence: str) -> None:
+    clock = FakeClock()
+    nvml = NvmlSource(nvml=mig_h100(clock), clock=clock.time, sleep=clock.sleep, host="gpu-node-07")
+    dirs, job_id = _mig_node(tmp_path, proc, evidence)
+    gpus = resolve_job_gpus(
+        job_id, gpu_pids=nvml.gpu_pids(), proc_root=proc, gpu_uuids=nvml.gpu_uuids(), **dirs
+    )
+    assert gpus.gpu_indices == ("0/2",)
+    frame = nvml.sample(2.0, 1.0, gpu_indices=gpus.gpu_indices, job_id=job_id).frame
+    assert frame["gpu"].tolist() == ["0/2", "0/2"]
+    # Instance 2's own memory (2048 MiB of 40192) and SM activity (10 %), not GPU 0's.
+    assert frame["mem_used_bytes"].tolist() == [2_048 * MIB] * 2
+    assert frame["mem_total_bytes"].tolist() == [40_192 * MIB] * 2
+    assert frame["sm_active_ratio"].tolist() == [0.1, 0.1]

@@ -287,6 +287,12 @@ def test_mig_devices_pids_and_selection(clock: FakeClock) -> None:
     assert set(source.sample(1.0, 1.0, gpu_indices=[0]).frame[schema.GPU]) == {"0/1", "0/2"}
 
 
+def test_uuids_name_mig_instances_not_their_gpu(clock: FakeClock) -> None:
+    # A jobstats MIG-<uuid> file names one instance: its UUID must lead to "0/1", not to GPU 0 whole.
+    assert source_for(mig_h100(clock), clock).gpu_uuids() == {MIG_UUIDS[0]: "0/1", MIG_UUIDS[1]: "0/2"}
+    assert source_for(healthy_h100x2(clock), clock).gpu_uuids() == {H100_UUIDS[0]: 0, H100_UUIDS[1]: 1}
+
+
 # -- memory info v2 unsupported ----------------------------------------------------------------------
 
 

@@ -28,9 +28,14 @@ from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
     ENERGY_POWER_WATTS,
     WEIRD_JOB,
     Dataset,
+    Series,
     SimJob,
+    backfill,
     free_port,
     prometheus_dataset,
+    require_binaries,
+    start_prometheus,
+    write_openmetrics,
 )
 
 from collectors import prometheus as prometheus_module
@@ -588,3 +593,217 @@ def test_not_an_http_url_is_refused() -> None:
     with pytest.raises(SourceUnavailable, match="http") as caught:
         PrometheusSource(f"ftp://dave:{PASSWORD}@example.org/")
     _no_secret(str(caught.value))
+
+
+# --- MIG instances held by different jobs, and the label spellings of a Kubernetes scrape --------------
+#
+# One node, GPU 0 split into MIG instances 1 and 2, each held by another job; dcgm-exporter publishes no
+# GPU_UTIL for an instance, only GR_ENGINE_ACTIVE. The whole GPU's own series (its GPU_UTIL, its
+# memory, its power: every instance's together) carry the jobs' labels too and must never be read
+# for them. Four scrapes each, values chosen so that every statistic can be worked out by hand.
+
+MIG_SCRAPES = 4
+_A100 = "NVIDIA A100-SXM4-80GB"
+_MIG_UUID = "GPU-5b9c1d2e-3f40-4a51-8b62-7c83d94ea5f6"
+_EXPORTER_POD = {"namespace": "gpu-operator", "pod": "dcgm-exporter-7xk2p", "container": "exporter"}
+
+
+def _mig_series(labels: dict[str, str], values: Mapping[str, list[float]], times: np.ndarray) -> list[Series]:
+    return [Series(name, dict(labels), times, np.array(v, dtype=float)) for name, v in values.items()]
+
+
+def _instance_values(gr_engine: list[float], used_mib: list[float]) -> dict[str, list[float]]:
+    """A 3g.40gb instance (40192 MiB): no GPU_UTIL, no power of its own."""
+    return {
+        "DCGM_FI_PROF_GR_ENGINE_ACTIVE": gr_engine,
+        "DCGM_FI_DEV_FB_USED": used_mib,
+        "DCGM_FI_DEV_FB_FREE": [40192.0 - u for u in used_mib],
+    }
+
+
+# The whole GPU 0: 100 % busy, 70000 MiB used, 400 W: nothing of it is one instance's.
+_WHOLE_GPU_VALUES = {
+    "DCGM_FI_DEV_GPU_UTIL": [100.0] * MIG_SCRAPES,
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE": [0.9] * MIG_SCRAPES,
+    "DCGM_FI_DEV_FB_USED": [70000.0] * MIG_SCRAPES,
+    "DCGM_FI_DEV_FB_FREE": [11559.0] * MIG_SCRAPES,
+    "DCGM_FI_DEV_POWER_USAGE": [400.0] * MIG_SCRAPES,
+}
+
+
+def _mig_node(
+    times: np.ndarray,
+    host: dict[str, str],
+    jobs: tuple[dict[str, str], dict[str, str]],
+    *,
+    instance_uuids: bool = False,
+) -> list[Series]:
+    """GPU 0 of one node in two MIG instances, instance 1 held by ``jobs[0]``, instance 2 by ``jobs[1]``;
+    the whole GPU's series once per job. ``instance_uuids``: the instances' UUID label is their own."""
+    gpu = {"gpu": "0", "UUID": _MIG_UUID, "device": "nvidia0", "modelName": _A100, **host}
+    instance_values = (
+        _instance_values([0.1, 0.2, 0.3, 0.4], [1000.0, 1000.0, 2000.0, 2000.0]),
+        _instance_values([0.5] * MIG_SCRAPES, [3000.0] * MIG_SCRAPES),
+    )
+    series: list[Series] = []
+    for instance, (job, values) in enumerate(zip(jobs, instance_values, strict=True), start=1):
+        labels = {**gpu, "GPU_I_PROFILE": "3g.40gb", "GPU_I_ID": str(instance), **job}
+        if instance_uuids:
+            labels["UUID"] = f"MIG-7d3e2c1b-0a9f-5e8d-b7c6-a5b4c3d2e1f{instance}"
+        series += _mig_series(labels, values, times)
+        series += _mig_series({**gpu, **job}, _WHOLE_GPU_VALUES, times)
+    return series
+
+
+@dataclass
+class MigCluster:
+    url: str
+    times: np.ndarray  # the four scrape times, Unix seconds
+
+
+@pytest.fixture(scope="module")
+def mig_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigCluster]:
+    """A real Prometheus holding two MIG nodes: a Slurm one (``hpc_job``, ``Hostname``) and a Kubernetes
+    one scraped by kube-prometheus (``exported_pod``; the exporter pod's own ``pod``; host only in
+    ``instance``); plus a whole GPU on the Slurm node that has both GPU_UTIL and GR_ENGINE_ACTIVE. Still
+    running: the last scrape is one interval before now."""
+    prometheus, promtool = require_binaries()
+    work = tmp_path_factory.mktemp("prometheus-mig")
+    last = int(time.time() // 30) * 30 - 30
+    times = last - 30 * np.arange(MIG_SCRAPES - 1, -1, -1, dtype=np.int64)
+    series = _mig_node(times, {"Hostname": "gpu-m01"}, ({"hpc_job": "9101"}, {"hpc_job": "9102"}))
+    whole = {"gpu": "1", "UUID": "GPU-0c1d2e3f-4a5b-4c6d-8e7f-8091a2b3c4d5", "modelName": _A100}
+    series += _mig_series(
+        {**whole, "Hostname": "gpu-m01", "hpc_job": "9103"},
+        {
+            "DCGM_FI_DEV_GPU_UTIL": [50.0, 70.0, 90.0, 30.0],
+            "DCGM_FI_PROF_GR_ENGINE_ACTIVE": [0.2] * MIG_SCRAPES,
+            "DCGM_FI_DEV_FB_USED": [8000.0] * MIG_SCRAPES,
+            "DCGM_FI_DEV_FB_FREE": [73559.0] * MIG_SCRAPES,
+        },
+        times,
+    )
+    scrape = {"instance": "10.0.0.7:9400", "job": "dcgm-exporter", "endpoint": "gpu-metrics", **_EXPORTER_POD}
+    pods = tuple(
+        {"exported_namespace": "ml", "exported_pod": pod, "exported_container": "trainer"}
+        for pod in ("train-a", "train-b")
+    )
+    series += _mig_node(times, scrape, pods, instance_uuids=True)
+    # A GPU no pod holds: only the scrape's own pod labels.
+    series += _mig_series(
+        {"gpu": "1", "UUID": "GPU-9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a", "modelName": _A100, **scrape},
+        {"DCGM_FI_DEV_GPU_UTIL": [0.0] * MIG_SCRAPES, "DCGM_FI_DEV_FB_USED": [0.0] * MIG_SCRAPES},
+        times,
+    )
+    openmetrics = work / "mig.om"
+    write_openmetrics(openmetrics, series)
+    backfill(promtool, openmetrics, work / "data")
+    server = start_prometheus(prometheus, work / "data", work)
+    try:
+        yield MigCluster(server.url, times)
+    finally:
+        server.stop()
+
+
+def _one_instance(found: pd.DataFrame, job_id: str, host: str, gpu: str) -> pd.Series:
+    assert len(found) == 1, found[[JOB_ID, HOST, GPU]]  # G = 1: the instance, not the whole GPU too
+    row = found.iloc[0]
+    assert (row[JOB_ID], row[HOST], row[GPU], row[GPU_MODEL]) == (job_id, host, gpu, _A100)
+    assert row[SAMPLES] == MIG_SCRAPES
+    return row
+
+
+def _assert_instance_1(row: pd.Series) -> None:
+    """Instance 1: GR_ENGINE_ACTIVE 0.1, 0.2, 0.3, 0.4; 1000, 1000, 2000, 2000 MiB of 40192."""
+    util = {s: row[summary_column("gpu_util_ratio", s)] for s in STATISTICS}
+    # Linear quantiles of four values: p10 at position 0.3, p50 at 1.5, p90 at 2.7.
+    expected = {"mean": 0.25, "min": 0.1, "max": 0.4, "p10": 0.13, "p50": 0.25, "p90": 0.37}
+    assert util == pytest.approx(expected, rel=1e-12)
+    assert row[summary_column("mem_used_bytes", "mean")] == pytest.approx(1500 * MIB, rel=1e-12)
+    assert row[summary_column("mem_used_bytes", "max")] == 2000 * MIB
+    assert row[summary_column("mem_total_bytes", "p50")] == 40192 * MIB
+    assert math.isnan(row[summary_column("power_watts", "mean")])  # the 400 W are the whole GPU's
+
+
+def _assert_instance_2(row: pd.Series) -> None:
+    """Instance 2: GR_ENGINE_ACTIVE 0.5 and 3000 MiB throughout."""
+    for statistic in STATISTICS:
+        assert row[summary_column("gpu_util_ratio", statistic)] == pytest.approx(0.5, rel=1e-12)
+        assert row[summary_column("mem_used_bytes", statistic)] == 3000 * MIB
+    assert math.isnan(row[summary_column("power_watts", "max")])
+
+
+def test_mig_instances_of_one_gpu_go_to_their_own_slurm_jobs(mig_cluster: MigCluster) -> None:
+    source = PrometheusSource(mig_cluster.url)
+    first = source.summarize_job("9101")
+    _assert_instance_1(_one_instance(first.summary, "9101", "gpu-m01", "0/1"))
+    assert first.summary[WINDOW_START].iloc[0] == _utc(mig_cluster.times[0])
+    assert first.summary[WINDOW_END].iloc[0] == _utc(mig_cluster.times[-1])
+    assert any("GR_ENGINE_ACTIVE" in note for note in first.notes)
+    assert any("GPU 0 on gpu-m01 is split into MIG instances" in note for note in first.notes)
+    _assert_instance_2(_one_instance(source.summarize_job("9102").summary, "9102", "gpu-m01", "0/2"))
+
+
+def test_gpu_util_is_preferred_to_the_graphics_engine_where_a_gpu_has_both(mig_cluster: MigCluster) -> None:
+    found = PrometheusSource(mig_cluster.url).summarize_job("9103").summary
+    row = _one_instance(found, "9103", "gpu-m01", "1")
+    # GPU_UTIL 50, 70, 90, 30 %: neither GR_ENGINE_ACTIVE's 0.2 nor an average of the two.
+    assert row[summary_column("gpu_util_ratio", "mean")] == pytest.approx(0.6, rel=1e-12)
+    assert row[summary_column("gpu_util_ratio", "min")] == pytest.approx(0.3, rel=1e-12)
+
+
+def test_mig_instances_of_kubernetes_pods_read_through_exported_labels(mig_cluster: MigCluster) -> None:
+    source = PrometheusSource(mig_cluster.url)
+    # The host is the scrape's instance without its port: this exporter has no Hostname label.
+    by_namespace = source.summarize_job("ml/train-a")
+    _assert_instance_1(_one_instance(by_namespace.summary, "ml/train-a", "10.0.0.7", "0/1"))
+    assert any('exported_pod="train-a"' in note for note in by_namespace.notes)
+    by_pod = source.summarize_job("train-b")
+    _assert_instance_2(_one_instance(by_pod.summary, "train-b", "10.0.0.7", "0/2"))
+
+
+def test_the_exporter_pod_is_not_a_job(mig_cluster: MigCluster) -> None:
+    source = PrometheusSource(mig_cluster.url)
+    running = source.running_jobs()
+    assert running == ["9101", "9102", "9103", "ml/train-a", "ml/train-b"]
+    with pytest.raises(JobNotFound):
+        source.summarize_job("gpu-operator/dcgm-exporter-7xk2p")
+
+
+def test_summaries_of_every_job_take_each_instance_alone(mig_cluster: MigCluster) -> None:
+    source = PrometheusSource(mig_cluster.url)
+    end = datetime.now(UTC)
+    found = source.summarize_jobs(600, end)
+    summary = found.summary
+    assert list(zip(summary[JOB_ID], summary[HOST], summary[GPU], strict=True)) == [
+        ("9101", "gpu-m01", "0/1"),
+        ("9102", "gpu-m01", "0/2"),
+        ("9103", "gpu-m01", "1"),
+        ("ml/train-a", "10.0.0.7", "0/1"),
+        ("ml/train-b", "10.0.0.7", "0/2"),
+    ]
+    for job_id in ("9101", "ml/train-a"):
+        _assert_instance_1(summary[summary[JOB_ID] == job_id].iloc[0])
+    for job_id in ("9102", "ml/train-b"):
+        _assert_instance_2(summary[summary[JOB_ID] == job_id].iloc[0])
+    whole = summary[summary[JOB_ID] == "9103"].iloc[0]
+    assert whole[summary_column("gpu_util_ratio", "mean")] == pytest.approx(0.6, rel=1e-12)
+    assert (summary[SAMPLES] == MIG_SCRAPES).all()
+    assert any("job 9101: GPU 0 on gpu-m01 is split into MIG instances" in note for note in found.notes)
+    # The batched summary (zest serve) and the per-job one (estimate-z) agree.
+    start = datetime.fromtimestamp(end.timestamp() - 600, UTC)
+    for job_id in ("9101", "9102", "9103", "ml/train-a", "ml/train-b"):
+        one = source.summarize_job(job_id, start, end).summary
+        mine = summary[summary[JOB_ID] == job_id].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, one, check_exact=False, rtol=1e-12)
+
+
+def test_raw_samples_of_a_mig_instance(mig_cluster: MigCluster) -> None:
+    found = PrometheusSource(mig_cluster.url).job_samples("ml/train-a")
+    frame = found.frame
+    assert set(frame[GPU]) == {"0/1"} and set(frame[HOST]) == {"10.0.0.7"}
+    assert list(frame[TIMESTAMP]) == [_utc(t) for t in mig_cluster.times]
+    assert frame["gpu_util_ratio"].tolist() == [0.1, 0.2, 0.3, 0.4]
+    assert frame["mem_used_bytes"].tolist() == [1000 * MIB, 1000 * MIB, 2000 * MIB, 2000 * MIB]
+    assert frame["mem_total_bytes"].tolist() == [40192 * MIB] * MIG_SCRAPES
+    assert frame["power_watts"].isna().all()

@@ -99,7 +99,7 @@ class NodeSummaries:
     def jobs_on_node(self) -> dict[str, tuple[GpuId, ...]]:
         """Every job on this node and its GPUs (ids as in the telemetry frame)."""
         gpu_pids = self.nvml.gpu_pids()
-        uuids = {d.uuid: d.index for d in self.nvml.devices()}
+        uuids = self.nvml.gpu_uuids()
         found: dict[str, tuple[GpuId, ...]] = {}
         named = job_ids_on_node(
             gpu_pids, proc_root=self.proc_root, hpc_job_dir=self.hpc_job_dir, gpustat_dir=self.gpustat_dir
