@@ -6,8 +6,9 @@ decompressed first, whatever it is called) and reads:
 * ``nvidia-smi --query-gpu=... --format=csv`` logs, any fields in any order,
   with or without ``nounits``; a file written ``noheader`` is read only with
   its ``--query-gpu`` list given (``fields``: its columns cannot be named
-  otherwise); ``utilization.gpu`` with a value in some record is required. The GPU is named by ``index``, ``uuid`` or
-  ``pci.bus_id``, else by its row order within a tick. nvidia-smi prints the
+  otherwise); ``utilization.gpu`` with a value in some record is required.
+  The GPU is named by ``index``, ``uuid`` or ``pci.bus_id``, else by its row
+  order within a tick. nvidia-smi prints the
   node's local time without a zone: **its timestamps are read as UTC**;
   without a ``timestamp`` column the ticks (a new one where a GPU repeats) are
   placed like dmon samples, 1 s apart by default.
@@ -254,7 +255,25 @@ def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | Non
             f" and {len(held) - _JOBS_NAMED} more" if len(held) > _JOBS_NAMED else ""
         )
         raise JobNotFound(f"{path}: no telemetry for job {job_id}; the file holds job(s) {named}: pass one")
-    return Capture(frame[selected].reset_index(drop=True), notes, parsed.source_format)
+    chosen, left_out = _without_gpus_of_its_instances(frame[selected].reset_index(drop=True))
+    if left_out:
+        notes.append(
+            f"job {job_id} holds MIG instances of GPU(s) {', '.join(left_out)}: each instance read as a GPU "
+            "of its own, the whole GPU's series (shared by its instances) left out"
+        )
+    return Capture(chosen, notes, parsed.source_format)
+
+
+def _without_gpus_of_its_instances(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` (one job's rows) without the whole-GPU rows of GPUs the job holds MIG instances of."""
+    gpus = frame[GPU].astype("string")
+    parents = gpus.str.split("/", n=1).str[0].where(gpus.str.contains("/", regex=False))
+    hosts = frame[HOST].astype("string").fillna("")
+    held = set(zip(hosts[parents.notna()], parents.dropna(), strict=True))
+    if not held:
+        return frame, []
+    whole = pd.Series([(h, g) in held for h, g in zip(hosts, gpus, strict=True)], index=frame.index)
+    return frame[~whole].reset_index(drop=True), sorted({g for _, g in held})
 
 
 def _by_process(path: Path, frame: pd.DataFrame, job_id: str, notes: list[str], parsed: Parsed) -> Capture:

@@ -715,3 +715,25 @@ def test_headerless_nvidia_smi_csv_refusals(
 ) -> None:
     with pytest.raises(MalformedCapture, match=what):
         read_capture(write(tmp_path, "smi.csv", text), fields=fields)
+
+
+def test_a_job_on_mig_instances_gets_its_instances_not_the_whole_gpu(tmp_path: Path) -> None:
+    # dcgm-exporter with HPC job mapping: GPU 0 split in two instances held by jobs 111 and 222; the whole
+    # GPU's series (100 %, 70000 MiB, shared by both) labelled with both jobs.
+    text = (
+        'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",Hostname="n1",hpc_job="111"} 100\n'
+        'DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-a",Hostname="n1",hpc_job="111"} 70000\n'
+        'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-a",Hostname="n1",hpc_job="222"} 100\n'
+        'DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu="0",UUID="GPU-a",Hostname="n1",GPU_I_ID="1",hpc_job="111"} 0.25\n'
+        'DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-a",Hostname="n1",GPU_I_ID="1",hpc_job="111"} 1500\n'
+        'DCGM_FI_PROF_GR_ENGINE_ACTIVE{gpu="0",UUID="GPU-a",Hostname="n1",GPU_I_ID="2",hpc_job="222"} 0.75\n'
+    )
+    path = write(tmp_path, "mig.prom", text)
+    first = read_capture(path, "111")
+    assert first.frame[GPU].tolist() == ["0/1"]
+    assert first.frame["gpu_util_ratio"].tolist() == [0.25]
+    assert first.frame["mem_used_bytes"].tolist() == [1500 * MIB]
+    assert any("job 111 holds MIG instances of GPU(s) 0" in note for note in first.notes)
+    second = read_capture(path, "222").frame
+    assert second[GPU].tolist() == ["0/2"] and second["gpu_util_ratio"].tolist() == [0.75]
+    assert second["mem_used_bytes"].isna().all()  # the whole GPU's 70000 MiB is not the instance's
