@@ -168,7 +168,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     first = last - (HISTORY_SCRAPES - 1) * SCRAPE_SECONDS
     live: dict[str, list[Series]] = {}
     history: list[Series] = []
-    example = read_job("example", "gpt13b-a100-tp4").frame  # a job the model has learned from
+    example = read_job("example", "gpt-1.3b-a100-tp4").frame  # a job the model has learned from
     assert example is not None
     for job_id, (host, gpus, job_labels) in LIVE_JOBS.items():
         for gpu in gpus:
@@ -349,6 +349,9 @@ def test_a_job_that_ends_disappears(stack: Stack) -> None:
     assert zest_jobs(stack.zest_url) == EVERY_JOB - {"slurm-9102"}
     text = requests.get(stack.zest_url, timeout=5).text
     assert "slurm-9102" not in text
+    # The change of the number of jobs is logged, once.
+    found = f'msg="jobs found" jobs={len(EVERY_JOB) - 1} source=prometheus'
+    _wait("the jobs found line", lambda: found in stack.zest_log.read_text(), stack.zest_log)
 
 
 def test_source_down_marks_stale_counts_errors_and_recovers(stack: Stack) -> None:
@@ -385,3 +388,7 @@ def test_source_down_marks_stale_counts_errors_and_recovers(stack: Stack) -> Non
     assert zest_jobs(stack.zest_url) == before
     stale = query(stack.scraper.url, "max_over_time(zest_estimates_stale[1m])")
     assert stale and float(stale[0]["value"][1]) == 1.0  # the second Prometheus saw the stale spell
+    # One line when the source went down and one when it came back, whatever the cycles in between.
+    logged = stack.zest_log.read_text().splitlines()
+    assert sum('msg="source down:' in line for line in logged) == 1, logged
+    assert sum('msg="source up:' in line for line in logged) == 1, logged

@@ -5,7 +5,8 @@ labels in ``match`` (regular expressions that must match the whole value)
 and the inputs it changes. Overrides apply in file order, later ones win.
 A job's labels are ``job_id``, ``namespace`` (the part before ``/`` of a
 Kubernetes job id, else empty) and ``name`` (the part after it). The
-annotated example is ``grafana/zest.example.toml``.
+annotated example, every built-in default in it, ships beside this module
+(:func:`example_config_text`; ``zest serve --print-example-config``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,14 @@ from estimator.decision.breakeven import Costs
 MATCH_LABELS: tuple[str, ...] = ("job_id", "namespace", "name")
 DEFAULT_WINDOW_SECONDS = 3600.0
 DEFAULT_DURATION_HOURS = 24.0
+DEFAULT_REUSE = 1.0
+#: The annotated example config, package data of this package (grafana/zest.example.toml links to it).
+EXAMPLE_CONFIG_NAME = "zest.example.toml"
+
+
+def example_config_text() -> str:
+    """The annotated example config that ships with zest (TOML text)."""
+    return resources.files("estimator.serving").joinpath(EXAMPLE_CONFIG_NAME).read_text("utf-8")
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class BreakEven:
     """Break-even inputs of one job: T, R, t, optional G, engineering and prices, algorithms' trials."""
 
     duration_hours: float = DEFAULT_DURATION_HOURS
-    reuse: float = 1.0
+    reuse: float = DEFAULT_REUSE
     trial_minutes: float = DEFAULT_TRIAL_MINUTES
     gpus: int | None = None  # None: the GPUs seen in the job's telemetry
     engineer_hours: float = 0.0
@@ -88,12 +98,19 @@ class ServeConfig:
     defaults: BreakEven = field(default_factory=BreakEven)
     overrides: tuple[Override, ...] = ()
 
-    def for_job(self, job_id: str) -> BreakEven:
-        """The break-even inputs of ``job_id``: defaults, then every matching override in order."""
-        if not self.overrides:
-            return self.defaults
-        labels = job_labels(job_id)
+    def for_job(self, job_id: str, scheduled: Mapping[str, float] | None = None) -> BreakEven:
+        """The break-even inputs of ``job_id``: defaults, then what its scheduler says of it
+        (``scheduled``: ``duration_hours``, ``reuse``), then every matching override in order."""
         settings = self.defaults
+        if scheduled:
+            settings = replace(
+                settings,
+                duration_hours=scheduled.get("duration_hours", settings.duration_hours),
+                reuse=scheduled.get("reuse", settings.reuse),
+            )
+        if not self.overrides:
+            return settings
+        labels = job_labels(job_id)
         for override in self.overrides:
             if override.applies(labels):
                 settings = replace(settings, **override.changes)

@@ -10,7 +10,9 @@ One code path, two sources of the GPU summary:
 
 :class:`Runner` runs a cycle at an interval and publishes into an
 :class:`~estimator.serving.collector.ExporterState`; a failed cycle keeps the last
-snapshot, marked stale, and the next one recovers by itself.
+snapshot, marked stale, and the next one recovers by itself. With
+:class:`SlurmInputs`, each running Slurm job is weighed with its own T (time
+limit) and R (history) instead of the config's defaults.
 """
 
 from __future__ import annotations
@@ -19,18 +21,27 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Protocol
 
 import pandas as pd
 
-from collectors.errors import JobNotFound, ModelError, SchedulerError, TelemetryError
+from collectors.errors import (
+    JobNotFound,
+    ModelError,
+    SchedulerError,
+    SlurmAccountingUnavailable,
+    SlurmJobNotFound,
+    TelemetryError,
+)
 from collectors.jobmap import GpuId, job_ids_on_node, resolve_job_gpus
 from collectors.nvml import NvmlSource
 from collectors.prometheus import PrometheusSource
 from collectors.schema import GPU, JOB_ID, TIMESTAMP, conform, empty_frame
+from collectors.slurm import Slurm, defaults_from_slurm, is_slurm_job_id
 from collectors.util import one_line
 from estimator.decision.algorithms import CaptureShares
 from estimator.features.extract import summarize_gpus
@@ -132,6 +143,48 @@ def _tag_jobs(frame: pd.DataFrame, jobs: Mapping[str, Sequence[GpuId]]) -> pd.Da
     return conform(pd.concat(parts, ignore_index=True), sort=False)
 
 
+#: Per-job break-even inputs a scheduler gives (``duration_hours``, ``reuse``), by job id.
+JobInputs = Callable[[Iterable[str]], Mapping[str, Mapping[str, float]]]
+
+
+@dataclass
+class SlurmInputs:
+    """T and R of every running Slurm job: T its time limit, R its user's earlier jobs of its name.
+
+    The same questions ``estimate-z`` asks (:meth:`Slurm.job`, :func:`defaults_from_slurm`,
+    :meth:`Slurm.reuse_from_history`), asked once per job while it runs, not every cycle. A job id
+    Slurm does not hold, or not of a Slurm job's shape, gets nothing (the config's values); without
+    accounting there is no R. Any other Slurm error fails the cycle (:class:`SchedulerError`).
+    """
+
+    slurm: Slurm
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _known: dict[str, Mapping[str, float]] = field(default_factory=dict, init=False, repr=False)
+
+    def __call__(self, job_ids: Iterable[str]) -> Mapping[str, Mapping[str, float]]:
+        running = {job_id for job_id in job_ids if is_slurm_job_id(job_id)}
+        self._known = {job_id: v for job_id, v in self._known.items() if job_id in running}  # ended: forgot
+        for job_id in sorted(running - set(self._known)):
+            self._known[job_id] = self._ask(job_id)
+        return dict(self._known)
+
+    def _ask(self, job_id: str) -> Mapping[str, float]:
+        try:
+            job = self.slurm.job(job_id)
+        except SlurmJobNotFound:
+            return {}
+        inputs: dict[str, float] = {}
+        duration_hours = defaults_from_slurm(job, self.now()).duration_hours
+        if duration_hours is not None:
+            inputs["duration_hours"] = duration_hours
+        try:
+            reuse = self.slurm.reuse_from_history(job.user, job.name, exclude_job_id=job.job_id)
+        except SlurmAccountingUnavailable:
+            return inputs
+        inputs["reuse"] = float(max(reuse.count, 1))  # as estimate-z: never seen before is one run
+        return inputs
+
+
 #: The ``reason`` of a cycle that failed of an error zest does not expect (a bug), not of its source.
 INTERNAL_ERROR: Final = "internal_error"
 
@@ -154,6 +207,7 @@ class Runner:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
     after_cycle: Callable[[], None] | None = None  # e.g. render /metrics once for the new estimates
+    job_inputs: JobInputs | None = None  # e.g. SlurmInputs: T and R of each job from its scheduler
     _failing: str | None = field(default=None, init=False, repr=False)  # reason of the failing cycles
     _failed_cycles: int = field(default=0, init=False, repr=False)
 
@@ -161,14 +215,21 @@ class Runner:
         """One cycle; True when it succeeded. Expected errors of the source and model are counted.
 
         A change of state is logged once (``estimator.serving.runner``): the first
-        failure and each change of its reason as a warning, the recovery as info;
-        a repeated failure is counted, not logged again.
+        failure ("source down") and each change of its reason ("source still down") as a
+        warning, the recovery ("source up") as info; a repeated failure is counted, not
+        logged again. Each line carries ``source`` and ``reason`` or ``failed_cycles`` as fields.
         """
         started = self.clock()
         try:
             summary = self.source.summaries()
+            scheduled = self.job_inputs(summary[JOB_ID].unique()) if self.job_inputs is not None else None
             snapshot = estimate_jobs(
-                summary, self.config, self.z_estimator, self.shares, taken_at_seconds=self.wall_clock()
+                summary,
+                self.config,
+                self.z_estimator,
+                self.shares,
+                taken_at_seconds=self.wall_clock(),
+                scheduled=scheduled,
             )
         except (TelemetryError, SchedulerError, ModelError) as exc:  # the source or the model, not a bug
             return self._failed(failure_reason(exc), exc, started)
@@ -177,24 +238,31 @@ class Runner:
         self.state.publish(snapshot, self.clock() - started)
         if self._failing is not None:
             log.info(
-                "zest serve: %s recovered after %d failed cycle(s); estimates are current",
+                "source up: %s recovered after %d failed cycle(s); estimates are current",
                 self.source.kind,
                 self._failed_cycles,
+                extra={"source": self.source.kind, "failed_cycles": self._failed_cycles},
             )
             self._failing, self._failed_cycles = None, 0
         self._after_cycle()
         return True
 
     def _failed(self, reason: str, exc: Exception, started: float, *, bug: bool = False) -> bool:
-        """Count a failed cycle under ``reason`` (the last estimates stay, marked stale); log a change."""
-        self.state.fail(reason, self.clock() - started, self.source.kind)
+        """Count a failed cycle under ``reason`` (the last estimates stay, marked stale); log a change.
+
+        A scheduler's error is counted under the source ``slurm``, not under the telemetry source.
+        """
+        source = "slurm" if isinstance(exc, SchedulerError) else self.source.kind
+        self.state.fail(reason, self.clock() - started, source)
         if reason != self._failing:
             log.warning(
-                "zest serve: %s cycle failed (%s): %s; serving the last estimates, marked stale",
-                self.source.kind,
+                "%s: %s cycle failed (%s): %s; serving the last estimates, marked stale",
+                "source down" if self._failing is None else "source still down",
+                source,
                 reason,
                 one_line(exc),
                 exc_info=exc if bug else None,
+                extra={"source": source, "reason": reason},
             )
         self._failing = reason
         self._failed_cycles += 1
