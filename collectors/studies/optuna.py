@@ -122,7 +122,7 @@ def _job_id(attrs: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A parameter value JSON can hold (Optuna's are str, int, float, bool or None)."""
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
 
@@ -189,7 +189,7 @@ def read_optuna_study(storage: str, study_name: str, *, objective: str | None = 
                 value=None if value is None else float(value),
                 started_at=_utc(trial.datetime_start),
                 completed_at=_utc(trial.datetime_complete),
-                params={str(k): _plain(v) for k, v in trial.params.items()},
+                params={str(k): plain_value(v) for k, v in trial.params.items()},
                 job_id=_job_id(trial.user_attrs),
             )
         )
