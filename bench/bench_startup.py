@@ -26,7 +26,7 @@ CALCULATOR = (
 )  # fmt: skip
 FROM_CAPTURE = (
     "--job-id",
-    "gpt13b-a100-tp4",
+    "gpt-1.3b-a100-tp4",
     "--source",
     "example",
     "--duration-hours",

@@ -87,6 +87,13 @@ def read_job(
     (None: not looked at). ``fields``: the columns of a capture file written
     without its header (nvidia-smi ``--format=csv,noheader``).
     """
+    if fields is not None and (
+        source is None or source in (NVML, EXAMPLE) or source.startswith(PROMETHEUS_PREFIX)
+    ):
+        raise InputError(
+            f"--fields names the columns of a capture file without its header, not of {source or NVML}: "
+            "drop --fields, or give the file as --source"
+        )
     if source is None or source == NVML:
         local = None if placement is None else placement.get(short_host(socket.gethostname()))
         return _read_nvml(

@@ -61,7 +61,7 @@ def test_the_same_telemetry_gives_the_same_features_from_every_file_format() -> 
 
 
 def test_bundled_example_reports_features_and_sets_g_from_telemetry() -> None:
-    doc = estimate_json("--job-id", "gpt13b-a100-tp4", "--source", "example", *CALCULATOR)
+    doc = estimate_json("--job-id", "gpt-1.3b-a100-tp4", "--source", "example", *CALCULATOR)
     assert doc["inputs"]["gpus"] == 8
     feats = doc["telemetry"]["features"]
     assert feats["gpus"] == 8 and feats["samples_per_gpu_min"] >= 600
@@ -71,7 +71,7 @@ def test_bundled_example_reports_features_and_sets_g_from_telemetry() -> None:
 
 
 def test_explicit_gpus_override_telemetry() -> None:
-    doc = estimate_json("--job-id", "gpt13b-a100-tp4", "--source", "example", "--gpus", "64", *CALCULATOR)
+    doc = estimate_json("--job-id", "gpt-1.3b-a100-tp4", "--source", "example", "--gpus", "64", *CALCULATOR)
     assert doc["inputs"]["gpus"] == 64
 
 
@@ -92,8 +92,10 @@ def test_capture_round_trip_keeps_the_features(tmp_path: Path) -> None:
 
 
 def test_window_reads_the_last_part_of_a_capture() -> None:
-    whole = estimate_json("--job-id", "gpt13b-a100-tp4", "--source", "example", *CALCULATOR)
-    last = estimate_json("--job-id", "gpt13b-a100-tp4", "--source", "example", "--window", "5m", *CALCULATOR)
+    whole = estimate_json("--job-id", "gpt-1.3b-a100-tp4", "--source", "example", *CALCULATOR)
+    last = estimate_json(
+        "--job-id", "gpt-1.3b-a100-tp4", "--source", "example", "--window", "5m", *CALCULATOR
+    )
     assert whole["telemetry"]["features"]["window_seconds"] == 899
     assert last["telemetry"]["features"]["window_seconds"] == 300
     assert any("last 300 s" in n for n in last["notes"])
@@ -106,7 +108,7 @@ def test_window_reads_the_last_part_of_a_capture() -> None:
         (["--job-id", "4242", "--source", "/nonexistent/capture.csv"], 3, "no such file"),
         (["--job-id", "4242", "--source", str(CAPTURES)], 3, "folder"),
         (["--job-id", "9999", "--source", str(DCGM)], 5, "4242"),
-        (["--job-id", "no-such-example", "--source", "example"], 5, "gpt13b-a100-tp4"),
+        (["--job-id", "no-such-example", "--source", "example"], 5, "gpt-1.3b-a100-tp4"),
         (["--job-id", "4242", "--source", "prometheus="], 3, "prometheus=http"),
         (["--job-id", "4242", "--source", str(SMI), "--window", "0"], 2, "--window"),
         (["--job-id", "4242", "--source", str(SMI), "--window", "ten"], 2, "--window"),
@@ -188,3 +190,22 @@ def test_prometheus_server_gives_the_features_of_the_same_scrapes(tmp_path: Path
         assert same(value, from_server[key], rel=1e-9), key
     # and the same, for what it carries, as the nvidia-smi log of these samples
     assert same(from_server["power_mean_watts"], features(SMI)["power_mean_watts"], rel=1e-3)
+
+
+GPUSTAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-outputs" / "nvsmi-csv-gpustat-5.csv"
+GPUSTAT_FIELDS = "index,uuid,name,temperature.gpu,utilization.gpu,memory.used,memory.total"
+
+
+def test_fields_reads_a_headerless_nvidia_smi_csv_and_is_refused_elsewhere() -> None:
+    if not GPUSTAT.is_file():
+        pytest.fail(f"corpus file not found at {GPUSTAT}: CI keeps ../shared beside the repository")
+    base = ("estimate", "--job-id", "j1", "--duration-hours", "72", "--output", "json")
+    read = zest(*base, "--source", str(GPUSTAT), "--fields", GPUSTAT_FIELDS)
+    assert read.returncode == 0, read.stderr
+    assert json.loads(read.stdout)["telemetry"]["features"]["gpus"] == 8
+    refused = zest(*base, "--source", str(GPUSTAT))
+    assert refused.returncode == 6
+    assert "give the --query-gpu list it was recorded with as --fields" in refused.stderr
+    misplaced = zest(*base, "--source", "example", "--fields", GPUSTAT_FIELDS)
+    assert misplaced.returncode == 2
+    assert "--fields names the columns of a capture file without its header" in misplaced.stderr

@@ -269,7 +269,7 @@ import json, sys
 from estimator.cli.main import estimate_z_main
 from estimator.model.default import default_model
 try:
-    estimate_z_main(["--job-id", "gpt13b-a100-tp4", "--source", "example", "--duration-hours", "150",
+    estimate_z_main(["--job-id", "gpt-1.3b-a100-tp4", "--source", "example", "--duration-hours", "150",
                      "--reuse", "5", "--output", "json"])
 except SystemExit as exc:
     assert not exc.code, exc.code

@@ -32,7 +32,7 @@ from estimator.serving.collector import ExporterState, Snapshot, ZestCollector
 from estimator.serving.metrics import ZEST_DIAGNOSIS
 
 EXAMPLES = Path(__file__).parent.parent / "collectors" / "examples"
-HEALTHY = JobSpec.from_json(EXAMPLES / "gpt13b-a100-dp8.json")  # data parallel, fits, SMs 0.88 active
+HEALTHY = JobSpec.from_json(EXAMPLES / "gpt-1.3b-a100-dp8.json")  # data parallel, fits, SMs 0.88 active
 START = pd.Timestamp("2024-01-01", tz="UTC")
 ACTIVITY = (  # the signals a GPU with no kernel reads 0 on
     "gpu_util_ratio",
@@ -188,7 +188,7 @@ def test_cli_json_and_table_carry_the_diagnoses(tmp_path: Path) -> None:
 
 def test_cli_json_diagnoses_are_empty_for_a_healthy_job_and_null_without_telemetry() -> None:
     healthy = estimate_z(
-        "--job-id", "gpt13b-a100-dp8", "--source", "example", "--duration-hours", "100", "--output", "json"
+        "--job-id", "gpt-1.3b-a100-dp8", "--source", "example", "--duration-hours", "100", "--output", "json"
     )  # fmt: skip
     assert healthy.returncode == 0, healthy.stderr
     assert json.loads(healthy.stdout)["diagnoses"] == []

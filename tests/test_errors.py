@@ -36,7 +36,7 @@ from estimator.training.rows import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_JOB = "gpt13b-a100-dp8"
+EXAMPLE_JOB = "gpt-1.3b-a100-dp8"
 EXAMPLE_CAPTURE = example_dir() / f"{EXAMPLE_JOB}.parquet"
 EXAMPLE_SPEC = example_dir() / f"{EXAMPLE_JOB}.json"
 #: The plain calculator: every algorithm's Z given, so no telemetry is read.

@@ -38,7 +38,7 @@ from estimator.model.regressor import TRUSTED_TYPES, ZeRegressor, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
-ESTIMATE = ["--job-id", "gpt13b-a100-dp8", "--duration-hours", "1", "--source", "example"]
+ESTIMATE = ["--job-id", "gpt-1.3b-a100-dp8", "--duration-hours", "1", "--source", "example"]
 
 
 @pytest.fixture(autouse=True)

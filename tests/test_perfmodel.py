@@ -436,7 +436,7 @@ def test_simulate_predict_prints_the_models_prediction_and_writes_nothing(tmp_pa
 
     from estimator.cli.model import simulate
 
-    spec_path = REPO / "collectors" / "examples" / "gpt13b-a100-tp4.json"
+    spec_path = REPO / "collectors" / "examples" / "gpt-1.3b-a100-tp4.json"
     result = CliRunner().invoke(simulate, ["--spec", str(spec_path), "--predict"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     predicted = json.loads(result.output)

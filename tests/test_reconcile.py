@@ -18,7 +18,7 @@ from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec
 from estimator.perfmodel.search import gain_percent, search_ranked
 
-JOB = "gpt13b-a100-tp4"
+JOB = "gpt-1.3b-a100-tp4"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_telemetry_unlike_the_models_prediction_widens_the_search_interval(spec:
     constants = perfmodel.load_constants(spec.gpu)
     answer = search_answer(spec, constants)
     own = read_job("example", JOB).frame
-    other = read_job("example", "gpt13b-a100-dp8").frame  # another layout's telemetry
+    other = read_job("example", "gpt-1.3b-a100-dp8").frame  # another layout's telemetry
     assert own is not None and other is not None
     same = with_telemetry(answer, constants, features_frame(summarize_gpus(own)).iloc[0].to_dict())
     unlike = with_telemetry(answer, constants, features_frame(summarize_gpus(other)).iloc[0].to_dict())
@@ -84,7 +84,7 @@ def test_estimate_z_reconciles_the_search_and_the_telemetry() -> None:
     assert exhaustive["z_expected_percent"] == both["z_expected_percent"]  # the telemetry's Z_e
     assert any("black-box and exhaustive keep the telemetry's Z_e" in n for n in both["notes"])
     # without telemetry, the spec alone: every algorithm from the search, G from the spec
-    spec_path = str(example_spec("gpt7b-h100-pp4"))
+    spec_path = str(example_spec("gpt-7b-h100-pp4"))
     alone = run("--spec", spec_path, "--duration-hours", "150", "--output", "json")
     assert alone["inputs"]["gpus"] == 16 and alone["telemetry"] is None
     assert alone["z_expected_percent"] == alone["whole_space"]["z_percent_interval"]

@@ -96,7 +96,7 @@ def test_the_mapping_folder_in_the_environment_reaches_the_source(
 
 
 def test_examples_are_bundled() -> None:
-    assert {"gpt13b-a100-tp4", "gpt13b-a100-dp8", "gpt7b-h100-pp4"} <= set(example_jobs())
+    assert {"gpt-1.3b-a100-tp4", "gpt-1.3b-a100-dp8", "gpt-7b-h100-pp4"} <= set(example_jobs())
 
 
 def test_default_source_without_driver_says_what_to_give() -> None:

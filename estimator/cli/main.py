@@ -8,7 +8,6 @@ here, and become one line on stderr and the exit code each class carries
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import shutil
 import sys
@@ -33,7 +32,16 @@ from collectors.errors import (
 from collectors.slurm import ReuseCount, Slurm, SlurmDefaults, defaults_from_slurm, is_slurm_job_id
 from collectors.sources import EXAMPLE, SOURCE_HELP, read_job
 from collectors.util import DISTRIBUTION
-from estimator.cli.options import DurationType, capture_output_options, check_output, source_access_options
+from estimator.cli.options import (
+    HELP_OPTIONS,
+    DurationType,
+    FloatIn,
+    IntIn,
+    capture_output_options,
+    check_output,
+    source_access_options,
+    with_version,
+)
 from estimator.decision.algorithms import (
     ALGORITHMS_BY_NAME,
     DEFAULT_ALGORITHMS,
@@ -47,7 +55,7 @@ from estimator.decision.algorithms import (
     weigh,
 )
 from estimator.decision.breakeven import Costs, ZInterval
-from estimator.reports.table import render_table, to_document
+from estimator.reports.table import json_text, render_table, to_document
 
 if TYPE_CHECKING:
     from collectors.prometheus import PrometheusAuth
@@ -129,15 +137,21 @@ def _telemetry_options(command: Any) -> Any:
                 "--window",
                 type=DurationType(),
                 help="How much telemetry: NVML samples this long (default 60s); Prometheus looks this far "
-                "back "
-                "(default: the job's whole run); a capture file: its last part (default: all of it).",
+                "back (default: the job's whole run); a capture file: its last part (default: all of it). "
+                "Seconds, or with a unit (30m, 2h, 1d).",
             ),
             click.option(
                 "--interval",
                 type=DurationType(),
                 default="1s",
                 show_default=True,
-                help="NVML sampling interval.",
+                help="NVML sampling interval: seconds (0.5), or with a unit (2s, 1m).",
+            ),
+            click.option(
+                "--fields",
+                metavar="LIST",
+                help="For a capture file written by nvidia-smi --format=csv,noheader: its --query-gpu list, "
+                "in order (index,utilization.gpu,...); its columns cannot be told apart otherwise.",
             ),
         ]
     ):
@@ -146,7 +160,7 @@ def _telemetry_options(command: Any) -> Any:
 
 
 def _positive(kind: type[float] | type[int]) -> click.ParamType:
-    return click.IntRange(min=1) if kind is int else click.FloatRange(min=0, min_open=True)
+    return IntIn(min=1) if kind is int else FloatIn(min=0, min_open=True)
 
 
 # --- the commands ---------------------------------------------------------------
@@ -163,6 +177,7 @@ class LazyGroup(click.Group):
         "evaluate": "estimator.cli.model:evaluate_command",
         "serve": "estimator.cli.serve:serve",
         "record": "estimator.cli.outcomes:record",
+        "advise": "estimator.cli.advise:advise",
         "history": "estimator.cli.outcomes:history_command",
         "whatif": "estimator.cli.whatif:whatif",
     }
@@ -176,15 +191,23 @@ class LazyGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
         return super().get_command(ctx, cmd_name)
 
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Every command answers ``-h``/``--help`` and ``--version``, wherever it is defined."""
+        super().add_command(with_version(cmd), name)
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": list(HELP_OPTIONS)})
 @click.version_option(package_name=DISTRIBUTION)
 def cli() -> None:
     """zest: will tuning this training job's throughput pay for itself?"""
 
 
-@cli.command("estimate")
-@click.option("--job-id", help="Job to estimate Z_e for from its telemetry (Slurm id, namespace/pod, pid:N).")
+@cli.command("estimate", context_settings={"help_option_names": list(HELP_OPTIONS)})
+@click.option(
+    "--job-id",
+    help="Job to estimate Z_e for from its telemetry (Slurm id, namespace/pod, pid:N). [required unless "
+    "every algorithm's Z is given (--algorithm NAME=N:Z or --z-expected), or --spec is]",
+)
 @_telemetry_options
 @click.option(
     "--slurm/--no-slurm",
@@ -195,31 +218,40 @@ def cli() -> None:
 @click.option(
     "--duration-hours",
     "duration_hours",
-    type=_positive(float),
-    help="T: the job's training duration before tuning, in hours (> 0).",
+    type=DurationType("h"),
+    help="T: the job's training duration before tuning: hours (150), or with a unit (72h, 3d, 45m); > 0. "
+    "[required unless Slurm gives the job's time limit]",
 )
 @click.option("--gpus", type=_positive(int), help="G: the job's number of GPUs (>= 1). Default 1.")
 @click.option(
     "--reuse",
-    type=click.FloatRange(min=1),
+    type=FloatIn(min=1),
     help="R: how many times the tuned configuration will be run (>= 1). Default 1.",
 )
 @click.option(
     "--trial-minutes",
-    type=_positive(float),
+    type=DurationType("m"),
     default=DEFAULT_TRIAL_MINUTES,
     show_default=True,
-    help="t: time of one tuning trial, in minutes (> 0).",
+    help="t: time of one tuning trial: minutes (25), or with a unit (90s, 1.5h); > 0.",
 )
 @click.option(
     "--engineer-hours",
-    type=click.FloatRange(min=0),
+    type=FloatIn(min=0),
     default=0.0,
     show_default=True,
     help="E: engineering effort to implement and validate the tuning, person-hours (>= 0).",
 )
-@click.option("--gpu-hour-cost", type=_positive(float), help="c_g: cost of one GPU-hour (> 0).")
-@click.option("--engineer-hour-cost", type=_positive(float), help="c_e: cost of one engineer-hour (> 0).")
+@click.option(
+    "--gpu-hour-cost",
+    type=_positive(float),
+    help="c_g: cost of one GPU-hour (> 0). [required when --engineer-hours > 0]",
+)
+@click.option(
+    "--engineer-hour-cost",
+    type=_positive(float),
+    help="c_e: cost of one engineer-hour (> 0). [required when --engineer-hours > 0]",
+)
 @click.option(
     "--algorithm",
     "algorithms",
@@ -250,6 +282,7 @@ def cli() -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Also draw the break-even chart to this PNG file.",
 )
+@click.version_option(package_name=DISTRIBUTION)  # estimate-z runs this command alone
 def estimate(
     job_id: str | None,
     source: str | None,
@@ -257,6 +290,7 @@ def estimate(
     interval: float,
     prometheus_auth: PrometheusAuth | None,
     hpc_job_dir: Path | None,
+    fields: str | None,
     slurm: bool | None,
     duration_hours: float | None,
     gpus: int | None,
@@ -332,6 +366,7 @@ def estimate(
             placement=scheduler.placement if scheduler else None,
             prometheus_auth=prometheus_auth,
             hpc_job_dir=hpc_job_dir,
+            fields=[fields] if fields else None,
         )
         found, gpu_models = _one_job(telemetry, plan, shares, z_expected, window)
         notes.extend(telemetry.notes + list(found.notes))
@@ -422,7 +457,7 @@ def estimate(
         diagnoses=None if found is None else found.diagnoses,
     )
     if output == "json":
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json_text(document))
     else:
         render_table(document, Console(width=max(Console().width, 132)))
 
@@ -557,6 +592,7 @@ def capture(
     interval: float,
     prometheus_auth: PrometheusAuth | None,
     hpc_job_dir: Path | None,
+    fields: str | None,
     output: Path,
     force: bool,
 ) -> None:
@@ -572,6 +608,7 @@ def capture(
         raw=True,
         prometheus_auth=prometheus_auth,
         hpc_job_dir=hpc_job_dir,
+        fields=[fields] if fields else None,
     )
     frame = telemetry.frame
     if frame is None or frame.empty:

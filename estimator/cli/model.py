@@ -22,7 +22,7 @@ from collectors.errors import InputError, OutcomesError, OutputError
 from collectors.files import write_capture
 from collectors.studies.store import read_outcomes
 from collectors.util import user_cache_dir
-from estimator.cli.options import capture_output_options, check_output
+from estimator.cli.options import DurationType, IntIn, capture_output_options, check_output
 from estimator.cli.outcomes import resolved_store, store_option
 from estimator.model.local import evaluate_local, fit_local_model, local_metadata, render_local_markdown
 from estimator.model.regressor import (
@@ -68,7 +68,7 @@ DEFAULT_START: Final = "2026-11-01T00:00:00"
 def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option(
         "--simulated-studies",
-        type=click.IntRange(min=0),
+        type=IntIn(min=0),
         default=DEFAULT_SIMULATED_STUDIES,
         show_default=True,
         help="Studies simulated by the performance model beside the measured ones (A100/H100/H200, 1-512 "
@@ -85,7 +85,8 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
         "--data",
         "data_dir",
         type=click.Path(file_okay=False, path_type=Path),
-        help=f"Folder holding the measured vTrain table {DATA_FILE} (in a checkout: ../shared/data/vtrain).",
+        help=f"Folder holding the measured vTrain table {DATA_FILE} (in a checkout: ../shared/data/vtrain). "
+        "[required, except for zest train --with-outcomes]",
     )(command)
 
 
@@ -97,8 +98,10 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Job spec JSON: gpu, num_gpus, model shape, batch and parallel layout.",
 )
-@click.option("--job-id", help="Job id the capture's samples carry (needed with --output).")
-@capture_output_options("Capture file to write (zest Parquet); needed unless --predict.", required=False)
+@click.option(
+    "--job-id", help="Job id the capture's samples carry. [required with --output, unless --predict]"
+)
+@capture_output_options("Capture file to write (zest Parquet). [required unless --predict]", required=False)
 @click.option(
     "--predict",
     is_flag=True,
@@ -107,10 +110,10 @@ def _data_options(command: Callable[..., None]) -> Callable[..., None]:
 )
 @click.option(
     "--minutes",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DurationType("m"),
     default=15.0,
     show_default=True,
-    help="Length of the capture at 1 Hz.",
+    help="Length of the capture at 1 Hz: minutes (15), or with a unit (90s, 2h); > 0.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated noise.")
 @click.option(
@@ -136,6 +139,7 @@ def simulate(
         if output is not None:
             raise click.UsageError("--predict prints a prediction and writes no capture: drop --output")
         spec = JobSpec.from_json(spec_path)
+        # full precision: the performance model's own figures, compared against it (not an estimate)
         click.echo(json.dumps(prediction_document(spec, perfmodel.load_constants(spec.gpu)), indent=2))
         return
     if output is None or job_id is None:

@@ -3,34 +3,104 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import click
 from click.core import ParameterSource
 
 from collectors.errors import CaptureWriteError
+from collectors.util import DISTRIBUTION
 
 if TYPE_CHECKING:
     from collectors.prometheus import PrometheusAuth
 
 
+#: Every command answers both (``zest``, each subcommand, ``estimate-z``).
+HELP_OPTIONS: Final = ("-h", "--help")
+
+
+def with_version(command: click.Command) -> click.Command:
+    """``command`` answering ``-h`` as ``--help``, and ``--version``, unless it does already."""
+    command.context_settings.setdefault("help_option_names", list(HELP_OPTIONS))
+    if not any("--version" in getattr(p, "opts", ()) for p in command.params):
+        click.version_option(package_name=DISTRIBUTION)(command)
+    return command
+
+
 class DurationType(click.ParamType):
-    """A duration in seconds, or with a unit s, m, h or d (``90``, ``30s``, ``30m``, ``2h``, ``1d``)."""
+    """A duration > 0: a plain number in the option's ``unit`` (seconds unless given), or a number with a
+    unit s, m, h or d (``90``, ``30s``, ``45m``, ``72h``, ``3d``); converted to the option's unit.
+
+    One type for every duration option: ``--window`` (seconds), ``--trial-minutes`` (minutes),
+    ``--duration-hours`` (hours). Every refusal says the accepted range and units.
+    """
 
     name = "DURATION"
-    _UNITS: ClassVar[dict[str, float]] = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _SECONDS: ClassVar[dict[str, float]] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    _NAMES: ClassVar[dict[str, str]] = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+    def __init__(self, unit: str = "s") -> None:
+        if unit not in self._SECONDS:
+            raise ValueError(f"unit must be one of {', '.join(self._SECONDS)}, got {unit!r}")
+        self.unit = unit
+
+    @property
+    def accepted(self) -> str:
+        """The accepted range and forms, as every refusal says them."""
+        return (
+            f"a duration > 0 (x>0), a number of {self._NAMES[self.unit]} or one with a unit "
+            "s, m, h or d (45m, 72h, 3d)"
+        )
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
-        if not match or float(match[1]) <= 0:
-            self.fail(f"{value!r} is not a duration > 0 such as 90, 30s, 30m, 2h or 1d", param, ctx)
-        return float(match[1]) * self._UNITS[match[2]]
+        if isinstance(value, bool):
+            self.fail(f"{value!r} is not a duration; accepted: {self.accepted}", param, ctx)
+        if isinstance(value, int | float):  # a default, or a caller's number: already in the unit
+            number, seconds_per = float(value), self._SECONDS[self.unit]
+        else:
+            text, unit = str(value).strip(), self.unit
+            if text[-1:].lower() in self._SECONDS:
+                text, unit = text[:-1], text[-1].lower()
+            try:
+                number = float(text)
+            except ValueError:
+                self.fail(f"{value!r} is not a duration; accepted: {self.accepted}", param, ctx)
+            seconds_per = self._SECONDS[unit]
+        if not math.isfinite(number):
+            self.fail(
+                f"{value!r}: {self._NAMES[self.unit]} must be finite; accepted: {self.accepted}", param, ctx
+            )
+        if number <= 0:
+            self.fail(f"{value!r} is out of range; accepted: {self.accepted}", param, ctx)
+        return number * seconds_per / self._SECONDS[self.unit]
+
+
+class FloatIn(click.FloatRange):
+    """click's ``FloatRange`` whose refusal of a value that is no number says the accepted range too."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number; accepted range: {self._describe_range()}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class IntIn(click.IntRange):
+    """click's ``IntRange`` whose refusal of a value that is no whole number says the accepted range too."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a whole number; accepted range: {self._describe_range()}", param, ctx
+            )
+        return super().convert(value, param, ctx)
 
 
 def capture_output_options(

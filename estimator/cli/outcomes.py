@@ -9,7 +9,6 @@ these commands with ``cli.add_command``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +27,9 @@ from collectors.studies.optuna import (
     with_features,
 )
 from collectors.studies.store import OutcomeStore, RecordResult, default_store_path, read_outcomes
-from estimator.cli.options import prometheus_access_options
+from estimator.cli.options import DurationType, FloatIn, prometheus_access_options
 from estimator.pipeline import estimate, gpu_summary
+from estimator.reports.table import json_text
 from estimator.training.outcomes import history
 
 if TYPE_CHECKING:
@@ -106,12 +106,21 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
 
 
 @click.command("record")
-@click.option("--storage", help="Optuna storage URL, e.g. sqlite:///study.db (any RDB URL Optuna accepts).")
-@click.option("--study", "study_name", help="Study name in --storage.")
+@click.option(
+    "--storage",
+    help="Optuna storage URL, e.g. sqlite:///study.db (any RDB URL Optuna accepts). "
+    "[required with --study, unless --zenithtune-dir]",
+)
+@click.option(
+    "--study",
+    "study_name",
+    help="Study name in --storage. [required with --storage, unless --zenithtune-dir]",
+)
 @click.option(
     "--zenithtune-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="ZenithTune's output folder: every study in the study.db files under it.",
+    help="ZenithTune's output folder: every study in the study.db files under it. "
+    "[required unless --storage and --study]",
 )
 @click.option(
     "--objective",
@@ -128,13 +137,14 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
 @click.option("--job-id", default=None, help="Job the trials ran as in Prometheus (else trial attr job_id).")
 @click.option(
     "--duration-hours",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DurationType("h"),
     default=None,
-    help="T: how long one run of the tuned job takes, for history's paid-off check.",
+    help="T: how long one run of the tuned job takes, for history's paid-off check: hours (150), or with "
+    "a unit (72h, 3d, 45m); > 0.",
 )
 @click.option(
     "--reuse",
-    type=click.FloatRange(min=0),
+    type=FloatIn(min=0),
     default=None,
     help="R so far: runs of the tuned job with the tuned configuration (else counted from --reused-by).",
 )
@@ -187,31 +197,29 @@ def _cell(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return _json_value(value.item())
-    return value
-
-
 @click.command("history")
 @store_option
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def history_command(store_path: Path | None, output: str) -> None:
-    """Past tuning studies: T, N, t, measured Z, reuse so far, and whether each paid off."""
+    """Past tuning studies: T, N, t, measured Z, reuse so far, and whether each paid off.
+
+    Reads only: a missing store is no error and is not created (exit 0, no studies).
+    """
     path = resolved_store(store_path)
     recorded = read_outcomes(path)
     if recorded is None:
         if output == "json":
-            click.echo(json.dumps({"store": str(path), "studies": []}, indent=2))
+            click.echo(json_text({"store": str(path), "store_exists": path.exists(), "studies": []}))
         else:
-            click.echo(f"no studies recorded in {path}: record some with zest record")
+            if path.exists():
+                click.echo(f"no studies recorded: an empty outcomes store at {path}; zest record fills it")
+            else:
+                click.echo(f"no studies recorded: no outcomes store yet at {path}; zest record creates it")
         return
     table = history(*recorded)
     if output == "json":
-        records = [{k: _json_value(v) for k, v in row.items()} for row in table.to_dict(orient="records")]
-        click.echo(json.dumps({"store": str(path), "studies": records}, indent=2))
+        records = table.to_dict(orient="records")
+        click.echo(json_text({"store": str(path), "store_exists": True, "studies": records}))
         return
     if table.empty:
         click.echo(f"no studies recorded in {path}: record some with zest record")

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from collectors.errors import InputError, OutputError
 from collectors.util import one_line
+from estimator.cli.options import IntIn
 from estimator.perfmodel.iteration import (
     JobSpec,
     SpecError,
@@ -25,6 +26,7 @@ from estimator.perfmodel.iteration import (
     memory_bytes_per_gpu,
 )
 from estimator.perfmodel.search import Ranked, held_out_error, rank_candidates, search_ranked
+from estimator.reports.table import json_text
 from estimator.reports.whatif import optuna_trials, render_whatif, whatif_document
 
 DEFAULT_TOP: Final = 10
@@ -122,7 +124,8 @@ def _job(
     "--spec",
     "spec_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The job's configuration, a zest simulate job spec (JSON).",
+    help="The job's configuration, a zest simulate job spec (JSON). [one of --spec, --megatron-args, "
+    "--slurm-job or --candidates is required]",
 )
 @click.option(
     "--megatron-args",
@@ -130,15 +133,17 @@ def _job(
     help="A file holding the job's Megatron-LM / NeMo command line (a launch or batch script); needs --gpu.",
 )
 @click.option("--slurm-job", help="A Slurm job id: read the Megatron command line from its batch script.")
-@click.option("--gpu", help="GPU type for --megatron-args / --slurm-job (a100-80gb, h100-sxm, h200...).")
+@click.option(
+    "--gpu",
+    help="GPU type for --megatron-args / --slurm-job (a100-80gb, h100-sxm, h200...). [required with "
+    "--megatron-args or --slurm-job]",
+)
 @click.option(
     "--gpus",
-    type=click.IntRange(min=1),
+    type=IntIn(min=1),
     help="The job's GPU count for --megatron-args / --slurm-job (default: torchrun's counts, or Slurm's).",
 )
-@click.option(
-    "--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node (default: the GPU's system)."
-)
+@click.option("--gpus-per-node", type=IntIn(min=1), help="GPUs per node (default: the GPU's system).")
 @click.option(
     "--candidates",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -146,7 +151,7 @@ def _job(
 )
 @click.option(
     "--top",
-    type=click.IntRange(min=1),
+    type=IntIn(min=1),
     help=f"How many configurations to show and emit (default {DEFAULT_TOP}; with --candidates: all).",
 )
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
@@ -220,6 +225,6 @@ def whatif(
         notes.append(f"{len(shown)} Optuna trial(s) written to {path} (study.enqueue_trial)")
     document = whatif_document(shown, job=own, searched=searched, error=error, left_out=left_out, notes=notes)
     if output == "json":
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json_text(document))
     else:
         render_whatif(document, Console(width=max(Console().width, 132)))

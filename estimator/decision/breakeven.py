@@ -205,13 +205,30 @@ class Assessment:
 
 @dataclass(frozen=True)
 class Decision:
-    """Every candidate's assessment and the recommended one (None when none pays)."""
+    """Every candidate's assessment and the recommended one (None when none proceeds).
+
+    ``marginal_choice``: when none proceeds, the marginal candidate that pays at the mid Z (a positive
+    net saving; the best one), which is worth starting with and measuring; None otherwise.
+    """
 
     job: Job
     costs: Costs
     assessments: tuple[Assessment, ...]
     recommendation: str | None
     notes: tuple[str, ...] = field(default=())
+    marginal_choice: str | None = None
+
+
+def recommendation_text(recommendation: str | None, marginal_choice: str | None) -> str:
+    """The decision in words, as the table's ``recommendation:`` line says it."""
+    if recommendation is not None:
+        return recommendation
+    if marginal_choice is not None:
+        return (
+            f"none for sure; {marginal_choice} is marginal: it pays at the mid Z, not at the low end: "
+            f"start with the {marginal_choice} search and measure"
+        )
+    return "none pays off at the mid Z; do not tune"
 
 
 def assess(candidate: Candidate, job: Job, costs: Costs) -> Assessment:
@@ -247,7 +264,9 @@ def decide(candidates: Sequence[Candidate], job: Job, costs: Costs | None = None
     """Assess every candidate and recommend one.
 
     Among the candidates that proceed, the best expected net saving wins; ties
-    go to the cheaper exploration. None is recommended when none proceeds.
+    go to the cheaper exploration. None is recommended when none proceeds; then
+    the marginal candidate with the best positive net saving at the mid Z, if
+    any, is the one to start with and measure (``marginal_choice``).
     """
     if not candidates:
         raise InputError("at least one tuning algorithm is needed")
@@ -256,6 +275,12 @@ def decide(candidates: Sequence[Candidate], job: Job, costs: Costs | None = None
         raise InputError(f"each algorithm may be given once, got {', '.join(names)}")
     costs = costs or Costs()
     assessments = tuple(assess(c, job, costs) for c in candidates)
-    paying = [a for a in assessments if a.verdict is Verdict.PROCEED]
-    best = min(paying, key=lambda a: (-a.net_saving_gpu_hours, a.exploration_gpu_hours), default=None)
-    return Decision(job, costs, assessments, best.candidate.name if best else None)
+
+    def best_of(among: list[Assessment]) -> Assessment | None:
+        return min(among, key=lambda a: (-a.net_saving_gpu_hours, a.exploration_gpu_hours), default=None)
+
+    best = best_of([a for a in assessments if a.verdict is Verdict.PROCEED])
+    if best is not None:
+        return Decision(job, costs, assessments, best.candidate.name)
+    lead = best_of([a for a in assessments if a.verdict is Verdict.MARGINAL and a.net_saving_gpu_hours > 0])
+    return Decision(job, costs, assessments, None, marginal_choice=lead.candidate.name if lead else None)

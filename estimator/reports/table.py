@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -9,10 +10,34 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from estimator.decision.breakeven import Assessment, Decision, ZInterval
+from estimator.decision.breakeven import Assessment, Decision, ZInterval, recommendation_text
 from estimator.features.diagnoses import Diagnosis
 
 SCHEMA_VERSION = 1
+#: Significant digits of every number in a JSON output: the model's inputs are not known better.
+JSON_DIGITS = 6
+
+
+def json_ready(value: Any, digits: int = JSON_DIGITS) -> Any:
+    """``value`` as printed in JSON: floats to ``digits`` significant digits, whole ones as integers, NaN
+    and infinity as null (JSON has neither), NumPy scalars as Python's; containers alike."""
+    if isinstance(value, Mapping):
+        return {k: json_ready(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v, digits) for v in value]
+    if hasattr(value, "item") and not isinstance(value, bool | int | float | str):  # NumPy scalars
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, float):
+        return value
+    if not math.isfinite(value):
+        return None
+    rounded = float(f"{value:.{digits}g}")
+    return int(rounded) if rounded.is_integer() and abs(rounded) < 2**53 else rounded
+
+
+def json_text(document: Any) -> str:
+    """The JSON text of an output document (``--output json``), numbers as :func:`json_ready` gives them."""
+    return json.dumps(json_ready(document), indent=2)
 
 
 def _number(value: float | None) -> float | None:
@@ -82,6 +107,7 @@ def to_document(
         "whole_space": dict(whole_space) if whole_space is not None else None,
         "algorithms": [_algorithm(a) for a in decision.assessments],
         "recommendation": decision.recommendation,
+        "marginal_choice": decision.marginal_choice,
         "telemetry": dict(telemetry) if telemetry is not None else None,
         "diagnoses": None
         if diagnoses is None
@@ -171,12 +197,10 @@ def render_table(document: Mapping[str, Any], console: Console) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    recommendation = document["recommendation"]
     console.print(
-        f"recommendation: {recommendation}"
-        if recommendation
-        else "recommendation: none pays off; do not tune",
+        "recommendation: " + recommendation_text(document["recommendation"], document.get("marginal_choice")),
         highlight=False,
+        soft_wrap=True,
     )
     for diagnosis in document.get("diagnoses") or ():
         console.print(

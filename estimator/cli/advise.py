@@ -1,0 +1,373 @@
+"""``zest advise``: is the next batch of a running (or finished) tuning study worth its GPU time?
+
+Thin: read the study (the readers and options of ``zest record``), the cluster's
+recorded curves (``zest record``'s store, when there is one), call
+:mod:`estimator.decision.next_trials`, print. The study is a
+:class:`collectors.studies.optuna.StudyRecord`; any reader that returns one
+(Optuna and ZenithTune here) can feed it. zest's errors propagate to the
+``zest`` group, which maps them to exit codes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from collectors.errors import InputError, OutcomesError
+from collectors.studies.optuna import COMPLETE, StudyRecord, find_zenithtune_studies, read_optuna_study
+from collectors.studies.store import read_outcomes
+from estimator.cli.options import DurationType, FloatIn, IntIn
+from estimator.cli.outcomes import record, resolved_store, store_option
+from estimator.decision.algorithms import ALGORITHMS_BY_NAME, CaptureShares, capture_shares
+from estimator.decision.breakeven import Job
+from estimator.decision.next_trials import (
+    NextTrialsAdvice,
+    OnTopAdvice,
+    TrialOutcome,
+    advise_next_trials,
+    record_improvements,
+    search_on_top,
+    search_so_far,
+)
+from estimator.reports.table import json_text
+
+__all__ = ["advise"]
+
+#: The options of ``zest record`` that say which study to read, taken from it (one definition).
+_STUDY_OPTIONS = ("storage", "study_name", "zenithtune_dir", "objective")
+#: The cheap study a broader search goes on top of: the heuristic (or ``zest whatif``'s top K).
+_CHEAP = "heuristic"
+
+
+def _record_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``zest record``'s study options (``--storage``, ``--study``, ``--zenithtune-dir``, ``--objective``)."""
+    params = [p for p in record.params if p.name in _STUDY_OPTIONS]
+    for param in reversed(params):
+        command.__click_params__ = [*getattr(command, "__click_params__", []), param]  # type: ignore[attr-defined]
+    return command
+
+
+def _outcomes(study: StudyRecord) -> list[TrialOutcome]:
+    return [
+        TrialOutcome(t.number, t.value if t.state == COMPLETE else None, t.duration_seconds)
+        for t in study.trials
+    ]
+
+
+def _read_study(
+    storage: str | None, study_name: str | None, zenithtune_dir: Path | None, objective: str | None
+) -> StudyRecord:
+    """The one study the options name (with ``--zenithtune-dir``, ``--study`` picks one of several)."""
+    if zenithtune_dir is not None:
+        if storage is not None:
+            raise click.BadParameter("give --zenithtune-dir or --storage with --study, not both")
+        found = [
+            (url, name) for url, name in find_zenithtune_studies(zenithtune_dir) if study_name in (None, name)
+        ]
+        if len(found) != 1:
+            names = ", ".join(sorted({name for _, name in find_zenithtune_studies(zenithtune_dir)}))
+            raise click.BadParameter(
+                f"{len(found)} studies under {zenithtune_dir} match: name one with --study "
+                f"(it holds: {names})"
+            )
+        storage, study_name = found[0]
+    elif storage is None or study_name is None:
+        raise click.BadParameter("give --storage URL and --study NAME, or --zenithtune-dir DIR")
+    return read_optuna_study(storage, study_name, objective=objective)
+
+
+def _cluster_improvements(store_path: Path | None, study: StudyRecord) -> tuple[list[float], int]:
+    """Record improvements of the studies recorded in the store (this one left out), and how many studies."""
+    recorded = read_outcomes(resolved_store(store_path))
+    if recorded is None:
+        return [], 0
+    studies, trials = recorded
+    started = None if study.started_at is None else study.started_at.isoformat()
+    sizes: list[float] = []
+    used = 0
+    for _, row in studies.iterrows():
+        if row["name"] == study.name and row["started_at"] == started:
+            continue
+        own = trials[trials["study_id"] == row["study_id"]].sort_values("number")
+        values = own["value"].where(own["state"].eq(COMPLETE))
+        seconds = [
+            None if not (math.isfinite(v) and v > 0) else (v if row["objective"] == "time" else 1.0 / v)
+            for v in values.to_numpy(dtype=float)
+        ]
+        found = record_improvements(seconds)
+        used += bool(found)
+        sizes += found
+    return sizes, used
+
+
+def _shares() -> CaptureShares:
+    from estimator.model.default import default_model  # the model only when --then asks for its shares
+
+    return capture_shares(default_model().capture_shares())
+
+
+class _ThenType(click.ParamType):
+    """``NAME[=TRIALS]``: a broader algorithm (black-box, exhaustive) and its N (default: its default N)."""
+
+    name = "NAME[=TRIALS]"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        name, _, trials_text = str(value).partition("=")
+        broader = [a for a in ALGORITHMS_BY_NAME if a != _CHEAP]
+        if name not in broader:
+            self.fail(f"unknown algorithm {name!r}; accepted: {', '.join(broader)}", param, ctx)
+        if not trials_text:
+            return name, ALGORITHMS_BY_NAME[name].trials
+        try:
+            trials = int(trials_text)
+        except ValueError:
+            trials = 0
+        if trials < 1:
+            self.fail(f"TRIALS in {value!r} must be a whole number >= 1", param, ctx)
+        return name, trials
+
+
+def _number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _document(
+    study: StudyRecord,
+    advice: NextTrialsAdvice,
+    on_top: OnTopAdvice | None,
+    cluster_studies: int,
+    notes: list[str],
+) -> dict[str, Any]:
+    search, a, z = advice.search, advice.assessment, advice.expected_gain
+    best_seconds = search.best_seconds
+    ordered = sorted(study.trials, key=lambda t: t.number)
+    best = next(t for t, s in zip(ordered, search.seconds, strict=True) if s == best_seconds)
+    default = next(t for t in study.trials if t.number == search.default_number)
+    return {
+        "schema_version": 1,
+        "study": study.name,
+        "storage": study.storage,
+        "objective": study.objective,
+        "direction": study.direction,
+        "inputs": {
+            "duration_hours": advice.job.duration_hours,
+            "gpus": advice.job.gpus,
+            "reuse_count": advice.job.reuse,
+            "next_trials": advice.next_trials,
+            "trial_hours": _number(search.trial_hours),
+        },
+        "trials": {
+            "finished": search.finished,
+            "complete": search.complete,
+            "failed_or_pruned": search.finished - search.complete,
+            "running": study.running,
+        },
+        "default": {"trial": default.number, "value": default.value},
+        "best": {"trial": best.number, "value": best.value},
+        "z_found_percent": search.z_found_percent,
+        "model": {
+            "name": "record model: p_j = q/(n + q(j-1) + 1), dZ(k) = (100 - Z_found)(1 - prod(1 - mu p_j))",
+            "record_improvements": len(advice.improvements),
+            "from": advice.improvements_from,
+            "cluster_studies": cluster_studies,
+            "mean_improvement_percent": 100.0 * advice.mean_improvement,
+            "success_rate": search.success_rate,
+        },
+        "expected_gain_percent": z.mid,
+        "expected_gain_percent_interval": {"low": z.low, "mid": z.mid, "high": z.high},
+        "exploration_gpu_hours": None if a is None else a.exploration_gpu_hours,
+        "speedup_hours_per_run": None if a is None else a.speedup_hours_per_run,
+        "z_break_percent": None if a is None else a.z_break_percent,
+        "net_saving_gpu_hours": None if a is None else a.net_saving_gpu_hours,
+        "verdict": None if a is None else str(a.verdict),
+        "trials_that_pay": advice.trials_that_pay,
+        "best_trials": advice.best_trials,
+        "best_net_saving_gpu_hours": _number(advice.best_net_saving_gpu_hours),
+        "decision": advice.decision,
+        "reason": advice.reason,
+        "on_top": None
+        if on_top is None
+        else {
+            "algorithm": on_top.name,
+            "after": _CHEAP,
+            "trials": on_top.assessment.candidate.trials,
+            "trial_hours": on_top.assessment.candidate.trial_hours,
+            "share_ratio": on_top.then_share / on_top.cheap_share,
+            "expected_gain_percent": on_top.z_percent,
+            "exploration_gpu_hours": on_top.assessment.exploration_gpu_hours,
+            "z_break_percent": on_top.assessment.z_break_percent,
+            "net_saving_gpu_hours": on_top.assessment.net_saving_gpu_hours,
+            "verdict": str(on_top.assessment.verdict),
+        },
+        "notes": notes,
+    }
+
+
+def _g(value: float, digits: int = 3) -> str:
+    """A number to read: whole above 1,000 (1,280), else ``digits`` significant digits (0.667, 59)."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:,.0f}" if abs(value) >= 10 ** min(digits, 3) else f"{value:.{digits}g}"
+
+
+def _table(document: dict[str, Any]) -> list[str]:
+    d = document
+    trials, model, z = d["trials"], d["model"], d["expected_gain_percent_interval"]
+    t = d["inputs"]["trial_hours"]
+    head = f"study {d['study']} ({d['objective']}): {trials['finished']} finished trial(s), "
+    head += f"{trials['complete']} complete"
+    head += f", {trials['running']} running" if trials["running"] else ""
+    head += "" if t is None else f"; t = {_g(60 * t)} min per trial"
+    batch = f"next {d['inputs']['next_trials']} trial(s): expected gain {_g(z['mid'])} "
+    batch += f"({_g(z['low'])}-{_g(z['high'])}) % of T"
+    if d["verdict"] is not None:
+        batch += (
+            f"; cost {_g(d['exploration_gpu_hours'])} GPU-h; Z_break {_g(d['z_break_percent'])} %; "
+            f"net saving {_g(d['net_saving_gpu_hours'])} GPU-h over R = {_g(d['inputs']['reuse_count'])}; "
+            f"{d['verdict']}"
+        )
+    lines = [
+        head,
+        f"default: trial {d['default']['trial']} = {_g(d['default']['value'], 6)}; best: trial "
+        f"{d['best']['trial']} = {_g(d['best']['value'], 6)}; Z so far {_g(d['z_found_percent'])} %",
+        f"record model: {model['record_improvements']} improvement(s) of a new best ({model['from']}), "
+        f"mean {_g(model['mean_improvement_percent'])} %; success rate {_g(model['success_rate'])}",
+        batch,
+    ]
+    if d["decision"] == "continue" and d["trials_that_pay"]:
+        lines.append(
+            f"decision: continue: up to {d['trials_that_pay']:,} more trial(s) pay in expectation; "
+            f"{d['best_trials']:,} maximise the net saving ({_g(d['best_net_saving_gpu_hours'])} GPU-h)"
+        )
+    else:
+        lines.append(f"decision: {d['decision']}: {d['reason']}")
+    top = d["on_top"]
+    if top is not None:
+        lines.append(
+            f"{top['algorithm']} on top of this {top['after']} study (N = {top['trials']}, t = "
+            f"{_g(60 * top['trial_hours'])} min): expected further gain "
+            f"{_g(top['expected_gain_percent'])} % of T "
+            f"(share ratio {_g(top['share_ratio'])}); cost {_g(top['exploration_gpu_hours'])} GPU-h; "
+            f"Z_break {_g(top['z_break_percent'])} %; net saving {_g(top['net_saving_gpu_hours'])} GPU-h; "
+            f"{top['verdict']}"
+        )
+    lines += [f"note: {n}" for n in d["notes"]]
+    return lines
+
+
+@click.command("advise")
+@_record_options
+@click.option(
+    "--default-trial",
+    type=IntIn(min=0),
+    default=None,
+    help="Trial number of the job's default (baseline) configuration. Default: the first COMPLETE trial.",
+)
+@click.option(
+    "--duration-hours",
+    type=DurationType("h"),
+    required=True,
+    help="T: the job's training duration before tuning: hours (150), or with a unit (72h, 3d, 45m); > 0.",
+)
+@click.option("--gpus", type=IntIn(min=1), default=1, show_default=True, help="G: GPUs of the job (>= 1).")
+@click.option(
+    "--reuse",
+    type=FloatIn(min=1),
+    default=1.0,
+    show_default=True,
+    help="R: how many times the tuned configuration will be run (>= 1).",
+)
+@click.option(
+    "--next",
+    "next_trials",
+    type=IntIn(min=1),
+    default=10,
+    show_default=True,
+    help="K: the batch of further trials to price.",
+)
+@click.option(
+    "--trial-minutes",
+    type=DurationType("m"),
+    default=None,
+    help="t: what one trial costs: minutes (25), or with a unit (90s, 1.5h). Default: the study's measured "
+    "mean trial duration (start to end).",
+)
+@click.option(
+    "--then",
+    "then",
+    type=_ThenType(),
+    default=None,
+    help="Treat this study as the cheap one (the heuristic, or zest whatif's top K) and weigh a broader "
+    "search on top: black-box or exhaustive, NAME[=TRIALS] (default N: 500 and 2000).",
+)
+@store_option
+@click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def advise(
+    storage: str | None,
+    study_name: str | None,
+    zenithtune_dir: Path | None,
+    objective: str | None,
+    default_trial: int | None,
+    duration_hours: float,
+    gpus: int,
+    reuse: float,
+    next_trials: int,
+    trial_minutes: float | None,
+    then: tuple[str, int] | None,
+    store_path: Path | None,
+    output: str,
+) -> None:
+    """Is the next batch of trials of a running or finished tuning study worth its GPU time?
+
+    Fits the study's best-so-far curve with the record model (a new best at the j-th next trial with
+    probability q/(n + q(j-1) + 1), each improving the best by the mean of the study's own improvements),
+    prices the next trials with the break-even formulas at T, R and G, and says continue (and how many
+    more trials pay) or stop.
+    """
+    study = _read_study(storage, study_name, zenithtune_dir, objective)
+    try:
+        search = search_so_far(_outcomes(study), study.objective, default_trial)
+    except ValueError as exc:
+        raise (InputError if default_trial is not None else OutcomesError)(
+            f"study {study.name}: {exc}"
+        ) from None
+    if trial_minutes is not None:
+        search = replace(search, trial_hours=trial_minutes / 60.0)
+    notes: list[str] = []
+    sizes, cluster_studies = _cluster_improvements(store_path, study)
+    if study.running:
+        notes.append(f"{study.running} trial(s) still running are not counted")
+    job = Job(duration_hours, gpus, reuse)
+    advice = advise_next_trials(search, job, next_trials=next_trials, cluster_improvements=sizes)
+    on_top = None
+    if then is not None:
+        shares = _shares()
+        name, trials = then
+        t = search.trial_hours if math.isfinite(search.trial_hours) and search.trial_hours > 0 else 25 / 60
+        on_top = search_on_top(
+            search.z_found_percent, name=name, trials=trials, trial_hours=t,
+            cheap_share=shares.shares[_CHEAP], then_share=shares.shares[name], job=job,
+        )  # fmt: skip
+        notes.append(
+            f"{name} on top: its further gain is Z so far x ({name} share / {_CHEAP} share - 1); "
+            + shares.note
+        )
+    notes.append(
+        "the record model takes the trials as exchangeable (a random search); a model-based sampler "
+        "(TPE) sets new bests more often early, so the expected gain is conservative there"
+    )
+    document = _document(study, advice, on_top, cluster_studies, notes)
+    if output == "json":
+        click.echo(json_text(document))
+    else:
+        for line in _table(document):
+            click.echo(line)
