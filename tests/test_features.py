@@ -158,6 +158,69 @@ def test_matches_pandas_groupby_on_random_multi_job_frame() -> None:
     assert_frame_equal(summarize_gpus(frame), reference_summary(frame))
 
 
+@pytest.mark.parametrize("threaded", [False, True], ids=["one thread", "threads"])
+def test_matches_pandas_reference_with_gaps_and_a_silent_gpu(
+    monkeypatch: pytest.MonkeyPatch, threaded: bool
+) -> None:
+    """Several hosts, jobs and GPUs; NaN gaps, tied values and a GPU that reported no signal at all."""
+    if threaded:  # the path a month of 1 Hz samples takes, on a frame small enough for the reference
+        monkeypatch.setattr(ft, "_PARALLEL_MIN_ROWS", 0)
+    rng = np.random.default_rng(17)
+    rows = 6000
+    frame = conform(
+        pd.DataFrame(
+            {
+                TIMESTAMP: T0 + pd.to_timedelta(rng.integers(0, 7200, rows), unit="s"),
+                HOST: rng.choice(np.array(["n1", "n2", "n3", None], dtype=object), rows),
+                GPU: rng.choice(["0", "1", "2", "3", "4/1"], rows),
+                JOB_ID: rng.choice(np.array(["100", "101", "102", None], dtype=object), rows),
+                GPU_MODEL: rng.choice(np.array([H100, "NVIDIA A100-SXM4-80GB", None], dtype=object), rows),
+                # whole percent, as nvidia-smi prints it: many ties at the ranks the percentiles use
+                **{s: np.round(rng.random(rows), 2) for s in SIGNALS},
+            }
+        )
+    )
+    for signal in SIGNALS:
+        frame.loc[rng.random(rows) < 0.1, signal] = NAN
+    frame.loc[rng.random(rows) < 0.2, "sm_active_ratio"] = 0.01  # idle samples
+    silent = frame[HOST].eq("n3").fillna(False).to_numpy() & frame[GPU].eq("3").to_numpy()
+    frame.loc[silent, list(SIGNALS)] = NAN
+    summary = summarize_gpus(frame)
+    assert_frame_equal(summary, reference_summary(frame))
+    gone = summary[summary[HOST].eq("n3").fillna(False) & summary[GPU].eq("3")]
+    assert len(gone) > 0
+    assert (gone[SAMPLES] > 0).all()  # its samples count, its statistics and idle share are NaN
+    statistics = [IDLE_SHARE, *(summary_column(s, st) for s in SIGNALS for st in ft.STATISTICS)]
+    assert gone[statistics].isna().all(axis=None)
+
+
+@pytest.mark.parametrize("lost_sample", [False, True], ids=["every sample", "one sample lost"])
+def test_capture_in_time_and_gpu_order_matches_pandas_reference(lost_sample: bool) -> None:
+    """A capture as zest writes it: every second, each GPU of two hosts in turn (read as strided views)."""
+    rng = np.random.default_rng(23)
+    seconds, gpus = 300, [("n1", "0"), ("n1", "1"), ("n2", "0"), ("n2", "1")]
+    rows = seconds * len(gpus)
+    frame = conform(
+        pd.DataFrame(
+            {
+                TIMESTAMP: T0 + pd.to_timedelta(np.repeat(np.arange(seconds), len(gpus)), unit="s"),
+                HOST: [host for _ in range(seconds) for host, _ in gpus],
+                GPU: [gpu for _ in range(seconds) for _, gpu in gpus],
+                JOB_ID: "9",
+                GPU_MODEL: H100,
+                **{s: np.round(rng.random(rows), 3) for s in SIGNALS},
+            }
+        )
+    )
+    for signal in SIGNALS:
+        frame.loc[rng.random(rows) < 0.05, signal] = NAN
+    frame.loc[frame[HOST].eq("n2") & frame[GPU].eq("1"), "sm_active_ratio"] = NAN  # never reported
+    if lost_sample:
+        frame = frame.drop(index=5).reset_index(drop=True)
+    assert (ft._group(frame).offsets is None) == lost_sample
+    assert_frame_equal(summarize_gpus(frame), reference_summary(frame))
+
+
 def test_many_label_combinations_group_correctly() -> None:
     # Every row its own host, GPU, job and model: the label space is too large to count.
     rows = 60
@@ -181,11 +244,10 @@ def test_grouping_survives_a_label_space_beyond_int64() -> None:
     rows = 50_000  # 50 000⁴ combinations do not fit a 64-bit code
     labels = pd.Series([f"{i:05d}" for i in range(rows)], dtype="string")
     frame = pd.DataFrame({label: labels for label in LABELS})
-    keys, order, bounds = ft._group(frame)
-    assert order is not None
-    assert len(keys) == rows
-    assert np.array_equal(bounds, np.arange(rows + 1))
-    assert keys[GPU].is_monotonic_increasing
+    groups = ft._group(frame)
+    assert len(groups.keys) == rows
+    assert np.array_equal(groups.bounds, np.arange(rows + 1))
+    assert groups.keys[GPU].is_monotonic_increasing
 
 
 def test_empty_frame_gives_empty_summary() -> None:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +121,8 @@ STRAGGLER_MIN_SPREAD_RATIO = 0.10
 
 # Percentile statistics ("p90") and the quantile each stands for.
 _PERCENTILES: dict[str, float] = {st: int(st[1:]) / 100 for st in STATISTICS if st.startswith("p")}
+#: From this many rows :func:`summarize_gpus` works on the signals in parallel threads.
+_PARALLEL_MIN_ROWS = 1 << 20
 
 
 class NoFiniteTelemetry(JobNotFound):
@@ -153,20 +157,28 @@ def summarize_gpus(frame: pd.DataFrame) -> pd.DataFrame:
     _check_telemetry(frame)
     if frame.empty:
         return conform_summary(pd.DataFrame({c: [] for c in SUMMARY_COLUMNS}))
-    keys, order, bounds = _group(frame)
-    columns: dict[str, object] = {label: keys[label].array for label in LABELS}
-    columns[SAMPLES] = np.diff(bounds).astype(np.float64)
-    columns[WINDOW_START], columns[WINDOW_END] = _windows(frame[TIMESTAMP], order, bounds)
-    for signal in SIGNALS:
+    groups = _group(frame)
+    columns: dict[str, object] = {label: groups.keys[label].array for label in LABELS}
+    columns[SAMPLES] = np.diff(groups.bounds).astype(np.float64)
+    columns[WINDOW_START], columns[WINDOW_END] = _windows(frame[TIMESTAMP], groups)
+
+    def signal_stats(signal: str) -> FloatArray:
         values = frame[signal].to_numpy(dtype=np.float64, na_value=np.nan)
-        grouped = values if order is None else values[order]
-        stats = np.array([_window_stats(grouped[start:end]) for start, end in itertools.pairwise(bounds)])
+        return np.array([_window_stats(group, signal == SM_ACTIVE) for group in groups.split(values)])
+
+    # The selection behind the exact percentiles is most of the work; numpy releases the GIL for it,
+    # so a month of 1 Hz samples spreads over the cores a signal each. Small frames stay on this thread.
+    workers = min(os.cpu_count() or 1, len(SIGNALS)) if len(frame) >= _PARALLEL_MIN_ROWS else 1
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            per_signal = list(pool.map(signal_stats, SIGNALS))
+    else:
+        per_signal = [signal_stats(signal) for signal in SIGNALS]
+    for signal, stats in zip(SIGNALS, per_signal, strict=True):
         for index, statistic in enumerate(STATISTICS):
             columns[summary_column(signal, statistic)] = stats[:, index]
         if signal == SM_ACTIVE:
-            columns[IDLE_SHARE] = np.array(
-                [_idle_share(grouped[start:end]) for start, end in itertools.pairwise(bounds)]
-            )
+            columns[IDLE_SHARE] = stats[:, len(STATISTICS)]
     return conform_summary(pd.DataFrame(columns))
 
 
@@ -197,14 +209,33 @@ def _check_dtypes(
         )
 
 
-def _group(frame: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.intp] | None, npt.NDArray[np.intp]]:
-    """Group rows by the labels.
+@dataclass(frozen=True)
+class _Groups:
+    """Rows grouped by the labels: the keys (one row per group, sorted, missing labels last) and where
+    each group's rows are.
 
-    Returns the group keys (one row per group, sorted, missing labels last),
-    the row order that makes each group contiguous and keeps the original
-    order within it (None when there is a single group), and the bounds of
-    the groups in that order (group ``g`` is ``bounds[g]:bounds[g+1]``).
+    Group ``g`` is ``bounds[g]:bounds[g+1]`` of the rows taken in ``order`` (None: as they are), which
+    keeps the original order within a group. Where the rows cycle through the groups in one fixed
+    order, as a capture sorted by time and GPU does when every GPU answers every sample, group ``g``
+    is also every ``stride``-th row from ``offsets[g]``: views, no copy of the column.
     """
+
+    keys: pd.DataFrame
+    order: npt.NDArray[np.intp] | None
+    bounds: npt.NDArray[np.intp]
+    stride: int = 0
+    offsets: npt.NDArray[np.intp] | None = None
+
+    def split(self, column: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        """``column`` (one value per row of the frame) cut into the groups' values, in row order."""
+        if self.offsets is not None:
+            return [column[offset :: self.stride] for offset in self.offsets]
+        grouped = column if self.order is None else column[self.order]
+        return [grouped[start:end] for start, end in itertools.pairwise(self.bounds)]
+
+
+def _group(frame: pd.DataFrame) -> _Groups:
+    """Group the rows of ``frame`` by the labels."""
     # Mixed-radix code of the label combination, in the order of the sorted labels.
     combined = np.zeros(len(frame), dtype=np.int64)
     key_space = 1
@@ -226,30 +257,31 @@ def _group(frame: pd.DataFrame) -> tuple[pd.DataFrame, npt.NDArray[np.intp] | No
     else:
         ids, dense, counts = np.unique(combined, return_inverse=True, return_counts=True)
     bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.intp)
-    order: npt.NDArray[np.intp] | None = None
-    first_rows = bounds[:-1]
-    if len(ids) > 1:
-        # A stable sort of 16-bit keys is a radix sort in numpy: linear in the rows.
-        sort_keys = dense.astype(np.uint16) if len(ids) <= 1 << 16 else dense
-        order = np.argsort(sort_keys, kind="stable")
-        first_rows = order[first_rows]
-    return frame[list(LABELS)].iloc[first_rows].reset_index(drop=True), order, bounds
+    labels = frame[list(LABELS)]
+    if len(ids) == 1:
+        return _Groups(labels.iloc[:1].reset_index(drop=True), None, bounds)
+    stride = len(ids)
+    if len(frame) % stride == 0:
+        cycle = dense.reshape(-1, stride)
+        if (cycle == cycle[0]).all():
+            offsets = np.argsort(cycle[0]).astype(np.intp)  # each group once per cycle
+            keys = labels.iloc[offsets].reset_index(drop=True)
+            return _Groups(keys, None, bounds, stride, offsets)
+    # A stable sort of 16-bit keys is a radix sort in numpy: linear in the rows.
+    sort_keys = dense.astype(np.uint16) if len(ids) <= 1 << 16 else dense
+    order = np.argsort(sort_keys, kind="stable")
+    return _Groups(labels.iloc[order[bounds[:-1]]].reset_index(drop=True), order, bounds)
 
 
-def _windows(
-    timestamps: pd.Series, order: npt.NDArray[np.intp] | None, bounds: npt.NDArray[np.intp]
-) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
+def _windows(timestamps: pd.Series, groups: _Groups) -> tuple[pd.DatetimeIndex, pd.DatetimeIndex]:
     """First and last timestamp of each group; NaT where a group has none."""
     unit = timestamps.dt.unit
     ticks = timestamps.to_numpy(dtype=f"datetime64[{unit}]").view(np.int64)
-    if order is not None:
-        ticks = ticks[order]
     nat = np.iinfo(np.int64).min
-    starts = np.full(len(bounds) - 1, nat, dtype=np.int64)
+    starts = np.full(len(groups.keys), nat, dtype=np.int64)
     ends = starts.copy()
-    for group, (start, end) in enumerate(itertools.pairwise(bounds)):
-        known = ticks[start:end]
-        known = known[known != nat]
+    for group, values in enumerate(groups.split(ticks)):
+        known = values[values != nat]
         if known.size:
             starts[group], ends[group] = known.min(), known.max()
     return (
@@ -258,30 +290,29 @@ def _windows(
     )
 
 
-def _window_stats(values: FloatArray) -> FloatArray:
-    """:data:`STATISTICS` of the values that are not NaN, in that order; all NaN if none is."""
+def _window_stats(values: FloatArray, idle: bool = False) -> FloatArray:
+    """:data:`STATISTICS` of the values that are not NaN, in that order; all NaN if none is.
+
+    ``idle``: append the idle share (values below :data:`IDLE_SM_ACTIVE_RATIO` among the known ones).
+    """
     known = values[~np.isnan(values)]
     count = known.size
     if count == 0:
-        return np.full(len(STATISTICS), np.nan)
+        return np.full(len(STATISTICS) + idle, np.nan)
     mean = float(known.mean())
+    result = {"mean": mean}
+    if idle:
+        result[IDLE_SHARE] = float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / count
     ranks = {st: q * (count - 1) for st, q in _PERCENTILES.items()}
     below = {st: math.floor(r) for st, r in ranks.items()}
     kth = sorted({0, count - 1, *below.values(), *(min(b + 1, count - 1) for b in below.values())})
     known.partition(kth)  # in place: ``known`` is already a copy
-    result = {"mean": mean, "min": float(known[0]), "max": float(known[count - 1])}
+    result.update(min=float(known[0]), max=float(known[count - 1]))
     for statistic, rank in ranks.items():
         low = float(known[below[statistic]])
         high = float(known[min(below[statistic] + 1, count - 1)])
         result[statistic] = low + (rank - below[statistic]) * (high - low)
-    return np.array([result[st] for st in STATISTICS])
-
-
-def _idle_share(sm_active: FloatArray) -> float:
-    known = sm_active[~np.isnan(sm_active)]
-    if known.size == 0:
-        return math.nan
-    return float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / known.size
+    return np.array([result[st] for st in (*STATISTICS, *((IDLE_SHARE,) if idle else ()))])
 
 
 def has_finite_signal(summary: pd.DataFrame) -> pd.Series:
