@@ -1042,6 +1042,9 @@ def _parse_prometheus_api(path: Path, text: str) -> Parsed:
 # --- zest Parquet --------------------------------------------------------------
 
 
+_ARROW_STRINGS = {pa.string(): pd.StringDtype("pyarrow"), pa.large_string(): pd.StringDtype("pyarrow")}
+
+
 def _read_parquet(path: Path, data: bytes | Path) -> tuple[pd.DataFrame, list[str]]:
     try:
         table = pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data)
@@ -1066,7 +1069,14 @@ def _read_parquet(path: Path, data: bytes | Path) -> tuple[pd.DataFrame, list[st
         )
     try:
         # Without the pandas metadata, which conform makes needless and which pyarrow trusts blindly.
-        frame = conform(table.replace_schema_metadata(None).to_pandas(), sort=False)  # written sorted
+        # Labels as Arrow-backed strings (a Python string per row and label would double the memory), the
+        # table's buffers released as its columns are converted.
+        frame = conform(
+            table.replace_schema_metadata(None).to_pandas(
+                types_mapper=_ARROW_STRINGS.get, self_destruct=True, split_blocks=True
+            ),
+            sort=False,  # written sorted
+        )
     except (SchemaError, pa.ArrowException, ValueError, TypeError) as exc:
         raise MalformedCapture(
             f"{path}: zest capture does not hold the telemetry frame ({one_line(exc)})"

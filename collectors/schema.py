@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 
 from collectors.errors import MalformedCapture
@@ -181,21 +182,26 @@ def screen(frame: pd.DataFrame, where: Callable[[int], str]) -> tuple[pd.DataFra
     naming the first by ``where(position)`` (e.g. ``"file.csv:12"``). Raises
     :class:`SchemaError` if samples were given and none is timed in the span.
     """
-    out = frame.copy()
+    out = frame.copy(deep=False)  # a column is copied only where a value changes
     first: tuple[int, str, float] | None = None
     dropped = 0
     for signal, (low, high) in SIGNAL_RANGES.items():
-        values = out[signal]
+        values = out[signal].to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            inside = (values >= low) & (values <= high)
+        if (inside | np.isnan(values)).all():
+            continue
+        values = values.copy()
         if signal.endswith("_ratio"):
-            values = values.mask(values.between(low - RATIO_TOLERANCE, low), low)
-            values = values.mask(values.between(high, high + RATIO_TOLERANCE), high)
-        bad = values.notna() & ~values.between(low, high)
+            values[(values >= low - RATIO_TOLERANCE) & (values < low)] = low
+            values[(values > high) & (values <= high + RATIO_TOLERANCE)] = high
+        bad = ~np.isnan(values) & ~((values >= low) & (values <= high))
         if bad.any():
-            position = int(bad.to_numpy().argmax())
+            position = int(bad.argmax())
             if first is None or position < first[0]:
-                first = (position, signal, float(values.iloc[position]))
+                first = (position, signal, float(values[position]))
             dropped += int(bad.sum())
-            values = values.mask(bad)
+            values[bad] = np.nan
         out[signal] = values
     notes = []
     if first is not None:
