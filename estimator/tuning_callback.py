@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any
 
 from collectors.errors import InputError
+from collectors.studies.optuna import COMPLETE, FINISHED_STATES
 from estimator.decision.breakeven import Job
 from estimator.decision.next_trials import (
     MIN_COMPLETE_TRIALS,
@@ -30,20 +31,17 @@ from estimator.decision.next_trials import (
 
 __all__ = ["ZestStopper"]
 
-#: Optuna's trial states of a finished trial, by name (so Optuna need not be imported here).
-_FINISHED: Final = ("COMPLETE", "FAIL", "PRUNED")
-
 
 def _outcomes(trials: Sequence[Any]) -> list[TrialOutcome]:
     """Finished Optuna trials as plain outcomes: the value of a COMPLETE trial, each one's seconds."""
     out = []
     for trial in trials:
         state = trial.state.name
-        if state not in _FINISHED:
+        if state not in FINISHED_STATES:
             continue
         start, end = trial.datetime_start, trial.datetime_complete
         seconds = None if start is None or end is None else (end - start).total_seconds()
-        value = float(trial.value) if state == "COMPLETE" and trial.value is not None else None
+        value = float(trial.value) if state == COMPLETE and trial.value is not None else None
         out.append(TrialOutcome(int(trial.number), value, seconds))
     return out
 
