@@ -147,6 +147,19 @@ class JobsSummary:
 
 
 @dataclass(frozen=True)
+class JobStarts:
+    """What :meth:`PrometheusSource.first_samples` found: each job's first sample time, in Unix seconds.
+
+    A job it did not find (no memory series in the lookback) is absent; ``queries`` counts the
+    HTTP requests made (one).
+    """
+
+    first_sample_seconds: dict[str, float]
+    series_pulled: int
+    queries: int
+
+
+@dataclass(frozen=True)
 class _Signal:
     """How a canonical signal is read: the sum of ``parts`` (and ``optional`` where present) x ``scale``."""
 
@@ -763,31 +776,70 @@ class PrometheusSource:
         jobstats ``jobid`` values, in :meth:`summarize_job`'s id format.
         """
         tally = _Tally()
+        result = self._query(self._jobs_query(), datetime.now(UTC).timestamp(), "listing running jobs", tally)
+        return sorted({job for job in _job_ids([item["metric"] for item in result]) if job is not None})
+
+    def first_samples(self, job_ids: Iterable[str], end: datetime | None = None) -> JobStarts:
+        """When each of ``job_ids`` began: the first sample of its current run, looking back
+        ``lookback_seconds`` from ``end`` (default now); one query for all of them.
+
+        Found at a 5-minute step (the lookback delta), never before the true first sample and at most
+        5 minutes after it, so a time elapsed since it is a lower bound. A run begins after a gap of
+        more than 5 minutes in the job's memory series (a job id used again, e.g. a pod's name); a
+        job running since before the lookback gets the lookback's first step.
+        """
+        wanted = sorted(set(job_ids))
+        tally = _Tally()
+        if not wanted:
+            return JobStarts({}, 0, 0)
+        hi = _unix(end) if end is not None else datetime.now(UTC).timestamp()
+        delta = _LOOKBACK_DELTA_SECONDS
+        span = f"[{_duration(self.lookback_seconds)}:{delta}s]"
+        present = self._jobs_query(wanted, anchor=True)
+        before = self._jobs_query(wanted, anchor=True, offset_seconds=delta)
+        # The latest step the job is seen at and not 5 minutes before (its run's start), else its first.
+        query = (
+            f"max_over_time(timestamp(({present}) unless ({before})){span}) "
+            f"or min_over_time(timestamp({present}){span})"
+        )
+        result = self._query(query, hi, "finding when each new job began", tally)
+        found: dict[str, float] = {}
+        labelsets: list[Mapping[str, str]] = [item["metric"] for item in result]
+        for job_id, item in zip(_job_ids(labelsets), result, strict=True):
+            value = _parse_value(item["value"])
+            if job_id in wanted and math.isfinite(value):
+                found[job_id] = min(value, found.get(job_id, value))
+        return JobStarts(found, tally.series, tally.queries)
+
+    def _jobs_query(
+        self, job_ids: Sequence[str] | None = None, *, anchor: bool = False, offset_seconds: float = 0
+    ) -> str:
+        """An instant vector with one element per job labelling of every running job's series, as
+        :func:`_job_ids` reads them back. With ``job_ids``, only series whose job label may name one of
+        them (a superset: the ids read back tell); ``anchor``: only the memory series, which every
+        exporter has; ``offset_seconds``: as that long ago."""
+        names = {
+            family.name: tuple(n for r in family.readings if r.signal == _MEM_USED for n in r.parts)
+            if anchor
+            else family.names
+            for family in _FAMILIES
+        }
+        # A Kubernetes id's pod name alone is the value of the labelling's last label.
+        values = None
+        if job_ids is not None:
+            values = _any_of(sorted({*job_ids, *(job_id.rpartition("/")[2] for job_id in job_ids)}))
+        offset = f" offset {_duration(offset_seconds)}" if offset_seconds else ""
         parts = []
         for labelling in _DCGM.job_labellings:
             # The exported labelling keeps the scrape's pod labels too: they tell which pod is the exporter.
             kept = (*labelling, *metrics.DCGM_SCRAPE_POD_LABELLING) if _is_exported(labelling) else labelling
-            selector = _name_selector(_DCGM.names, ((labelling[-1], None), *_scrape_pod_guard(labelling)))
-            parts.append(f"group by ({','.join(kept)}) ({selector})")
-        parts.append(
-            f"group by ({metrics.JOBSTATS_JOB_LABEL}) "
-            f"({_name_selector(_JOBSTATS.names, ((metrics.JOBSTATS_JOB_LABEL, None),))})"
-        )
-        result = self._query(" or ".join(parts), datetime.now(UTC).timestamp(), "listing running jobs", tally)
-        labelsets: list[Mapping[str, str]] = [item["metric"] for item in result]
-        scrape_pods = _scrape_pods(labelsets)
-        jobs: set[str] = set()
-        for labels in labelsets:
-            # Each part of the query keeps only its own labelling's labels.
-            if labels.get(metrics.JOBSTATS_JOB_LABEL):
-                found = _JOBSTATS.job_id(labels)
-            elif _names_scrape_pod(labels, _DCGM, scrape_pods):
-                found = None
-            else:
-                found = _DCGM.job_id(labels)
-            if found is not None:
-                jobs.add(found)
-        return sorted(jobs)
+            matchers = ((labelling[-1], values), *_scrape_pod_guard(labelling))
+            selector = _name_selector(names[_DCGM.name], matchers)
+            parts.append(f"group by ({','.join(kept)}) ({selector}{offset})")
+        jobstats = ((metrics.JOBSTATS_JOB_LABEL, None if job_ids is None else _any_of(job_ids)),)
+        selector = _name_selector(names[_JOBSTATS.name], jobstats)
+        parts.append(f"group by ({metrics.JOBSTATS_JOB_LABEL}) ({selector}{offset})")
+        return " or ".join(parts)
 
     # --- the steps of summarize_job ----------------------------------------------------------
 
@@ -1283,6 +1335,21 @@ def _frame(
         milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)
         frame[column] = pd.to_datetime(milliseconds, unit="ms", utc=True)
     return conform_summary(frame)
+
+
+def _job_ids(labelsets: Sequence[Mapping[str, str]]) -> list[str | None]:
+    """The job id each labelset of :meth:`PrometheusSource._jobs_query` names; None for the exporter's pod."""
+    scrape_pods = _scrape_pods(labelsets)
+    found: list[str | None] = []
+    for labels in labelsets:
+        # Each part of the query keeps only its own labelling's labels.
+        if labels.get(metrics.JOBSTATS_JOB_LABEL):
+            found.append(_JOBSTATS.job_id(labels))
+        elif _names_scrape_pod(labels, _DCGM, scrape_pods):
+            found.append(None)
+        else:
+            found.append(_DCGM.job_id(labels))
+    return found
 
 
 def _is_exported(labelling: Sequence[str]) -> bool:

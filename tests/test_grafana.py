@@ -180,3 +180,44 @@ def test_provisioning_files() -> None:
     assert providers["apiVersion"] == 1
     provider = providers["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"]
+
+
+def test_jobs_without_t_are_ranked_by_the_bounds_of_their_elapsed_time() -> None:
+    """Where T is not configured (zest_job_duration_configured 0), the fleet ranks jobs by the GPU-hours
+    one run saves at least and shows R_break at the elapsed time; net savings and verdicts count only jobs
+    whose T is configured; every such panel says where its figures come from."""
+    not_set = f"({metrics.ZEST_DURATION_CONFIGURED} == 0)"
+    is_set = f"({metrics.ZEST_DURATION_CONFIGURED} == 1)"
+    panels = DASHBOARDS["zest-fleet.json"]["panels"]
+    bounds = next(
+        p for p in panels if any(metrics.ZEST_RUN_SAVING_LOWER_BOUND in t["expr"] for t in p["targets"])
+    )
+    exprs = [t["expr"] for t in bounds["targets"]]
+    assert exprs[0].startswith("sort_desc(topk(25, ") and metrics.ZEST_RUN_SAVING_LOWER_BOUND in exprs[0]
+    assert any(metrics.ZEST_R_BREAK_AT_ELAPSED in e for e in exprs)
+    assert any(metrics.ZEST_ELAPSED in e for e in exprs)
+    assert all(not_set in e for e in exprs)
+    assert "elapsed time" in bounds["title"] and "at most" in bounds["description"]
+    assert bounds["options"]["sortBy"][0]["desc"] is True
+    ranked = 0
+    for panel in panels:
+        for target in panel["targets"]:
+            if metrics.ZEST_NET_SAVING in target["expr"] or "proceed" in target["expr"]:
+                if "by (algorithm, verdict)" in target["expr"]:
+                    continue  # the verdicts' own chart
+                assert is_set in target["expr"], (panel["title"], target["expr"])
+                assert "T configured" in panel["title"], panel["title"]
+                ranked += 1
+    assert ranked == 3  # the net saving stat, the jobs worth tuning, the ranking
+    assert any(
+        metrics.ZEST_R_BREAK_AT_ELAPSED in e and not_set in e and "<= 1" in e
+        for p in panels
+        for e in [t["expr"] for t in p["targets"]]
+    )
+
+
+def test_job_dashboard_shows_the_elapsed_time_and_its_bounds() -> None:
+    exprs = " ".join(t["expr"] for t in targets(DASHBOARDS["zest-job.json"]))
+    for name in (metrics.ZEST_ELAPSED, metrics.ZEST_R_BREAK_AT_ELAPSED, metrics.ZEST_RUN_SAVING_LOWER_BOUND):
+        assert f'{name}{{job_id="$job"}}' in exprs
+    assert f'{metrics.ZEST_DURATION_CONFIGURED}{{job_id="$job"}}' in exprs

@@ -294,7 +294,7 @@ def test_case_2_serve_keeps_serving_stale_through_every_faulty_answer_and_recove
     errors = samples(after, "zest_source_errors_total")
     assert errors[(("reason", "source_query_error"), ("source", "prometheus"))] == len(SERVE_FAULTS) - 1
     assert errors[(("reason", "no_finite_telemetry"), ("source", "prometheus"))] == 1
-    assert samples(after, "zest_cycles_total") == {(): len(SERVE_FAULTS) + 2.0}
+    assert samples(after, "zest_cycles_total") == {(("source", "prometheus"),): len(SERVE_FAULTS) + 2.0}
 
 
 def test_case_3_all_nan_answers_leave_the_estimates_stale(faulty_prometheus: Faulty) -> None:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # the exporter's stages load in the command: zest estimate im
 
     from collectors.prometheus import PrometheusAuth
     from estimator.serving.collector import ExporterState
-    from estimator.serving.runner import Runner, SlurmInputs, SummarySource
+    from estimator.serving.runner import Runner, Shard, SlurmInputs, SummarySource
 
 #: Outside 9100-9999, which the Prometheus wiki's default port allocations list as taken in full
 #: (dcgm-exporter 9400, jobstats 9445, nvidia_gpu_exporter 9835 among them).
@@ -138,6 +138,27 @@ def parse_listen(text: str) -> tuple[str, int]:
 # --- the command ----------------------------------------------------------------------------------
 
 
+class ShardType(click.ParamType):
+    """``I/N``: replica I of N (0 <= I < N), as (I, N)."""
+
+    name = "I/N"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        match = re.fullmatch(r"(\d+)/(\d+)", str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not I/N (replica I of N, 0 <= I < N), e.g. 0/2", param, ctx)
+        index, count = int(match[1]), int(match[2])
+        if count < 1:
+            self.fail(f"{value!r}: N must be at least 1", param, ctx)
+        if index >= count:
+            self.fail(f"{value!r}: I must be in 0..{count - 1} for N = {count}", param, ctx)
+        return index, count
+
+
 def make_source(
     source: str,
     config: ServeConfig,
@@ -147,11 +168,18 @@ def make_source(
     step_seconds: float,
     prometheus_auth: PrometheusAuth | None = None,
     hpc_job_dir: Path | None = None,
+    shard: Shard | None = None,
 ) -> SummarySource:
     """The summary source ``--source`` names: ``nvml`` (looking up Slurm jobs in ``hpc_job_dir`` too, where
-    given) or ``prometheus=URL`` (with ``prometheus_auth``, where given)."""
+    given) or ``prometheus=URL`` (with ``prometheus_auth``, and serving only ``shard``'s jobs, where given).
+    A shard of a node agent is refused: it serves its own node's jobs."""
     from estimator.serving.runner import ClusterSummaries, NodeSummaries
 
+    if source == NVML and shard is not None:
+        raise click.UsageError(
+            "--shard splits a cluster service's jobs (--source prometheus=URL); a node agent (nvml) "
+            "serves only its own node's jobs: run one per node, unsharded"
+        )
     if source == NVML:
         from collectors.nvml import NvmlSource
 
@@ -167,7 +195,7 @@ def make_source(
 
         url = source.removeprefix(PROMETHEUS_PREFIX)
         prometheus = PrometheusSource(url, step_seconds=step_seconds, auth=prometheus_auth)
-        return ClusterSummaries(prometheus, config.window_seconds)
+        return ClusterSummaries(prometheus, config.window_seconds, shard=shard)
     raise click.BadParameter(
         f"{source!r}: zest serve reads nvml (node agent) or prometheus=URL (cluster service)",
         param_hint="'--source'",
@@ -269,6 +297,12 @@ def _print_example_config(ctx: click.Context, param: click.Parameter, value: boo
 )
 @click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="TLS certificate (PEM).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="TLS private key (PEM).")
+@click.option(
+    "--shard",
+    type=ShardType(),
+    help="Prometheus: serve only the jobs whose id hashes to I of N (Prometheus' relabel hashmod: the low "
+    "64 bits of the id's MD5, modulo N), so that N replicas, 0/N to N-1/N, split the fleet.",
+)
 @source_access_options
 def serve(
     source: str,
@@ -283,14 +317,16 @@ def serve(
     web_config: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    shard: tuple[int, int] | None,
     prometheus_auth: PrometheusAuth | None,
     hpc_job_dir: Path | None,
 ) -> None:
     from estimator.model.default import default_model, z_intervals_for
     from estimator.serving.collector import ExporterState, ZestCollector
-    from estimator.serving.runner import Runner
+    from estimator.serving.runner import Runner, Shard
 
     configure_logging(log_format)
+    replica = Shard(*shard) if shard is not None else None
     address = parse_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -315,7 +351,9 @@ def serve(
                 step_seconds=step,
                 prometheus_auth=prometheus_auth,
                 hpc_job_dir=hpc_job_dir,
+                shard=replica,
             )
+            shard_fields = {"shard": str(replica)} if replica is not None else {}
             log.info(
                 "config loaded",
                 extra={
@@ -323,6 +361,7 @@ def serve(
                     "overrides": len(config.overrides),
                     "window_seconds": config.window_seconds,
                     "slurm": slurm,
+                    **shard_fields,
                 },
             )
             model = default_model()

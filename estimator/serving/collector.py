@@ -3,7 +3,10 @@
 Three parts, each plain:
 
 * :func:`estimate_jobs` turns the GPU summary of many jobs into a
-  :class:`Snapshot` (features, Z_e, the break-even decision of every job);
+  :class:`Snapshot` (features, Z_e, the break-even decision of every job, and
+  the bounds its elapsed time gives whatever T is: :class:`ElapsedBounds`);
+  :class:`FirstSamples` remembers when each running job began, asking the
+  source once per job;
 * :class:`ExporterState` holds the last good snapshot and the health of the
   cycles that make them (duration, errors by source, last success, stale);
 * :class:`ZestCollector`, a ``prometheus_client`` custom collector over a
@@ -24,21 +27,23 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, summary_column
+from collectors.errors import TelemetryError
+from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, WINDOW_END, WINDOW_START, summary_column
 from collectors.util import zest_version
 from estimator import pipeline
 from estimator.decision.algorithms import CaptureShares
-from estimator.decision.breakeven import Verdict
+from estimator.decision.breakeven import Decision, Job, Verdict, ZInterval, assess, speedup_hours_per_run
 from estimator.features.diagnoses import checked_rules
 from estimator.features.extract import FEATURES, NoFiniteTelemetry, has_finite_signal
 from estimator.pipeline import JobEstimate, ZEstimator
 from estimator.serving import metrics as m
-from estimator.serving.config import ServeConfig
+from estimator.serving.config import T_CONFIG, T_DEFAULT, T_SLURM, ServeConfig
 
 SECONDS_PER_HOUR = 3600.0
 PERCENT_PER_RATIO = 100.0
@@ -76,12 +81,109 @@ def _feature_help(feature: str) -> str:
 
 
 @dataclass(frozen=True)
+class ElapsedBounds:
+    """What a running job's elapsed time tells whatever its T: it has run that long, so T >= elapsed.
+
+    ``r_break_at_elapsed``: each algorithm's R_break at T = elapsed (Z mid), an upper bound of its
+    R_break (R_break falls as T grows: tuning pays within at most that many runs);
+    ``run_saving_lower_bound_gpu_hours``: G · elapsed · Z_e low / 100, GPU-hours one run of a thorough
+    search's configuration saves at least (at the low end of Z_e's interval).
+    """
+
+    first_sample_seconds: float  # Unix seconds
+    elapsed_seconds: float
+    r_break_at_elapsed: Mapping[str, float]
+    run_saving_lower_bound_gpu_hours: float
+
+
+@dataclass(frozen=True)
 class Snapshot:
-    """What one cycle produced: every running job's estimate and, optionally, per-GPU signal means."""
+    """What one cycle produced: every running job's estimate and, optionally, per-GPU signal means.
+
+    ``duration_sources``: where each weighed job's T came from (``t_source``: default, config, slurm);
+    ``elapsed``: the bounds of each weighed job that has run for some time (two samples or more).
+    """
 
     jobs: tuple[JobEstimate, ...] = ()
     gpu_means: pd.DataFrame | None = None  # columns: job_id, host, gpu, gpu_model, then SIGNALS
     taken_at_seconds: float = math.nan
+    duration_sources: Mapping[str, str] = field(default_factory=dict)
+    elapsed: Mapping[str, ElapsedBounds] = field(default_factory=dict)
+
+
+def elapsed_bounds(
+    decision: Decision, z_expected: ZInterval, first_seconds: float, last_seconds: float
+) -> ElapsedBounds | None:
+    """The bounds of a job that has run from ``first_seconds`` to ``last_seconds`` (Unix seconds), with the
+    algorithms, G and costs of its ``decision``; None when it has not run (a single sample)."""
+    elapsed_seconds = last_seconds - first_seconds
+    if not elapsed_seconds > 0:
+        return None
+    elapsed_hours = elapsed_seconds / SECONDS_PER_HOUR
+    so_far = Job(elapsed_hours, decision.job.gpus)
+    return ElapsedBounds(
+        first_sample_seconds=first_seconds,
+        elapsed_seconds=elapsed_seconds,
+        r_break_at_elapsed={
+            a.candidate.name: assess(a.candidate, so_far, decision.costs).r_break
+            for a in decision.assessments
+        },
+        run_saving_lower_bound_gpu_hours=so_far.gpus * speedup_hours_per_run(elapsed_hours, z_expected.low),
+    )
+
+
+def _window_edges(summary: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """Each job's first and last sample in the summary's window, in Unix seconds (jobs without: left out)."""
+    by_job = summary.groupby(JOB_ID, sort=False)
+    return (
+        _seconds(by_job[WINDOW_START].min()),
+        _seconds(by_job[WINDOW_END].max()),
+    )
+
+
+def _seconds(moments: pd.Series) -> dict[str, float]:
+    return {str(job): moment.timestamp() for job, moment in moments.items() if not pd.isna(moment)}
+
+
+@runtime_checkable
+class LooksBack(Protocol):
+    """A summary source that can tell when jobs began, further back than its window (Prometheus)."""
+
+    def first_samples(self, job_ids: Sequence[str]) -> Mapping[str, float]: ...
+
+
+@dataclass
+class FirstSamples:
+    """When each running job began (Unix seconds), found once per job and kept while it runs.
+
+    New jobs are asked of a source that :class:`LooksBack`, up to ``batch`` of them in one query per
+    cycle (more wait for the next cycles); a query that fails is asked again next cycle, and does not fail
+    the cycle. Until then, without such a source, and where it finds nothing, a job's first sample is
+    the earliest the service has held for it (a node agent: since the agent, or the job, started). A job
+    gone from the summary is forgotten.
+    """
+
+    batch: int = 500
+    _known: dict[str, float] = field(default_factory=dict)
+    _asked: set[str] = field(default_factory=set)
+
+    def update(self, summary: pd.DataFrame, source: object = None) -> dict[str, float]:
+        """The first sample time of every job of ``summary`` (the GPU-summary schema)."""
+        seen, _ = _window_edges(summary)
+        self._known = {job: t for job, t in self._known.items() if job in seen}
+        self._asked &= set(seen)
+        looked: Mapping[str, float] = {}
+        new = sorted(set(seen) - self._asked)[: self.batch]
+        if new and isinstance(source, LooksBack):
+            try:
+                looked = source.first_samples(new)
+            except TelemetryError:
+                pass  # a heavy look back that timed out: the window stands in, asked again next cycle
+            else:
+                self._asked.update(new)
+        for job, earliest in seen.items():
+            self._known[job] = min(earliest, self._known.get(job, earliest), looked.get(job, earliest))
+        return dict(self._known)
 
 
 def estimate_jobs(
@@ -92,12 +194,15 @@ def estimate_jobs(
     *,
     taken_at_seconds: float,
     scheduled: Mapping[str, Mapping[str, float]] | None = None,
+    first_samples: Mapping[str, float] | None = None,
 ) -> Snapshot:
     """A snapshot of every job in ``summary`` (the GPU-summary schema, many jobs), through the pipeline.
 
     Each job is weighed with the plan ``config`` gives it, after what its scheduler says of it
     (``scheduled``, by job id: ``duration_hours``, ``reuse``); ``shares``: each algorithm's share
-    of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set.
+    of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set. Each job's elapsed time runs
+    from its first sample (``first_samples``, Unix seconds by job id, else the first of the window,
+    whichever is earlier) to its last sample in the window.
 
     A job whose every signal is NaN is left out (it has no telemetry to estimate
     from); when that leaves none of the jobs, :class:`NoFiniteTelemetry` is raised,
@@ -118,7 +223,21 @@ def estimate_jobs(
         plan_for=lambda job: config.for_job(job, known.get(job)).plan(),
         shares=shares,
     )
-    return Snapshot(tuple(jobs), gpu_means, taken_at_seconds)
+    first, last = _window_edges(summary)
+    began = first_samples or {}
+    sources, elapsed = {}, {}
+    for estimate in jobs:
+        jid, decision, z_percent = estimate.job_id, estimate.decision, estimate.z_percent
+        if decision is None or z_percent is None:
+            continue
+        sources[jid] = config.for_job(jid, known.get(jid)).duration_source
+        if jid in first and jid in last:
+            bounds = elapsed_bounds(
+                decision, z_percent, min(first[jid], began.get(jid, first[jid])), last[jid]
+            )
+            if bounds is not None:
+                elapsed[jid] = bounds
+    return Snapshot(tuple(jobs), gpu_means, taken_at_seconds, sources, elapsed)
 
 
 def _gpu_means(summary: pd.DataFrame) -> pd.DataFrame:
@@ -211,7 +330,8 @@ class ZestCollector(Collector):
         health = self._state.health()
         yield from self._self_metrics(health)
         snapshot = health.snapshot
-        yield from self._job_metrics(snapshot.jobs)
+        yield from self._job_metrics(snapshot.jobs, snapshot.duration_sources)
+        yield from self._elapsed_metrics(snapshot.elapsed)
         if snapshot.gpu_means is not None:
             yield from self._gpu_metrics(snapshot.gpu_means)
 
@@ -260,7 +380,7 @@ class ZestCollector(Collector):
         running.add_metric([], float(len(health.snapshot.jobs)))
         yield running
 
-    def _job_metrics(self, jobs: Sequence[JobEstimate]) -> Iterator[Metric]:
+    def _job_metrics(self, jobs: Sequence[JobEstimate], sources: Mapping[str, str]) -> Iterator[Metric]:
         job, alg = m.ZEST_JOB_LABEL, m.ZEST_ALGORITHM_LABEL
         z = GaugeMetricFamily(
             m.ZEST_Z_EXPECTED,
@@ -270,6 +390,13 @@ class ZestCollector(Collector):
         )
         duration = GaugeMetricFamily(
             m.ZEST_DURATION, "T: the job's training duration the break-even assumes, in seconds", labels=[job]
+        )
+        configured = GaugeMetricFamily(
+            m.ZEST_DURATION_CONFIGURED,
+            f"1 when the job's T comes from the config or the scheduler, 0 when it is the built-in default "
+            f"(not configured: rank by the bounds from the elapsed time); t_source: where T came from, "
+            f"{T_DEFAULT}, {T_CONFIG} or {T_SLURM}",
+            labels=[job, m.ZEST_T_SOURCE_LABEL],
         )
         reuse = GaugeMetricFamily(m.ZEST_REUSE, "R: runs of the tuned configuration assumed", labels=[job])
         gpus = GaugeMetricFamily(m.ZEST_BREAKEVEN_GPUS, "G: GPUs the break-even assumes", labels=[job])
@@ -335,6 +462,8 @@ class ZestCollector(Collector):
             for bound, value in zip(BOUNDS, (z_percent.low, z_percent.mid, z_percent.high), strict=True):
                 z.add_metric([jid, bound], value / PERCENT_PER_RATIO)
             duration.add_metric([jid], decision.job.duration_hours * SECONDS_PER_HOUR)
+            source = sources.get(jid, T_DEFAULT)
+            configured.add_metric([jid, source], 0.0 if source == T_DEFAULT else 1.0)
             reuse.add_metric([jid], decision.job.reuse)
             gpus.add_metric([jid], float(decision.job.gpus))
             at_stake.add_metric(
@@ -356,9 +485,49 @@ class ZestCollector(Collector):
                 value = estimate.features.get(feature, math.nan)
                 if not math.isnan(value):
                     family.add_metric([jid], value)
-        yield from (z, duration, reuse, gpus, at_stake, z_algorithm, z_break, r_break, exploration, saving)
+        yield from (
+            z,
+            duration,
+            configured,
+            reuse,
+            gpus,
+            at_stake,
+            z_algorithm,
+            z_break,
+            r_break,
+            exploration,
+            saving,
+        )
         yield from (verdict, recommended, diagnosis)
         yield from features.values()
+
+    def _elapsed_metrics(self, bounds: Mapping[str, ElapsedBounds]) -> Iterator[Metric]:
+        job = m.ZEST_JOB_LABEL
+        elapsed = GaugeMetricFamily(
+            m.ZEST_ELAPSED,
+            "Seconds the job has run: from its first sample in the source (Prometheus: its current run, "
+            "looking back up to 30 days; node agent: since the agent first saw it) to its latest. "
+            "T is at least this long",
+            labels=[job],
+        )
+        r_break = GaugeMetricFamily(
+            m.ZEST_R_BREAK_AT_ELAPSED,
+            "R_break at T = the elapsed time, at the mid Z_e: an upper bound of R_break whatever T is "
+            "(T is at least the elapsed time): tuning pays within at most this many runs (+Inf: never)",
+            labels=[job, m.ZEST_ALGORITHM_LABEL],
+        )
+        saving = GaugeMetricFamily(
+            m.ZEST_RUN_SAVING_LOWER_BOUND,
+            "Lower bound of the GPU time one run saves after a thorough search: G · elapsed time · the low "
+            "end of Z_e, in GPU-seconds (T is at least the elapsed time)",
+            labels=[job],
+        )
+        for jid, bound in bounds.items():
+            elapsed.add_metric([jid], bound.elapsed_seconds)
+            saving.add_metric([jid], bound.run_saving_lower_bound_gpu_hours * SECONDS_PER_HOUR)
+            for name, runs in bound.r_break_at_elapsed.items():
+                r_break.add_metric([jid, name], runs)
+        yield from (elapsed, r_break, saving)
 
     def _gpu_metrics(self, means: pd.DataFrame) -> Iterator[Metric]:
         labels = [m.ZEST_JOB_LABEL, m.ZEST_HOST_LABEL, m.ZEST_GPU_LABEL, m.ZEST_GPU_MODEL_LABEL]

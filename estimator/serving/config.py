@@ -35,6 +35,9 @@ MATCH_LABELS: tuple[str, ...] = ("job_id", "namespace", "name")
 DEFAULT_WINDOW_SECONDS = 3600.0
 DEFAULT_DURATION_HOURS = 24.0
 DEFAULT_REUSE = 1.0
+#: Where a job's T came from (``zest_job_duration_configured``'s ``t_source`` label): the built-in default,
+#: the config (``[defaults]`` or an ``[[override]]``), or the scheduler (``--slurm``: the time limit).
+T_DEFAULT, T_CONFIG, T_SLURM = "default", "config", "slurm"
 #: The annotated example config, package data of this package (grafana/zest.example.toml links to it).
 EXAMPLE_CONFIG_NAME = "zest.example.toml"
 
@@ -58,6 +61,9 @@ class BreakEven:
     algorithms: Mapping[str, int] = field(
         default_factory=lambda: {a.name: a.trials for a in DEFAULT_ALGORITHMS}
     )
+    #: Where ``duration_hours`` came from: T_DEFAULT, T_CONFIG or T_SLURM (not a key of the file, and not
+    #: compared: two settings with the same inputs are equal).
+    duration_source: str = field(default=T_DEFAULT, compare=False)
 
     @property
     def trial_hours(self) -> float:
@@ -107,6 +113,7 @@ class ServeConfig:
                 settings,
                 duration_hours=scheduled.get("duration_hours", settings.duration_hours),
                 reuse=scheduled.get("reuse", settings.reuse),
+                duration_source=T_SLURM if "duration_hours" in scheduled else settings.duration_source,
             )
         if not self.overrides:
             return settings
@@ -123,7 +130,7 @@ def job_labels(job_id: str) -> dict[str, str]:
     return {"job_id": job_id, "namespace": namespace, "name": name}
 
 
-_FIELDS = {f.name for f in fields(BreakEven)}
+_FIELDS = {f.name for f in fields(BreakEven)} - {"duration_source"}
 
 
 def load_config(path: Path | None) -> ServeConfig:
@@ -200,6 +207,8 @@ def _match(value: Any, where: str) -> dict[str, re.Pattern[str]]:
 
 def _changes(table: Mapping[str, Any]) -> dict[str, Any]:
     changes = dict(table)
+    if "duration_hours" in changes:
+        changes["duration_source"] = T_CONFIG
     if "algorithms" in changes:
         changes["algorithms"] = dict(changes["algorithms"])
     for key in ("duration_hours", "reuse", "trial_minutes", "engineer_hours", "gpu_hour_cost"):

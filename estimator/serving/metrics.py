@@ -23,6 +23,8 @@ ZEST_HOST_LABEL = "host"
 ZEST_GPU_LABEL = "gpu"
 ZEST_GPU_MODEL_LABEL = "gpu_model"
 ZEST_DIAGNOSIS_LABEL = "diagnosis"  # a rule of estimator.features.diagnoses ("input-bound")
+#: Where T came from: default (built in, not configured), config, slurm (zest_job_duration_configured).
+ZEST_T_SOURCE_LABEL = "t_source"
 
 ZEST_BUILD_INFO = "zest_build_info"
 ZEST_CYCLE_DURATION = "zest_cycle_duration_seconds"
@@ -36,6 +38,7 @@ ZEST_Z_EXPECTED = "zest_job_z_expected_ratio"
 ZEST_Z_ALGORITHM = "zest_job_algorithm_z_ratio"  # Z of each algorithm: its share of Z_e, or its given Z
 ZEST_Z_COVERAGE = "zest_z_interval_coverage_ratio"  # of the model, not per job
 ZEST_DURATION = "zest_job_duration_seconds"  # T, the job's training duration the break-even assumes
+ZEST_DURATION_CONFIGURED = "zest_job_duration_configured"  # 1: T from the config or Slurm, 0: the default
 ZEST_REUSE = "zest_job_reuse_runs"  # R
 ZEST_BREAKEVEN_GPUS = "zest_job_breakeven_gpus"  # G the break-even uses (the GPUs seen, or the config's)
 ZEST_Z_BREAK = "zest_job_z_break_ratio"
@@ -47,6 +50,10 @@ ZEST_RECOMMENDED = "zest_job_recommended"
 #: G · T · R, the GPU time tuning acts on; labelled with the job's recommendation so that each job counts once
 ZEST_GPU_TIME_AT_STAKE = "zest_job_gpu_seconds_at_stake"
 ZEST_DIAGNOSIS = "zest_job_diagnosis"  # 1: the rule fires, 0: checked and silent; absent: not checkable
+# Bounds from the time the job has already run, whatever T is (T is at least that long):
+ZEST_ELAPSED = "zest_job_elapsed_seconds"  # from the job's first sample in the source to its latest
+ZEST_R_BREAK_AT_ELAPSED = "zest_job_r_break_at_elapsed_runs"  # R_break at T = elapsed: an upper bound
+ZEST_RUN_SAVING_LOWER_BOUND = "zest_job_run_saving_lower_bound_gpu_seconds"  # G · elapsed · Z_e low
 
 
 def zest_feature_metric(feature: str) -> str:

@@ -3,7 +3,9 @@
 One code path, two sources of the GPU summary:
 
 * :class:`ClusterSummaries` (``--source prometheus=URL``): the running jobs in
-  a Prometheus, all summarized with a fixed number of batched queries;
+  a Prometheus, all summarized with a fixed number of batched queries; with a
+  :class:`Shard` (``--shard I/N``), only the jobs whose id hashes to ``I`` of
+  ``N``, so that N replicas split a fleet;
 * :class:`NodeSummaries` (``--source nvml``): this node's GPUs sampled through
   NVML, mapped to jobs (:mod:`collectors.jobmap`), kept in a rolling window
   per job.
@@ -17,6 +19,7 @@ limit) and R (history) instead of the config's defaults.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -30,6 +33,7 @@ from typing import Final, Protocol
 import pandas as pd
 
 from collectors.errors import (
+    InputError,
     JobNotFound,
     ModelError,
     SchedulerError,
@@ -46,7 +50,7 @@ from collectors.util import one_line
 from estimator.decision.algorithms import CaptureShares
 from estimator.features.extract import summarize_gpus
 from estimator.pipeline import ZEstimator
-from estimator.serving.collector import ExporterState, estimate_jobs
+from estimator.serving.collector import ExporterState, FirstSamples, estimate_jobs
 from estimator.serving.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -60,19 +64,69 @@ class SummarySource(Protocol):
     def summaries(self) -> pd.DataFrame: ...
 
 
+def hashmod(value: str, modulus: int) -> int:
+    """Prometheus' relabel ``hashmod`` of ``value``: the low 64 bits of its MD5 digest, read big-endian
+    (Go's ``sum64(md5.Sum(...))`` in ``model/relabel/relabel.go``), modulo ``modulus``."""
+    digest = hashlib.md5(value.encode("utf-8"), usedforsecurity=False).digest()
+    return int.from_bytes(digest[8:], "big") % modulus
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Replica ``index`` of ``count``: it serves the jobs whose id's :func:`hashmod` ``count`` is ``index``.
+
+    The split is the one a relabel rule ``action: hashmod, modulus: count`` on the
+    job label (``hpc_job``, jobstats' ``jobid``; ``namespace`` and ``pod`` with
+    ``separator: /``) makes, so a site can split its scrapes or rules the same way.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise InputError(f"shard {self}: I/N needs N >= 1 and 0 <= I <= N-1")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def owns(self, job_id: str) -> bool:
+        """Whether this replica serves ``job_id``."""
+        return hashmod(job_id, self.count) == self.index
+
+
 @dataclass
 class ClusterSummaries:
-    """Every running job in a Prometheus, summarized over the last ``window_seconds`` by batched queries."""
+    """Every running job in a Prometheus, summarized over the last ``window_seconds`` by batched queries.
+
+    With ``shard``, only this replica's running jobs are kept, before they are estimated. ``now``
+    gives the end of the window (tests pin it).
+    """
 
     source: PrometheusSource
     window_seconds: float
     kind: str = "prometheus"
+    shard: Shard | None = None
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    def running_jobs(self) -> set[str]:
+        """The ids of the running jobs this replica serves: all of them without a shard."""
+        running = self.source.running_jobs()
+        if self.shard is None:
+            return set(running)
+        return {job_id for job_id in running if self.shard.owns(job_id)}
 
     def summaries(self) -> pd.DataFrame:
-        running = set(self.source.running_jobs())
-        summary = self.source.summarize_jobs(self.window_seconds).summary
+        running = self.running_jobs()
+        # The batched queries still read every job (PromQL has no hashmod): the other replicas' rows are
+        # dropped here, before features, Z_e, break-even and the rendering of /metrics.
+        summary = self.source.summarize_jobs(self.window_seconds, self.now()).summary
         # A job that ended within the window still has samples: only running ones are exported.
         return summary[summary[JOB_ID].isin(running)].reset_index(drop=True)
+
+    def first_samples(self, job_ids: Sequence[str]) -> Mapping[str, float]:
+        """When each job's current run began (Unix seconds), looking back 30 days: one query for all."""
+        return self.source.first_samples(job_ids, self.now()).first_sample_seconds
 
 
 @dataclass
@@ -210,6 +264,7 @@ class Runner:
     job_inputs: JobInputs | None = None  # e.g. SlurmInputs: T and R of each job from its scheduler
     _failing: str | None = field(default=None, init=False, repr=False)  # reason of the failing cycles
     _failed_cycles: int = field(default=0, init=False, repr=False)
+    _first_samples: FirstSamples = field(default_factory=FirstSamples, init=False, repr=False)
 
     def run_once(self) -> bool:
         """One cycle; True when it succeeded. Expected errors of the source and model are counted.
@@ -230,6 +285,7 @@ class Runner:
                 self.shares,
                 taken_at_seconds=self.wall_clock(),
                 scheduled=scheduled,
+                first_samples=self._first_samples.update(summary, self.source),  # asked once per job
             )
         except (TelemetryError, SchedulerError, ModelError) as exc:  # the source or the model, not a bug
             return self._failed(failure_reason(exc), exc, started)
