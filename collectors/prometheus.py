@@ -637,8 +637,12 @@ class PrometheusSource:
         tally.notes.extend(_stand_in_notes(job.preferred))
         return JobSamples(conform(frame), tally.notes, tally.series, tally.queries)
 
-    def summarize_jobs(self, window_seconds: float, end: datetime | None = None) -> JobsSummary:
-        """Per-GPU window statistics of every job with samples in the ``window_seconds`` before ``end``.
+    def summarize_jobs(
+        self, window_seconds: float, end: datetime | None = None, job_ids: Sequence[str] | None = None
+    ) -> JobsSummary:
+        """Per-GPU window statistics of every job with samples in the ``window_seconds`` before ``end``
+        (with ``job_ids``: of those jobs, and possibly others whose labels look alike; a replica serving
+        a shard of the fleet asks only for its jobs).
 
         Batched: per exporter family present, one query per statistic covers
         every signal of every job (each signal's part tagged by a label, the job
@@ -656,7 +660,7 @@ class PrometheusSource:
         lo = hi - window_seconds
         frames = []
         for family in _FAMILIES:
-            columns = self._summarize_family(family, lo, hi, tally)
+            columns = self._summarize_family(family, lo, hi, tally, job_ids)
             if columns:
                 frames.append(_jobs_frame(columns, family, tally))
         if not frames:
@@ -669,15 +673,19 @@ class PrometheusSource:
         return JobsSummary(summary, tally.notes, tally.series, tally.queries)
 
     def _summarize_family(
-        self, family: _Family, lo: float, hi: float, tally: _Tally
+        self, family: _Family, lo: float, hi: float, tally: _Tally, job_ids: Sequence[str] | None
     ) -> dict[str, dict[tuple[str, ...], float]]:
-        """Columns of the GPU summary of every job of ``family``, keyed by (job labels, identity) values."""
+        """Columns of the GPU summary of every job of ``family`` (or of ``job_ids``), keyed by (job labels,
+        identity) values."""
+        values = None if job_ids is None else _job_label_values(job_ids)
         labellings: list[tuple[_Matcher, ...]] = [
-            ((labelling[-1], None), *_scrape_pod_guard(labelling)) for labelling in family.job_labellings
+            ((labelling[-1], values), *_scrape_pod_guard(labelling)) for labelling in family.job_labellings
         ]
+        # Which series names are present, over all jobs: a GET whose URL need not carry the ids.
+        listing = [((label[-1], None), *_scrape_pod_guard(label)) for label in family.job_labellings]
         names = self._label_values(
             [
-                *(("match[]", _name_selector(family.names, m)) for m in labellings),
+                *(("match[]", _name_selector(family.names, m)) for m in listing),
                 ("start", f"{lo:.3f}"),
                 ("end", f"{hi:.3f}"),
             ],
@@ -824,10 +832,7 @@ class PrometheusSource:
             else family.names
             for family in _FAMILIES
         }
-        # A Kubernetes id's pod name alone is the value of the labelling's last label.
-        values = None
-        if job_ids is not None:
-            values = _any_of(sorted({*job_ids, *(job_id.rpartition("/")[2] for job_id in job_ids)}))
+        values = None if job_ids is None else _job_label_values(job_ids)
         offset = f" offset {_duration(offset_seconds)}" if offset_seconds else ""
         parts = []
         for labelling in _DCGM.job_labellings:
@@ -1335,6 +1340,12 @@ def _frame(
         milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)
         frame[column] = pd.to_datetime(milliseconds, unit="ms", utc=True)
     return conform_summary(frame)
+
+
+def _job_label_values(job_ids: Sequence[str]) -> _Regex:
+    """The values a job labelling's last label may take for ``job_ids``: each id, and a Kubernetes id's
+    pod name alone (a superset: the ids read back from the answer tell)."""
+    return _any_of(sorted({*job_ids, *(job_id.rpartition("/")[2] for job_id in job_ids)}))
 
 
 def _job_ids(labelsets: Sequence[Mapping[str, str]]) -> list[str | None]:

@@ -242,3 +242,23 @@ def test_replicas_together_export_exactly_what_one_exports(fleet: str, count: in
 def test_a_shard_of_one_is_every_job(fleet: str) -> None:
     end = datetime.now(UTC)
     assert job_lines(fleet, Shard(0, 1), end) == job_lines(fleet, None, end)
+
+
+def test_a_shard_asks_prometheus_for_its_own_jobs_only(fleet: str) -> None:
+    # The batched queries match the shard's job ids, so the store reads each replica's share only.
+    end = datetime.now(UTC)
+    whole = ClusterSummaries(PrometheusSource(fleet), 3600.0, now=lambda: end)
+    every = whole.running_jobs()
+    for index in range(2):
+        shard = Shard(index, 2)
+        mine = {job for job in every if shard.owns(job)}
+        answer = PrometheusSource(fleet).summarize_jobs(3600.0, end, sorted(mine))
+        asked = set(answer.summary["job_id"])
+        assert mine <= asked  # a look-alike id may come along; the replica drops it
+        assert not (every - mine) & asked - _look_alikes(mine, every)
+
+
+def _look_alikes(mine: set[str], every: set[str]) -> set[str]:
+    """Other jobs whose pod name equals one of ``mine``'s: matched by the pod label alone."""
+    names = {job.rpartition("/")[2] for job in mine} | mine
+    return {job for job in every - mine if job.rpartition("/")[2] in names or job in names}

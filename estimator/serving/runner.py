@@ -118,10 +118,10 @@ class ClusterSummaries:
 
     def summaries(self) -> pd.DataFrame:
         running = self.running_jobs()
-        # The batched queries still read every job (PromQL has no hashmod): the other replicas' rows are
-        # dropped here, before features, Z_e, break-even and the rendering of /metrics.
-        summary = self.source.summarize_jobs(self.window_seconds, self.now()).summary
-        # A job that ended within the window still has samples: only running ones are exported.
+        # A shard asks only for its jobs (PromQL has no hashmod: their ids are matched); jobs whose labels
+        # look alike may come too, and are dropped here with those that ended within the window.
+        shard_jobs = None if self.shard is None else sorted(running)
+        summary = self.source.summarize_jobs(self.window_seconds, self.now(), shard_jobs).summary
         return summary[summary[JOB_ID].isin(running)].reset_index(drop=True)
 
     def first_samples(self, job_ids: Sequence[str]) -> Mapping[str, float]:
