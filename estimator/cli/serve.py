@@ -34,6 +34,7 @@ from collectors.errors import ConfigError, SlurmUnavailable
 from collectors.sources import NVML, PROMETHEUS_PREFIX
 from estimator.cli.options import DurationType, source_access_options
 from estimator.decision.algorithms import DEFAULT_ALGORITHMS, DEFAULT_TRIAL_MINUTES, capture_shares
+from estimator.serving import metrics as m
 from estimator.serving.config import (
     DEFAULT_DURATION_HOURS,
     DEFAULT_REUSE,
@@ -215,8 +216,8 @@ def _defaults_help() -> str:
         "and R its user's earlier jobs of the same name (sacct, 90 days); the config's [[override]] "
         "tables still win. See the annotated config with --print-example-config.\n\n"
         "Whatever T is, each job's elapsed time (since its first sample in the source) bounds the answer: "
-        "tuning pays within at most zest_job_r_break_at_elapsed_runs runs, and one run saves at least "
-        "zest_job_run_saving_lower_bound_gpu_seconds; the fleet dashboard ranks the jobs whose T is not "
+        f"tuning pays within at most {m.ZEST_R_BREAK_AT_ELAPSED} runs, and one run saves at least "
+        f"{m.ZEST_RUN_SAVING_LOWER_BOUND}; the fleet dashboard ranks the jobs whose T is not "
         "configured by these bounds.\n\n"
         "Logs one line per change of state to stderr (logfmt, or JSON lines with --log-format json). "
         "SIGHUP reloads --config. SIGTERM shuts down cleanly (exit 0); SIGINT exits 130; a --listen port "
