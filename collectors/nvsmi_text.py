@@ -24,6 +24,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 
 from collectors import metrics
@@ -110,7 +111,7 @@ def detect(path: Path, lines: Sequence[str]) -> str | None:
     """Which nvidia-smi text output ``lines`` are (one of :data:`FORMATS`), from the first meaningful
     lines; None if none of them. ``path`` is unused: detection goes by content."""
     del path
-    meaningful = [line.strip() for line in lines if line.strip()][:_DETECT_LINES]
+    meaningful = list(islice((line.strip() for line in lines if line.strip()), _DETECT_LINES))
     if not meaningful:
         return None
     first = meaningful[0]
