@@ -281,3 +281,21 @@ NVIDIA_SMI_QUERY_TIMESTAMP_FORMAT = "%a %b %d %H:%M:%S %Y"
 NVIDIA_SMI_QUERY_ATTACHED = ("Attached GPUs", "attached_gpus")
 NVIDIA_SMI_QUERY_MIG_INSTANCE = ("GPU Instance ID", "gpu_instance_id")
 NVIDIA_SMI_QUERY_MIG_COMPUTE_INSTANCE = ("Compute Instance ID", "compute_instance_id")
+
+
+# --- zest's recording rules (grafana/zest-gpu.rules.yml) -------------------------------------------
+# Each raw gauge above is summarised per series (every label kept) over 5-minute tiles: the rules
+# run every 5 minutes over the 5 minutes before (less 1 ms, so that tiles never share a sample).
+RECORDED_PREFIX = "zest"
+RECORDING_INTERVAL_SECONDS = 300
+#: Statistics recorded for every gauge: they combine exactly over tiles (mean = sum / count).
+RECORDED_OPERATIONS = ("sum", "count", "min", "max")
+#: Statistics recorded for SM activity only: steps at the idle rule's step, and those below the threshold.
+RECORDED_IDLE_OPERATIONS = ("steps", "idle_steps")
+#: The subquery step of the idle rules (dcgm-exporter's default scrape interval).
+RECORDED_IDLE_STEP_SECONDS = 30
+
+
+def recorded_name(source_name: str, operation: str) -> str:
+    """Name of the series recording ``operation`` of ``source_name`` over a tile: ``zest:<name>:<op>_5m``."""
+    return f"{RECORDED_PREFIX}:{source_name}:{operation}_{RECORDING_INTERVAL_SECONDS // 60}m"

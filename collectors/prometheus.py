@@ -25,6 +25,13 @@ sums of series (DCGM total memory, NVLink TX+RX) and the first and last sample
 times are subqueries at ``step_seconds`` resolution (set it to the scrape
 interval). Both ends of the window are inclusive. The first and last sample
 times rely on Prometheus' default ``--query.lookback-delta`` of 5 minutes.
+
+Where zest's recording rules (:func:`recording_rules`, shipped as
+``grafana/zest-gpu.rules.yml``) have recorded 5-minute tiles since the window
+began, :meth:`PrometheusSource.summarize_jobs` reads mean, min, max, sample
+counts and the idle share from the tiles whose evaluation time lies in the
+window: exact over those tiles, which span the window shifted back by less than
+5 minutes. Quantiles, sums of series, counters and the sample times stay raw.
 """
 
 from __future__ import annotations
@@ -137,13 +144,15 @@ class JobsSummary:
 
     ``summary`` is in the GPU-summary schema, one row per job and GPU (the
     ``job_id`` column tells the jobs apart); ``queries`` does not grow with the
-    number of jobs.
+    number of jobs. ``recording_rules_used`` tells whether zest's recording rules
+    (:func:`recording_rules`) served some statistic, rather than raw samples.
     """
 
     summary: pd.DataFrame
     notes: list[str]
     series_pulled: int
     queries: int
+    recording_rules_used: bool = False
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,86 @@ _FAMILIES = (_DCGM, _JOBSTATS)
 #: Label that tags each signal's part of a batched query.
 _SIGNAL_TAG = "zest_signal"
 
+# --- recording rules --------------------------------------------------------------------------
+#: Statistics a cycle reads from recorded tiles where they exist: those that combine exactly.
+_RECORDED_STATISTICS = ("mean", "min", "max")
+#: A tile's range: the rule interval less 1 ms, so that Prometheus 2's closed ranges never see a
+#: sample on a tile boundary twice (timestamps are whole milliseconds).
+_TILE = f"{metrics.RECORDING_INTERVAL_SECONDS * 1000 - 1}ms"
+
+
+def _recorded_readings() -> list[tuple[_Family, _Signal]]:
+    """The readings recording rules keep tiles of: every family's one-gauge readings."""
+    return [(family, reading) for family in _FAMILIES for reading in family.readings if reading.raw_gauge]
+
+
+def _recorded_names(family: _Family) -> list[str]:
+    """Every recorded series name of ``family``."""
+    found = []
+    for owner, reading in _recorded_readings():
+        if owner is family:
+            found += [metrics.recorded_name(reading.parts[0], op) for op in metrics.RECORDED_OPERATIONS]
+            if reading.signal == _SM_ACTIVE:
+                found += [
+                    metrics.recorded_name(reading.parts[0], op) for op in metrics.RECORDED_IDLE_OPERATIONS
+                ]
+    return list(dict.fromkeys(found))
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    """The rule group of ``grafana/zest-gpu.rules.yml`` as YAML-ready dicts.
+
+    Every rule keeps all labels of its source series (GPU, host, job), so a cycle selects recorded
+    series with the same matchers as raw ones. Per 5-minute tile: sum, count, min and max of each
+    gauge; for SM activity also the steps (at dcgm-exporter's 30 s scrape) with a fresh sample and
+    those below the idle threshold, as the raw idle query counts them. One group for every family:
+    Prometheus offsets each group's evaluations by a hash of its name, and one offset keeps every
+    signal's tiles on the same boundaries.
+    """
+    step = metrics.RECORDED_IDLE_STEP_SECONDS
+    rules: list[dict[str, str]] = []
+    for _, reading in _recorded_readings():
+        name = reading.parts[0]
+        rules += [
+            {"record": metrics.recorded_name(name, op), "expr": f"{op}_over_time({name}[{_TILE}])"}
+            for op in metrics.RECORDED_OPERATIONS
+        ]
+        if reading.signal == _SM_ACTIVE:
+            fresh = _fresh(name, step)
+            threshold = IDLE_SM_ACTIVE_RATIO / reading.scale
+            rules += [
+                {
+                    "record": metrics.recorded_name(name, "steps"),
+                    "expr": f"count_over_time({fresh}[{_TILE}:{step}s])",
+                },
+                {
+                    "record": metrics.recorded_name(name, "idle_steps"),
+                    "expr": f"sum_over_time(({fresh} < bool {threshold!r})[{_TILE}:{step}s])",
+                },
+            ]
+    interval = f"{metrics.RECORDING_INTERVAL_SECONDS // 60}m"
+    return [{"name": "zest-gpu", "interval": interval, "rules": rules}]
+
+
+def _recorded_statistic(
+    name: str, statistic: str, matchers: Sequence[_Matcher], width: float, by: str
+) -> str:
+    """PromQL combining the recorded tiles of series ``name`` whose evaluation time lies in the window into
+    ``statistic`` (mean, min, max, ``count`` of samples, or the idle share): exact over those tiles."""
+
+    def tiles(op: str, over: str = "sum") -> str:
+        selector = _selector(metrics.recorded_name(name, op), matchers)
+        return f"{over} by ({by}) ({over}_over_time({selector}[{_duration(width)}]))"
+
+    if statistic == "mean":
+        return f"{tiles('sum')} / {tiles('count')}"
+    if statistic in ("min", "max"):
+        return tiles(statistic, statistic)
+    if statistic == "count":
+        return tiles("count")
+    assert statistic == IDLE_SHARE
+    return f"{tiles('idle_steps')} / {tiles('steps')}"
+
 
 @dataclass(frozen=True)
 class _Candidate:
@@ -421,6 +510,7 @@ class _Tally:
         self.queries = 0
         self.series = 0
         self.notes: list[str] = []
+        self.recorded = False  # whether a recording rule's series served a statistic
         self._lock = threading.Lock()
 
     def count(self, *, queries: int = 0, series: int = 0, notes: Iterable[str] = ()) -> None:
@@ -666,11 +756,15 @@ class PrometheusSource:
         if not frames:
             tally.notes.append(f"no job has GPU series between {iso_utc(lo)} and {iso_utc(hi)}")
             return JobsSummary(
-                conform_summary(pd.DataFrame({GPU: []})), tally.notes, tally.series, tally.queries
+                conform_summary(pd.DataFrame({GPU: []})),
+                tally.notes,
+                tally.series,
+                tally.queries,
+                tally.recorded,
             )
         summary = conform_summary(pd.concat(frames, ignore_index=True))
         summary = summary.sort_values([JOB_ID, HOST, GPU], kind="stable", ignore_index=True)
-        return JobsSummary(summary, tally.notes, tally.series, tally.queries)
+        return JobsSummary(summary, tally.notes, tally.series, tally.queries, tally.recorded)
 
     def _summarize_family(
         self, family: _Family, lo: float, hi: float, tally: _Tally, job_ids: Sequence[str] | None
@@ -685,16 +779,17 @@ class PrometheusSource:
         listing = [((label[-1], None), *_scrape_pod_guard(label)) for label in family.job_labellings]
         names = self._label_values(
             [
-                *(("match[]", _name_selector(family.names, m)) for m in listing),
+                *(("match[]", _name_selector((*family.names, *_recorded_names(family)), m)) for m in listing),
                 ("start", f"{lo:.3f}"),
                 ("end", f"{hi:.3f}"),
             ],
             f"listing the {family.name} series of running jobs",
             tally,
         )
-        if not names:
+        present = set(names) & set(family.names)
+        if not present:
             return {}
-        present = set(names)
+        covered = self._covering_recorded(family, set(names), listing, lo, hi, tally)
         chosen = family.choose(present)
         anchor = family.anchor(present, chosen)
         keys = (*family.job_labels, *family.identity)
@@ -714,13 +809,32 @@ class PrometheusSource:
         # total): every usable reading is asked for, tagged by its rank, and the best one per GPU kept.
         readings = family.usable(present)
 
-        def tagged(rank: int, statistic: str) -> str:
+        # Readings whose exactly combinable statistics (mean, min, max, counts) come from recorded tiles.
+        recorded = {
+            reading.parts[0]
+            for reading in readings
+            if reading.raw_gauge
+            and all(
+                metrics.recorded_name(reading.parts[0], op) in covered for op in metrics.RECORDED_OPERATIONS
+            )
+        }
+
+        def stat_query(reading: _Signal, statistic: str, m: Sequence[_Matcher]) -> str:
+            if reading.raw_gauge and reading.parts[0] in recorded and statistic in _RECORDED_STATISTICS:
+                return _recorded_statistic(reading.parts[0], statistic, m, width, by)
+            return self._statistic_query(reading, statistic, m, width, by)
+
+        def tagged(rank: int, statistic_name: str) -> str:
             reading = readings[rank]
-            inner = joined(lambda m: self._statistic_query(reading, statistic, m, width, by))
+            inner = joined(lambda m: stat_query(reading, statistic_name, m))
             return f'label_replace({inner}, "{_SIGNAL_TAG}", "{rank}", "", "")'
 
+        if anchor in recorded:
+            counted = joined(lambda m: _recorded_statistic(anchor, "count", m, width, by))
+        else:
+            counted = joined(count)
         plan: list[tuple[str, str, str]] = [  # (column or statistic, query, purpose)
-            (SAMPLES, joined(count), f"counting {anchor} samples of every job")
+            (SAMPLES, counted, f"counting {anchor} samples of every job")
         ]
         plan += [
             (
@@ -730,9 +844,32 @@ class PrometheusSource:
             )
             for statistic in STATISTICS
         ]
+        idle_recorded = False
         if _SM_ACTIVE in chosen:
-            idle = joined(lambda m: self._idle_query(chosen[_SM_ACTIVE], m, width, by))
+            sm = chosen[_SM_ACTIVE]
+            idle_names = {metrics.recorded_name(sm.parts[0], op) for op in metrics.RECORDED_IDLE_OPERATIONS}
+            # The idle rules count steps at a fixed step: they stand for the raw query at that step only.
+            idle_recorded = (
+                sm.raw_gauge
+                and idle_names <= covered
+                and self.step_seconds == metrics.RECORDED_IDLE_STEP_SECONDS
+            )
+            if idle_recorded:
+                idle = joined(lambda m: _recorded_statistic(sm.parts[0], IDLE_SHARE, m, width, by))
+            else:
+                idle = joined(lambda m: self._idle_query(sm, m, width, by))
             plan.append((IDLE_SHARE, idle, "reading every job's idle share"))
+        if recorded or idle_recorded:
+            tally.recorded = True
+            tally.count(
+                notes=[
+                    f"{family.name}: mean, min, max and sample counts of {', '.join(sorted(recorded))}"
+                    f"{' and the idle share' if idle_recorded else ''} read from zest's recording rules "
+                    f"({metrics.RECORDING_INTERVAL_SECONDS // 60}-minute tiles); quantiles from raw samples"
+                ]
+            )
+        else:
+            tally.count(notes=[f"{family.name}: no zest recording rules cover the window: raw samples read"])
         span = f"[{_duration(width)}:{_duration(self.step_seconds)}]"
         plan += [
             (
@@ -770,12 +907,55 @@ class PrometheusSource:
             reading = readings[rank]
             if best[(reading.signal, key)] == rank:
                 columns.setdefault(summary_column(reading.signal, statistic), {})[key] = value * reading.scale
+        if recorded or idle_recorded:
+            # The first tile reaches up to 5 minutes before the window: a GPU read only there (a job that
+            # ended just before it) has no raw sample in the window and is left out, as without the tiles.
+            # A GPU with raw samples but no tile yet (its job began less than one tile ago) would have
+            # quantiles without mean or counts: it is left out until the rules have recorded it.
+            sampled = columns.get(WINDOW_START, {}).keys()
+            tiled = sampled & columns.get(SAMPLES, {}).keys()
+            if len(tiled) < len(sampled):
+                tally.notes.append(
+                    f"{family.name}: {len(sampled) - len(tiled)} GPU(s) of jobs younger than one "
+                    f"{metrics.RECORDING_INTERVAL_SECONDS // 60}-minute tile left out until the recording "
+                    "rules have recorded them"
+                )
+            columns = {
+                column: {k: v for k, v in values.items() if k in tiled} for column, values in columns.items()
+            }
         if SAMPLES not in columns:
             return {}
         missing = [s for s in SIGNALS if s not in chosen]
         if missing:
             tally.notes.append(f"{family.name}: no series for {', '.join(missing)}: they are NaN")
         return columns
+
+    def _covering_recorded(
+        self,
+        family: _Family,
+        names: set[str],
+        listing: Sequence[Sequence[_Matcher]],
+        lo: float,
+        hi: float,
+        tally: _Tally,
+    ) -> set[str]:
+        """The recorded series of ``family`` that cover ``[lo, hi]``: present in it and already in its first
+        two tiles, so that rules deployed (or backfilled) after the window began are not read as if they
+        covered it. One cheap listing, asked only where recorded series are present at all."""
+        present = names & set(_recorded_names(family))
+        if not present:
+            return set()
+        early = min(hi, lo + 2 * metrics.RECORDING_INTERVAL_SECONDS)
+        found = self._label_values(
+            [
+                *(("match[]", _name_selector(sorted(present), m)) for m in listing),
+                ("start", f"{lo:.3f}"),
+                ("end", f"{early:.3f}"),
+            ],
+            f"checking that zest's {family.name} recording rules cover the window",
+            tally,
+        )
+        return set(found) & present
 
     def running_jobs(self) -> list[str]:
         """Ids of the jobs whose GPU series have a sample now (within Prometheus' lookback), sorted.

@@ -807,3 +807,10 @@ def test_raw_samples_of_a_mig_instance(mig_cluster: MigCluster) -> None:
     assert frame["mem_used_bytes"].tolist() == [1000 * MIB, 1000 * MIB, 2000 * MIB, 2000 * MIB]
     assert frame["mem_total_bytes"].tolist() == [40192 * MIB] * MIG_SCRAPES
     assert frame["power_watts"].isna().all()
+
+
+def test_summaries_without_recording_rules_say_they_read_raw_samples(source: PrometheusSource) -> None:
+    """No zest:* series in the server: the cycle reads raw samples, says so, and makes no extra listing."""
+    found = source.summarize_jobs(3600.0)
+    assert found.recording_rules_used is False
+    assert any("dcgm-exporter: no zest recording rules cover the window" in note for note in found.notes)
