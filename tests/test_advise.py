@@ -259,3 +259,46 @@ def test_the_callback_refuses_bad_parameters() -> None:
         ZestStopper(duration_hours=10, objective="loss")
     with pytest.raises(InputError):
         ZestStopper(duration_hours=10, trial_hours=0)
+
+
+# --- the study sources shared with zest record ------------------------------------------------------
+
+
+def test_a_ray_tune_experiment_is_a_source_too(tmp_path: Path) -> None:
+    experiment = Path(__file__).parent / "data" / "raytune" / "gpt-microbatch"
+    args = [
+        "--ray-dir",
+        str(experiment),
+        "--metric",
+        "step_time_s",
+        "--mode",
+        "min",
+        "--duration-hours",
+        "5m",
+    ]
+    document = advise_json(args, tmp_path)
+    assert (document["study"], document["objective"], document["direction"]) == (
+        "gpt-microbatch",
+        "time",
+        "minimize",
+    )
+    assert document["default"] == {"trial": 0, "value": 6.83} and document["best"] == {
+        "trial": 4,
+        "value": 5.04,
+    }
+    # trials of 1.27 min each (380.25 s over 5) for a 5-minute job run once
+    assert document["inputs"]["trial_hours"] == pytest.approx(380.25 / 5 / 3600, rel=1e-5)
+    assert document["decision"] == "stop"
+
+
+def test_record_and_advise_share_one_definition_of_the_study_options() -> None:
+    from estimator.cli.advise import advise as advise_command
+    from estimator.cli.outcomes import record
+
+    names = ["--storage", "--study", "--zenithtune-dir", "--ray-dir", "--metric", "--mode", "--objective"]
+
+    def options(command: Any) -> list[tuple[str, str | None]]:
+        found = {p.opts[0]: p for p in command.params if p.opts[0] in names}
+        return [(name, found[name].help) for name in names]
+
+    assert options(advise_command) == options(record)

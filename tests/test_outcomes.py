@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import click
 import numpy as np
 import optuna
 import pandas as pd
@@ -27,6 +28,7 @@ from collectors.files import write_capture
 from collectors.studies.optuna import read_optuna_study
 from collectors.studies.store import OutcomeStore
 from estimator.cli import outcomes as outcomes_cli
+from estimator.cli.main import cli
 from estimator.cli.model import local_outcomes_section, train
 from estimator.cli.outcomes import history_command, record
 from estimator.features.extract import GPU_COUNT, SAMPLES_PER_GPU_MIN, WINDOW_SECONDS
@@ -95,8 +97,10 @@ def write_trial_captures(folder: Path, micro_batches: list[int], *, seed: int) -
         write_capture(frame, folder / f"{number}.parquet")
 
 
-def invoke(command: object, args: list[str]) -> str:
-    result = CliRunner().invoke(command, args, catch_exceptions=False)  # type: ignore[arg-type]
+def invoke(command: click.Command, args: list[str]) -> str:
+    """``command`` run as ``zest <name>``: through the group, which gives it ``-h`` before its first use
+    (click caches a command's help option at its first invocation)."""
+    result = CliRunner().invoke(cli, [str(command.name), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 

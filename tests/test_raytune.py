@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from collectors.errors import OutcomesError
 from collectors.studies.raytune import read_ray_tune_experiment
 from collectors.studies.store import OutcomeStore
+from estimator.cli.main import cli, main
 
 STORAGE = Path(__file__).parent / "data" / "raytune"  # Ray's storage_path: one experiment below it
 EXPERIMENT = STORAGE / "gpt-microbatch"  # written by make_experiment.py beside it
@@ -147,6 +151,98 @@ def test_a_study_records_in_the_outcomes_store(tmp_path: Path) -> None:
     with OutcomeStore(tmp_path / "o.sqlite") as store:
         assert store.record(study).added_trials == 5
         assert not store.record(study).changed  # the same experiment twice adds nothing
+
+
+# --- through the CLI: zest record, zest history, zest advise ---------------------------------------
+
+RAY = ["--ray-dir", str(EXPERIMENT), "--metric", "tokens_per_s", "--mode", "max"]
+
+
+def zest(args: list[str]) -> str:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_record_history_and_advise_read_the_experiment(tmp_path: Path) -> None:
+    store = tmp_path / "o.sqlite"
+    out = zest(["record", *RAY, "--gpus", "8", "--duration-hours", "2", "--store", str(store)])
+    assert (
+        "recorded gpt-microbatch (throughput, 5 finished trial(s), 0 with telemetry): 5 new trial(s)" in out
+    )
+    with sqlite3.connect(store) as db:
+        study = db.execute("SELECT name, storage, direction, objective, duration_hours, gpus FROM studies")
+        assert study.fetchall() == [
+            ("gpt-microbatch", str(EXPERIMENT.resolve()), "maximize", "throughput", 2.0, 8)
+        ]
+        trials = db.execute(
+            "SELECT number, state, value, started_at, completed_at FROM trials ORDER BY number"
+        )
+        assert trials.fetchall() == [
+            (0, "COMPLETE", 9600.0, at(1.75).isoformat(), at(122).isoformat()),
+            (1, "COMPLETE", 12300.0, at(2.5).isoformat(), at(83).isoformat()),
+            (2, "FAIL", None, at(83.25).isoformat(), at(124).isoformat()),
+            (3, "PRUNED", None, at(122.5).isoformat(), at(173).isoformat()),
+            (4, "COMPLETE", 13000.0, at(124.75).isoformat(), at(213).isoformat()),
+        ]
+    db.close()
+    assert "already recorded, nothing changed" in zest(["record", *RAY, "--store", str(store)])
+    (ledger,) = json.loads(zest(["history", "--store", str(store), "--output", "json"]))["studies"]
+    # 120.25 + 80.5 + 40.75 + 50.5 + 88.25 = 380.25 trial-seconds on G = 8; one run: G · T = 16 GPU-h
+    assert ledger["trial_hours_spent"] == pytest.approx(380.25 / 3600, rel=1e-5)
+    assert ledger["gpu_hours_spent"] == pytest.approx(8 * 380.25 / 3600, rel=1e-5)
+    assert (ledger["failed_share"], ledger["pruned_share"]) == (0.2, 0.2)
+    assert ledger["cost_vs_one_run"] == pytest.approx(8 * 380.25 / 3600 / 16, rel=1e-5)
+    assert ledger["z_percent"] == pytest.approx(100 * (1 - 9600 / 13000), rel=1e-5)
+    table = zest(["history", "--store", str(store)])
+    assert "gpt-microbatch  8  0.84 GPU-h  20 %    20 %    0.0528 x" in table
+    advice = json.loads(
+        zest(["advise", *RAY, "--duration-hours", "500", "--reuse", "20", "--store", str(store),
+              "--output", "json"])
+    )  # fmt: skip
+    assert (advice["study"], advice["objective"]) == ("gpt-microbatch", "throughput")
+    assert advice["default"] == {"trial": 0, "value": 9600} and advice["best"] == {"trial": 4, "value": 13000}
+    assert advice["trials"] == {"finished": 5, "complete": 3, "failed_or_pruned": 2, "running": 0}
+    assert advice["inputs"]["trial_hours"] == pytest.approx(380.25 / 5 / 3600, rel=1e-5)
+    assert advice["decision"] == "continue"
+    assert advice["model"]["cluster_studies"] == 0  # the recorded experiment is this one: left out
+    assert "decision: continue" in zest(["advise", *RAY, "--duration-hours", "500", "--reuse", "20",
+                                         "--store", str(store)])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ray-dir", str(EXPERIMENT), "--mode", "max"], "--ray-dir needs --metric NAME"),
+        (["--ray-dir", str(EXPERIMENT), "--metric", "tokens_per_s"], "--ray-dir needs --mode max|min"),
+        ([*RAY, "--storage", "sqlite:///x.db", "--study", "x"], "not --storage and --ray-dir"),
+        ([*RAY, "--zenithtune-dir", "."], "not --zenithtune-dir and --ray-dir"),
+        ([*RAY, "--study", "x"], "--study goes with --storage"),
+        (["--storage", "sqlite:///x.db", "--study", "x", "--metric", "m"], "--metric goes with --ray-dir"),
+        (["--zenithtune-dir", ".", "--mode", "max"], "--mode goes with --ray-dir"),
+        ([*RAY, "--mode", "maximize"], "'maximize' is not one of 'max', 'min'"),
+    ],
+)
+@pytest.mark.parametrize("command", ["record", "advise"])
+def test_conflicting_or_missing_options_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, args: list[str], says: str
+) -> None:
+    more = ["--duration-hours", "5"] if command == "advise" else []
+    store = tmp_path / "o.sqlite"
+    with pytest.raises(SystemExit) as exited:
+        main([command, *args, *more, "--store", str(store)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert says in err and err.count("\n") == 1 and err.startswith("zest: error:")
+    assert not store.exists()
+
+
+def test_a_metric_no_trial_reported_exits_15(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["record", "--ray-dir", str(EXPERIMENT), "--metric", "mfu", "--mode", "max",
+              "--store", str(tmp_path / "o.sqlite")])  # fmt: skip
+    assert exited.value.code == 15
+    assert "no trial reported metric 'mfu'" in capsys.readouterr().err
 
 
 # --- malformed input ---------------------------------------------------------------------------

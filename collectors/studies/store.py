@@ -11,6 +11,11 @@ A file is known for a store before anything is written to it (read-only:
 its ``user_version``, ``application_id`` and tables), so a file of another
 program given as the store is left as it was; reading (:func:`read_outcomes`)
 writes nothing, so a store the user may only read can be read.
+
+The schema has a version (SQLite's ``user_version``, :data:`SCHEMA_VERSION`).
+A store of an older version is read as it is, and brought up to date
+(:data:`_ADDED_COLUMNS`, in the transaction that checks it) only when a
+command that writes (``zest record``) opens it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,12 @@ from collectors.studies.optuna import StudyRecord, TrialRecord
 from collectors.util import one_line, user_data_dir
 
 STORE_FILE: Final = "outcomes.sqlite"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: The columns each schema version added to the one before it (table, column, declaration): a store of
+#: an older version gets them when a writer opens it; a reader takes them as NULL.
+_ADDED_COLUMNS: Final[dict[int, tuple[tuple[str, str, str], ...]]] = {
+    2: (("studies", "gpus", "INTEGER"),),
+}
 
 
 # --- the store --------------------------------------------------------------------
@@ -53,6 +63,7 @@ CREATE TABLE IF NOT EXISTS studies (
     duration_hours REAL,                -- T of the tuned job, when given
     reuse REAL,                         -- R so far, when given
     recorded_at TEXT NOT NULL,
+    gpus INTEGER,                       -- G of the tuned job, when given (schema 2)
     UNIQUE (name, started_at)
 );
 CREATE TABLE IF NOT EXISTS trials (
@@ -85,6 +96,7 @@ STUDY_COLUMNS: Final = (
     "duration_hours",
     "reuse",
     "recorded_runs",
+    "gpus",
 )
 TRIAL_COLUMNS: Final = (
     "study_id",
@@ -103,7 +115,7 @@ TRIAL_COLUMNS: Final = (
 @dataclass(frozen=True)
 class RecordResult:
     """What recording one study changed: a new study row, new trials, trials given telemetry, new runs,
-    and the stored T or R of a study recorded before (``updated``: their column names)."""
+    and the stored T, R or G of a study recorded before (``updated``: their column names)."""
 
     study: str
     new_study: bool
@@ -151,17 +163,21 @@ class OutcomeStore:
     """The outcomes of recorded tuning studies in one SQLite file; use as a context manager.
 
     ``read_only``: open for reading, writing nothing (no journal mode, no
-    schema); the file must exist. Raises :class:`StoreError` when the file
-    cannot be opened or written, or is not a zest store (checked before
-    anything is written to it).
+    schema, no migration of an older store); the file must exist. Opened for
+    writing, a new store gets the schema and an older one the columns of
+    :data:`SCHEMA_VERSION`. Raises :class:`StoreError` when the file cannot
+    be opened or written, or is not a zest store (checked before anything is
+    written to it).
     """
 
     def __init__(self, path: Path, *, timeout_seconds: float = 30.0, read_only: bool = False) -> None:
         self.path = path
         self.schema_version = 0  # of the file as opened: 0 for a new, empty store
+        self._columns_version = SCHEMA_VERSION  # whose columns the file holds now (read only: as opened)
         try:
             if read_only:
                 self._db, self.schema_version = _open_read_only(path, timeout_seconds)
+                self._columns_version = self.schema_version
                 return
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():  # known for a zest store (or an empty file) before anything writes to it
@@ -176,6 +192,8 @@ class OutcomeStore:
                         if statement.strip():
                             self._db.execute(statement)
                     self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                elif self.schema_version < SCHEMA_VERSION:
+                    _migrate(self._db, self.schema_version)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -214,13 +232,14 @@ class OutcomeStore:
         duration_hours: float | None = None,
         reuse: float | None = None,
         reused_by: Sequence[str] = (),
+        gpus: int | None = None,
     ) -> RecordResult:
         """Add ``study`` and its trials in one transaction; what is already stored stays as it is.
 
         A trial already stored without features gets them when ``study`` has
-        them now; ``duration_hours`` and ``reuse``, when given, replace the
-        stored ones; ``reused_by`` adds job ids of later runs with the tuned
-        configuration.
+        them now; ``duration_hours`` (T), ``reuse`` (R) and ``gpus`` (G of the
+        tuned job), when given, replace the stored ones; ``reused_by`` adds
+        job ids of later runs with the tuned configuration.
         """
         started = _stored(study.started_at)
         if started is None:
@@ -232,17 +251,17 @@ class OutcomeStore:
             with self._transaction():
                 cursor = self._db.execute(
                     "INSERT INTO studies (name, started_at, storage, direction, objective, duration_hours, "
-                    "reuse, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "reuse, recorded_at, gpus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (name, started_at) DO NOTHING",
                     (study.name, started, study.storage, study.direction, study.objective,
-                     duration_hours, reuse, now),
+                     duration_hours, reuse, now, gpus),
                 )  # fmt: skip
                 new_study = cursor.rowcount == 1
                 study_id = self._db.execute(
                     "SELECT id FROM studies WHERE name = ? AND started_at = ?", (study.name, started)
                 ).fetchone()[0]
                 updated = []
-                for column, value in (("duration_hours", duration_hours), ("reuse", reuse)):
+                for column, value in (("duration_hours", duration_hours), ("reuse", reuse), ("gpus", gpus)):
                     if value is not None and not new_study:
                         cursor = self._db.execute(
                             f"UPDATE studies SET {column} = ? WHERE id = ? AND {column} IS NOT ?",
@@ -286,13 +305,18 @@ class OutcomeStore:
         return int(trials), int(with_features), int(runs)
 
     def studies(self) -> pd.DataFrame:
-        """One row per study (:data:`STUDY_COLUMNS`), in recording order."""
+        """One row per study (:data:`STUDY_COLUMNS`), in recording order; ``gpus`` NaN where not given
+        (and in a store of schema 1, which has no such column)."""
+        gpus = "s.gpus" if self._columns_version >= 2 else "NULL"
         rows = self._query(
             "SELECT s.id, s.name, s.started_at, s.storage, s.direction, s.objective, s.duration_hours, "
-            "s.reuse, (SELECT count(*) FROM runs r WHERE r.study_id = s.id) FROM studies s ORDER BY s.id"
+            f"s.reuse, (SELECT count(*) FROM runs r WHERE r.study_id = s.id), {gpus} FROM studies s "
+            "ORDER BY s.id"
         )
         frame = pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
-        return frame.astype({"study_id": "int64", "duration_hours": "float64", "reuse": "float64"})
+        return frame.astype(
+            {"study_id": "int64", "duration_hours": "float64", "reuse": "float64", "gpus": "float64"}
+        )
 
     def trials(self) -> pd.DataFrame:
         """One row per trial (:data:`TRIAL_COLUMNS`; ``params`` and ``features`` as dicts or None)."""
@@ -399,11 +423,26 @@ def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
     return {name: {row[0] for row in db.execute(columns, (name,))} for name in names}
 
 
-def _schema_tables() -> dict[str, set[str]]:
-    """The tables and columns of a store of :data:`SCHEMA_VERSION`, read from :data:`_SCHEMA` itself."""
+def _schema_tables(version: int = SCHEMA_VERSION) -> dict[str, set[str]]:
+    """The tables and columns of a store of schema ``version``: :data:`_SCHEMA` itself, less the
+    columns later versions added (:data:`_ADDED_COLUMNS`)."""
     with contextlib.closing(sqlite3.connect(":memory:")) as db:
         db.executescript(_SCHEMA)
-        return _tables(db)
+        tables = _tables(db)
+    for later, columns in _ADDED_COLUMNS.items():
+        if later > version:
+            for table, column, _ in columns:
+                tables[table].discard(column)
+    return tables
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a store of schema ``version`` to :data:`SCHEMA_VERSION`, in the caller's transaction:
+    the columns each later version added, then its ``user_version``."""
+    for later in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, declaration in _ADDED_COLUMNS.get(later, ()):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
 def _schema_version(db: sqlite3.Connection, path: Path) -> int:
@@ -418,10 +457,10 @@ def _schema_version(db: sqlite3.Connection, path: Path) -> int:
     if application_id == 0 and version == 0 and objects == 0:
         return 0
     tables = _tables(db)
-    expected = _schema_tables()
-    if application_id == 0 and set(expected) <= set(tables):
+    if application_id == 0 and set(_schema_tables()) <= set(tables):
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} was written by a newer zest (schema {version}): upgrade zest")
+        expected = _schema_tables(version)
         if version >= 1 and all(columns <= tables[name] for name, columns in expected.items()):
             return version
     held = sorted(tables)

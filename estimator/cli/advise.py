@@ -4,14 +4,13 @@ Thin: read the study (the readers and options of ``zest record``), the cluster's
 recorded curves (``zest record``'s store, when there is one), call
 :mod:`estimator.decision.next_trials`, print. The study is a
 :class:`collectors.studies.optuna.StudyRecord`; any reader that returns one
-(Optuna and ZenithTune here) can feed it. zest's errors propagate to the
+(Optuna, ZenithTune and Ray Tune here) can feed it. zest's errors propagate to the
 ``zest`` group, which maps them to exit codes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from typing import Any
 import click
 
 from collectors.errors import InputError, OutcomesError
-from collectors.studies.optuna import COMPLETE, StudyRecord, find_zenithtune_studies, read_optuna_study
+from collectors.studies.optuna import COMPLETE, StudyRecord
 from collectors.studies.store import read_outcomes
 from estimator.cli.options import DurationType, FloatIn, IntIn
-from estimator.cli.outcomes import record, resolved_store, store_option
+from estimator.cli.outcomes import StudyOptions, read_studies, resolved_store, store_option, study_options
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME, CaptureShares, capture_shares
 from estimator.decision.breakeven import Job
 from estimator.decision.next_trials import (
@@ -38,18 +37,8 @@ from estimator.reports.table import json_text
 
 __all__ = ["advise"]
 
-#: The options of ``zest record`` that say which study to read, taken from it (one definition).
-_STUDY_OPTIONS = ("storage", "study_name", "zenithtune_dir", "objective")
 #: The cheap study a broader search goes on top of: the heuristic (or ``zest whatif``'s top K).
 _CHEAP = "heuristic"
-
-
-def _record_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``zest record``'s study options (``--storage``, ``--study``, ``--zenithtune-dir``, ``--objective``)."""
-    params = [p for p in record.params if p.name in _STUDY_OPTIONS]
-    for param in reversed(params):
-        command.__click_params__ = [*getattr(command, "__click_params__", []), param]  # type: ignore[attr-defined]
-    return command
 
 
 def _outcomes(study: StudyRecord) -> list[TrialOutcome]:
@@ -59,26 +48,10 @@ def _outcomes(study: StudyRecord) -> list[TrialOutcome]:
     ]
 
 
-def _read_study(
-    storage: str | None, study_name: str | None, zenithtune_dir: Path | None, objective: str | None
-) -> StudyRecord:
+def _read_study(options: StudyOptions) -> StudyRecord:
     """The one study the options name (with ``--zenithtune-dir``, ``--study`` picks one of several)."""
-    if zenithtune_dir is not None:
-        if storage is not None:
-            raise click.BadParameter("give --zenithtune-dir or --storage with --study, not both")
-        found = [
-            (url, name) for url, name in find_zenithtune_studies(zenithtune_dir) if study_name in (None, name)
-        ]
-        if len(found) != 1:
-            names = ", ".join(sorted({name for _, name in find_zenithtune_studies(zenithtune_dir)}))
-            raise click.BadParameter(
-                f"{len(found)} studies under {zenithtune_dir} match: name one with --study "
-                f"(it holds: {names})"
-            )
-        storage, study_name = found[0]
-    elif storage is None or study_name is None:
-        raise click.BadParameter("give --storage URL and --study NAME, or --zenithtune-dir DIR")
-    return read_optuna_study(storage, study_name, objective=objective)
+    (study,) = read_studies(options, pick=True)
+    return study
 
 
 def _cluster_improvements(store_path: Path | None, study: StudyRecord) -> tuple[list[float], int]:
@@ -265,7 +238,7 @@ def _table(document: dict[str, Any]) -> list[str]:
 
 
 @click.command("advise")
-@_record_options
+@study_options
 @click.option(
     "--default-trial",
     type=IntIn(min=0),
@@ -312,10 +285,7 @@ def _table(document: dict[str, Any]) -> list[str]:
 @store_option
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def advise(
-    storage: str | None,
-    study_name: str | None,
-    zenithtune_dir: Path | None,
-    objective: str | None,
+    study: StudyOptions,
     default_trial: int | None,
     duration_hours: float,
     gpus: int,
@@ -333,19 +303,19 @@ def advise(
     prices the next trials with the break-even formulas at T, R and G, and says continue (and how many
     more trials pay) or stop.
     """
-    study = _read_study(storage, study_name, zenithtune_dir, objective)
+    read = _read_study(study)
     try:
-        search = search_so_far(_outcomes(study), study.objective, default_trial)
+        search = search_so_far(_outcomes(read), read.objective, default_trial)
     except ValueError as exc:
         raise (InputError if default_trial is not None else OutcomesError)(
-            f"study {study.name}: {exc}"
+            f"study {read.name}: {exc}"
         ) from None
     if trial_minutes is not None:
         search = replace(search, trial_hours=trial_minutes / 60.0)
     notes: list[str] = []
-    sizes, cluster_studies = _cluster_improvements(store_path, study)
-    if study.running:
-        notes.append(f"{study.running} trial(s) still running are not counted")
+    sizes, cluster_studies = _cluster_improvements(store_path, read)
+    if read.running:
+        notes.append(f"{read.running} trial(s) still running are not counted")
     job = Job(duration_hours, gpus, reuse)
     advice = advise_next_trials(search, job, next_trials=next_trials, cluster_improvements=sizes)
     on_top = None
@@ -365,7 +335,7 @@ def advise(
         "the record model takes the trials as exchangeable (a random search); a model-based sampler "
         "(TPE) sets new bests more often early, so the expected gain is conservative there"
     )
-    document = _document(study, advice, on_top, cluster_studies, notes)
+    document = _document(read, advice, on_top, cluster_studies, notes)
     if output == "json":
         click.echo(json_text(document))
     else:

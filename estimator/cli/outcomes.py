@@ -1,6 +1,8 @@
 """Commands of the cluster's own tuning outcomes: ``zest record`` and ``zest history``.
 
-Thin: parse, call the stages, print. The project's errors
+Thin: parse, call the stages, print. :func:`study_options` holds the options
+that name a study (Optuna, ZenithTune, Ray Tune), shared with ``zest advise``,
+and :func:`read_studies` reads what they name. The project's errors
 (:class:`collectors.errors.OutcomesError`, :class:`~collectors.errors.OptunaMissing`,
 :class:`~collectors.errors.StoreError` and the telemetry sources' errors)
 propagate to the ``zest`` group, which maps them to exit codes. The group adds
@@ -9,12 +11,15 @@ these commands with ``cli.add_command``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import click
+import pandas as pd
 
 from collectors.errors import JobNotFound, MalformedCapture
 from collectors.studies.optuna import (
@@ -26,8 +31,10 @@ from collectors.studies.optuna import (
     trial_telemetry,
     with_features,
 )
+from collectors.studies.raytune import MODES, read_ray_tune_experiment
 from collectors.studies.store import OutcomeStore, RecordResult, default_store_path, read_outcomes
-from estimator.cli.options import DurationType, FloatIn, prometheus_access_options
+from estimator.cli.options import DurationType, FloatIn, IntIn, prometheus_access_options
+from estimator.features.extract import GPU_COUNT
 from estimator.pipeline import estimate, gpu_summary
 from estimator.reports.table import json_text
 from estimator.training.outcomes import history
@@ -35,7 +42,17 @@ from estimator.training.outcomes import history
 if TYPE_CHECKING:
     from collectors.prometheus import PrometheusAuth
 
-__all__ = ["history_command", "record", "store_option"]
+__all__ = [
+    "StudyOptions",
+    "history_command",
+    "read_studies",
+    "record",
+    "search_ledger",
+    "store_option",
+    "study_options",
+]
+
+SECONDS_PER_HOUR: Final = 3600.0
 
 
 def store_option(command: Callable[..., None]) -> Callable[..., None]:
@@ -52,6 +69,153 @@ def store_option(command: Callable[..., None]) -> Callable[..., None]:
 
 def resolved_store(store_path: Path | None) -> Path:
     return default_store_path() if store_path is None else store_path
+
+
+# --- which study: Optuna, ZenithTune or Ray Tune ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The study options as given: an Optuna storage and study, a ZenithTune folder, or a Ray Tune
+    experiment folder with its metric and mode."""
+
+    storage: str | None
+    study_name: str | None
+    zenithtune_dir: Path | None
+    ray_dir: Path | None
+    metric: str | None
+    mode: str | None
+    objective: str | None
+
+
+_STUDY_OPTIONS: Final = (
+    click.option(
+        "--storage",
+        help="Optuna storage URL, e.g. sqlite:///study.db (any RDB URL Optuna accepts). "
+        "[required with --study, unless --zenithtune-dir or --ray-dir]",
+    ),
+    click.option(
+        "--study",
+        "study_name",
+        help="Study name in --storage (or one of those under --zenithtune-dir, for zest advise). "
+        "[required with --storage]",
+    ),
+    click.option(
+        "--zenithtune-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="ZenithTune's output folder: every study in the study.db files under it.",
+    ),
+    click.option(
+        "--ray-dir",
+        type=click.Path(path_type=Path),
+        help="A Ray Tune experiment folder, <storage_path>/<name> (~/ray_results/<name>): each trial's "
+        "params.json and result.json or progress.csv, read without Ray. Trials that reported fewer "
+        "iterations than the longest are PRUNED (an early-stopping scheduler's).",
+    ),
+    click.option(
+        "--metric",
+        help="With --ray-dir: the reported result key that is the objective (nested keys as a/b); a "
+        "trial's value is the last one it reported. [required with --ray-dir]",
+    ),
+    click.option(
+        "--mode",
+        type=click.Choice(tuple(MODES)),
+        default=None,
+        help="With --ray-dir: max or min, as given to Ray's TuneConfig (default: from --objective).",
+    ),
+    click.option(
+        "--objective",
+        type=click.Choice(OBJECTIVES),
+        default=None,
+        help="What the objective measures (default: the study's direction, maximize = throughput).",
+    ),
+)
+
+
+def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that name a study; ``command`` receives them as ``study`` (:class:`StudyOptions`).
+
+    One definition for ``zest record`` and ``zest advise``; :func:`read_studies` reads what they name.
+    """
+
+    @functools.wraps(command)
+    def with_study(
+        *args: Any,
+        storage: str | None,
+        study_name: str | None,
+        zenithtune_dir: Path | None,
+        ray_dir: Path | None,
+        metric: str | None,
+        mode: str | None,
+        objective: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        options = StudyOptions(storage, study_name, zenithtune_dir, ray_dir, metric, mode, objective)
+        return command(*args, study=options, **kwargs)
+
+    decorated: Callable[..., Any] = with_study
+    for option in reversed(_STUDY_OPTIONS):
+        decorated = option(decorated)
+    return decorated
+
+
+def _check_sources(options: StudyOptions, *, pick: bool) -> None:
+    """Exactly one source, with what it needs and nothing of another's (``click.BadParameter``, exit 2).
+
+    ``pick``: ``--study`` may pick one study under ``--zenithtune-dir`` (``zest advise``).
+    """
+    o = options
+    given = [
+        name
+        for name, value in (("--storage", o.storage), ("--zenithtune-dir", o.zenithtune_dir),
+                            ("--ray-dir", o.ray_dir))
+        if value is not None
+    ]  # fmt: skip
+    if len(given) > 1:
+        raise click.BadParameter(f"give one study source, not {' and '.join(given)}")
+    if o.ray_dir is None and (o.metric is not None or o.mode is not None):
+        flag = "--metric" if o.metric is not None else "--mode"
+        raise click.BadParameter(f"{flag} goes with --ray-dir DIR (a Ray Tune experiment)")
+    if o.ray_dir is not None:
+        if o.study_name is not None:
+            raise click.BadParameter(
+                "--study goes with --storage; a Ray Tune experiment is named by its folder"
+            )
+        if o.metric is None:
+            raise click.BadParameter("--ray-dir needs --metric NAME: the reported result key to tune")
+        if o.mode is None and o.objective is None:
+            raise click.BadParameter("--ray-dir needs --mode max|min (as given to Ray's TuneConfig)")
+    elif o.zenithtune_dir is not None:
+        if o.study_name is not None and not pick:
+            raise click.BadParameter("give --zenithtune-dir or --storage with --study, not both")
+    elif o.storage is None or o.study_name is None:
+        raise click.BadParameter(
+            "give --storage URL and --study NAME, or --zenithtune-dir DIR, or --ray-dir DIR --metric NAME"
+        )
+
+
+def read_studies(options: StudyOptions, *, pick: bool = False) -> list[StudyRecord]:
+    """The studies the options name: one (an Optuna study, a Ray Tune experiment) or every study under
+    ``--zenithtune-dir``; with ``pick``, exactly one (``--study`` names it when there are several)."""
+    _check_sources(options, pick=pick)
+    o = options
+    if o.ray_dir is not None:
+        assert o.metric is not None  # checked
+        return [read_ray_tune_experiment(o.ray_dir, metric=o.metric, mode=o.mode, objective=o.objective)]
+    if o.zenithtune_dir is None:
+        assert o.storage is not None and o.study_name is not None  # checked
+        return [read_optuna_study(o.storage, o.study_name, objective=o.objective)]
+    targets = find_zenithtune_studies(o.zenithtune_dir)
+    if pick:
+        found = [(url, name) for url, name in targets if o.study_name in (None, name)]
+        if len(found) != 1:
+            names = ", ".join(sorted({name for _, name in targets}))
+            raise click.BadParameter(
+                f"{len(found)} studies under {o.zenithtune_dir} match: name one with --study "
+                f"(it holds: {names})"
+            )
+        targets = found
+    return [read_optuna_study(url, name, objective=o.objective) for url, name in targets]
 
 
 def _with_telemetry(
@@ -86,7 +250,7 @@ def _with_telemetry(
     )
 
 
-_STORED_INPUT = {"duration_hours": "T (--duration-hours)", "reuse": "R (--reuse)"}
+_STORED_INPUT = {"duration_hours": "T (--duration-hours)", "reuse": "R (--reuse)", "gpus": "G (--gpus)"}
 
 
 def _describe(result: RecordResult, study: StudyRecord) -> str:
@@ -106,28 +270,7 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
 
 
 @click.command("record")
-@click.option(
-    "--storage",
-    help="Optuna storage URL, e.g. sqlite:///study.db (any RDB URL Optuna accepts). "
-    "[required with --study, unless --zenithtune-dir]",
-)
-@click.option(
-    "--study",
-    "study_name",
-    help="Study name in --storage. [required with --storage, unless --zenithtune-dir]",
-)
-@click.option(
-    "--zenithtune-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="ZenithTune's output folder: every study in the study.db files under it. "
-    "[required unless --storage and --study]",
-)
-@click.option(
-    "--objective",
-    type=click.Choice(OBJECTIVES),
-    default=None,
-    help="What the objective measures (default: the study's direction, maximize = throughput).",
-)
+@study_options
 @click.option(
     "--source",
     default=None,
@@ -139,8 +282,14 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
     "--duration-hours",
     type=DurationType("h"),
     default=None,
-    help="T: how long one run of the tuned job takes, for history's paid-off check: hours (150), or with "
-    "a unit (72h, 3d, 45m); > 0.",
+    help="T: how long one run of the tuned job takes, for history's paid-off check and ledger: hours "
+    "(150), or with a unit (72h, 3d, 45m); > 0.",
+)
+@click.option(
+    "--gpus",
+    type=IntIn(min=1),
+    default=None,
+    help="G: GPUs of the tuned job, for history's GPU-hours (a trial with telemetry counts its own GPUs).",
 )
 @click.option(
     "--reuse",
@@ -152,39 +301,133 @@ def _describe(result: RecordResult, study: StudyRecord) -> str:
 @prometheus_access_options
 @store_option
 def record(
-    storage: str | None,
-    study_name: str | None,
-    zenithtune_dir: Path | None,
-    objective: str | None,
+    study: StudyOptions,
     source: str | None,
     job_id: str | None,
     duration_hours: float | None,
+    gpus: int | None,
     reuse: float | None,
     reused_by: tuple[str, ...],
     prometheus_auth: PrometheusAuth | None,
     store_path: Path | None,
 ) -> None:
-    """Record finished tuning studies (Optuna, ZenithTune) and their trials' telemetry in the store."""
-    if zenithtune_dir is not None:
-        if storage is not None or study_name is not None:
-            raise click.BadParameter("give --zenithtune-dir or --storage with --study, not both")
-        targets = find_zenithtune_studies(zenithtune_dir)
-    elif storage is None or study_name is None:
-        raise click.BadParameter("give --storage URL and --study NAME, or --zenithtune-dir DIR")
-    else:
-        targets = [(storage, study_name)]
+    """Record finished tuning studies (Optuna, ZenithTune, Ray Tune) and their trials' telemetry in the
+    store."""
     studies = []  # read them all first: a study that cannot be read leaves the store untouched
-    for url, name in targets:
-        study = read_optuna_study(url, name, objective=objective)
+    for found in read_studies(study):
         if source is not None:
-            study = _with_telemetry(study, source, job_id, prometheus_auth)
-        studies.append(study)
+            found = _with_telemetry(found, source, job_id, prometheus_auth)
+        studies.append(found)
     path = resolved_store(store_path)
     with OutcomeStore(path) as store:
-        for study in studies:
-            result = store.record(study, duration_hours=duration_hours, reuse=reuse, reused_by=reused_by)
-            click.echo(_describe(result, study))
+        for one in studies:
+            result = store.record(
+                one, duration_hours=duration_hours, reuse=reuse, reused_by=reused_by, gpus=gpus
+            )
+            click.echo(_describe(result, one))
     click.echo(f"store: {path}")
+
+
+# --- the search ledger ------------------------------------------------------------------------------
+
+#: The ledger's columns, one row per study (:func:`search_ledger`).
+LEDGER_COLUMNS: Final = (
+    "gpus",
+    "gpus_from",
+    "trial_hours_spent",
+    "gpu_hours_spent",
+    "failed_share",
+    "pruned_share",
+    "cost_vs_one_run",
+    "untimed_trials",
+    "ledger_notes",
+)
+
+
+def _trial_gpus(features: Any) -> float:
+    """The GPUs a trial's telemetry counted (the ``gpus`` feature); NaN without telemetry."""
+    if not isinstance(features, dict) or features.get(GPU_COUNT) is None:
+        return math.nan
+    count = float(features[GPU_COUNT])
+    return count if math.isfinite(count) and count > 0 else math.nan
+
+
+def search_ledger(studies: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """What each study's search spent, one row per row of ``studies`` (same index): :data:`LEDGER_COLUMNS`.
+
+    ``studies`` and ``trials`` as :class:`collectors.studies.store.OutcomeStore` gives them (``gpus`` and
+    ``duration_hours`` may be filled from the command line first). Over the study's finished trials
+    (COMPLETE, FAIL, PRUNED; a trial without start and end is counted in ``untimed_trials``, not in the
+    hours): ``trial_hours_spent`` = Σ duration (h); ``gpu_hours_spent`` = Σ duration · GPUs, a trial's
+    GPUs those its telemetry counted, else the study's G (NaN when some trial has neither);
+    ``failed_share`` and ``pruned_share`` of the finished trials; ``cost_vs_one_run`` =
+    gpu_hours_spent / (G · T), or, G unknown and no trial counting its own GPUs, trial_hours_spent / T
+    (every trial on the job's G GPUs: G cancels); NaN without T. ``ledger_notes`` say why a figure is
+    missing, or what it assumed.
+    """
+    rows = []
+    for _, study in studies.iterrows():
+        own = trials[trials["study_id"] == study["study_id"]]
+        n = len(own)
+        timed = own[own["duration_seconds"].notna()]
+        hours = timed["duration_seconds"].to_numpy(dtype=float) / SECONDS_PER_HOUR
+        counted = [_trial_gpus(f) for f in timed["features"]]
+        g = float(study["gpus"]) if pd.notna(study["gpus"]) else math.nan
+        per_trial = [c if math.isfinite(c) else g for c in counted]
+        trial_hours = float(hours.sum())
+        known = all(math.isfinite(c) for c in per_trial)
+        gpu_hours = float(sum(h * c for h, c in zip(hours, per_trial, strict=True))) if known else math.nan
+        t = float(study["duration_hours"]) if pd.notna(study["duration_hours"]) else math.nan
+        notes = []
+        if n > len(timed):
+            notes.append(f"{n - len(timed)} trial(s) without start and end are not in the hours")
+        own_counts = sum(math.isfinite(c) for c in counted)
+        if not math.isfinite(g):
+            if known:  # every trial counted its GPUs
+                notes.append("G not recorded: the GPU-hours count each trial's GPUs from its telemetry")
+            else:
+                notes.append(
+                    "G not recorded: GPU-hours unknown, trial-hours shown (record with --gpus G, or give "
+                    "history --gpus G)"
+                )
+        cost = math.nan
+        if not math.isfinite(t):
+            notes.append(
+                "no T: no cost against one run (record with --duration-hours T, or give history "
+                "--duration-hours T)"
+            )
+        elif math.isfinite(g):
+            cost = gpu_hours / (g * t)
+        elif own_counts == 0:
+            cost = trial_hours / t
+            notes.append("cost against one run = trial-hours / T: every trial taken on the job's G GPUs")
+        else:
+            notes.append("G not recorded and some trials counted their own GPUs: no cost against one run")
+        rows.append(
+            {
+                "gpus": g,
+                "gpus_from": None if not math.isfinite(g) else str(study.get("gpus_from", "recorded")),
+                "trial_hours_spent": trial_hours,
+                "gpu_hours_spent": gpu_hours,
+                "failed_share": own["state"].eq("FAIL").sum() / n if n else math.nan,
+                "pruned_share": own["state"].eq("PRUNED").sum() / n if n else math.nan,
+                "cost_vs_one_run": cost,
+                "untimed_trials": n - len(timed),
+                "ledger_notes": notes,
+            }
+        )
+    return pd.DataFrame(rows, index=studies.index, columns=list(LEDGER_COLUMNS))
+
+
+def _given(studies: pd.DataFrame, column: str, value: float | None) -> pd.DataFrame:
+    """``studies`` with ``value`` where ``column`` was not recorded, and ``<column>_from``: recorded,
+    given (on the command line) or None."""
+    out = studies.copy()
+    recorded = out[column].notna()
+    out[f"{column}_from"] = ["recorded" if r else ("given" if value is not None else None) for r in recorded]
+    if value is not None:
+        out[column] = out[column].where(recorded, float(value))
+    return out
 
 
 def _cell(value: Any, digits: int = 2) -> str:
@@ -197,11 +440,40 @@ def _cell(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _columns(heads: list[str], lines: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in [heads, *lines]
+    ]
+
+
+def _spent(row: pd.Series) -> str:
+    if math.isfinite(row["gpu_hours_spent"]):
+        return f"{row['gpu_hours_spent']:.2f} GPU-h"
+    return f"{row['trial_hours_spent']:.2f} trial-h"
+
+
 @click.command("history")
+@click.option(
+    "--duration-hours",
+    type=DurationType("h"),
+    default=None,
+    help="T for the studies recorded without one: hours (150), or with a unit (72h, 3d, 45m); > 0. "
+    "Recorded T comes first.",
+)
+@click.option(
+    "--gpus",
+    type=IntIn(min=1),
+    default=None,
+    help="G for the studies recorded without one (>= 1). Recorded G comes first.",
+)
 @store_option
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def history_command(store_path: Path | None, output: str) -> None:
-    """Past tuning studies: T, N, t, measured Z, reuse so far, and whether each paid off.
+def history_command(
+    duration_hours: float | None, gpus: int | None, store_path: Path | None, output: str
+) -> None:
+    """Past tuning studies: T, N, t, measured Z, reuse so far, whether each paid off, and the search
+    ledger: GPU-hours spent, failed and pruned shares, cost against one run of the job.
 
     Reads only: a missing store is no error and is not created (exit 0, no studies).
     """
@@ -216,7 +488,13 @@ def history_command(store_path: Path | None, output: str) -> None:
             else:
                 click.echo(f"no studies recorded: no outcomes store yet at {path}; zest record creates it")
         return
-    table = history(*recorded)
+    studies, trials = recorded
+    studies = _given(_given(studies, "duration_hours", duration_hours), "gpus", gpus)
+    table = history(studies, trials)
+    if not table.empty:
+        table["duration_from"] = studies["duration_hours_from"].to_numpy()
+        ledger = search_ledger(studies, trials)
+        table = pd.concat([table, ledger.set_axis(table.index)], axis=1)
     if output == "json":
         records = table.to_dict(orient="records")
         click.echo(json_text({"store": str(path), "store_exists": True, "studies": records}))
@@ -224,19 +502,8 @@ def history_command(store_path: Path | None, output: str) -> None:
     if table.empty:
         click.echo(f"no studies recorded in {path}: record some with zest record")
         return
-    heads = [
-        "study",
-        "T (h)",
-        "N",
-        "failed",
-        "pruned",
-        "t (h)",
-        "Z (%)",
-        "R",
-        "R_break",
-        "net (h/GPU)",
-        "paid off",
-    ]
+    heads = ["study", "T (h)", "N", "failed", "pruned", "t (h)", "Z (%)", "R", "R_break", "net (h/GPU)",
+             "paid off"]  # fmt: skip
     lines = [
         [
             str(row["study"]),
@@ -253,7 +520,24 @@ def history_command(store_path: Path | None, output: str) -> None:
         ]
         for _, row in table.iterrows()
     ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(heads)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
-    for line in lines:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+    for line in _columns(heads, lines):
+        click.echo(line)
+    click.echo("")
+    click.echo("search ledger: spent = sum of trial duration x its GPUs; vs one run = spent / (G x T)")
+    heads = ["study", "G", "spent", "failed", "pruned", "vs one run"]
+    lines = [
+        [
+            str(row["study"]),
+            _cell(row["gpus"], 0),
+            _spent(row),
+            f"{_cell(100 * row['failed_share'], 0)} %",
+            f"{_cell(100 * row['pruned_share'], 0)} %",
+            "n/a" if not math.isfinite(row["cost_vs_one_run"]) else f"{row['cost_vs_one_run']:.3g} x",
+        ]
+        for _, row in table.iterrows()
+    ]
+    for line in _columns(heads, lines):
+        click.echo(line)
+    for _, row in table.iterrows():
+        for note in row["ledger_notes"]:
+            click.echo(f"note: {row['study']}: {note}")
