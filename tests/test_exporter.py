@@ -9,13 +9,17 @@ from __future__ import annotations
 import base64
 import errno
 import logging
+import math
 import re
 import socket
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import pandas as pd
@@ -151,18 +155,34 @@ def test_snapshot_holds_every_job_with_its_decision() -> None:
         }
 
 
-def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
-    _, promtool = require_binaries()
+def rendered(config: ServeConfig, summary: pd.DataFrame | None = None) -> tuple[str, list]:
+    """The text a scrape gets after one cycle over ``summary`` (the example jobs), and the snapshot's jobs."""
     state = ExporterState("prometheus")
-    snapshot = estimate_jobs(example_summary(), ServeConfig(), estimator, SHARES, taken_at_seconds=1.0)
+    snapshot = estimate_jobs(
+        example_summary() if summary is None else summary, config, estimator, SHARES, taken_at_seconds=1.0
+    )
     state.publish(snapshot, 0.5)
-    text = render(state)
+    return render(state), list(snapshot.jobs)
+
+
+DETAIL = ServeConfig(detail=True)
+
+
+@pytest.mark.parametrize("config", [ServeConfig(), DETAIL], ids=["default", "detail"])
+def test_metrics_pass_promtool(config: ServeConfig) -> None:
+    _, promtool = require_binaries()
+    text, _ = rendered(config)
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout == "" and checked.stderr == "", (
         checked.stdout + checked.stderr
     )
+
+
+def test_metrics_carry_base_units() -> None:
+    text, jobs = rendered(DETAIL)
+    snapshot_jobs = jobs
     job = example_jobs()[0]
-    estimate = snapshot.jobs[0]
+    estimate = snapshot_jobs[0]
     z = samples(text, "zest_job_z_expected_ratio")
     assert z[(("bound", "mid"), ("job_id", job))] == pytest.approx(estimate.z_percent.mid / 100)
     exploration = samples(text, "zest_job_exploration_gpu_seconds")
@@ -171,17 +191,18 @@ def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
         heuristic.exploration_gpu_hours * 3600
     )
     verdicts = samples(text, "zest_job_verdict")
-    per_job_algorithm = [
-        v for k, v in verdicts.items() if ("job_id", job) in k and ("algorithm", "heuristic") in k
-    ]
-    assert sorted(per_job_algorithm) == [0.0, 0.0, 1.0]  # one verdict holds
+    per_job_algorithm = {
+        k: v for k, v in verdicts.items() if ("job_id", job) in k and ("algorithm", "heuristic") in k
+    }
+    assert list(per_job_algorithm.values()) == [1.0]  # one series: the verdict that holds, as a label
+    assert (("verdict", heuristic.verdict.value)) in next(iter(per_job_algorithm))
     assert (
         samples(text, "zest_build_info")[(("python_version", samples_python(text)), ("version", "test"))] == 1
     )
-    assert samples(text, "zest_gpu_sm_active_ratio")  # per-GPU series are on by default
+    assert samples(text, "zest_gpu_sm_active_ratio")  # detail: per-GPU series
     assert len(samples(text, "zest_job_idle_share_ratio")) == len(example_jobs())
-    diagnoses = samples(text, "zest_job_diagnosis")  # every rule of every job checked: 1 or 0
-    for estimate in snapshot.jobs:
+    diagnoses = samples(text, "zest_job_diagnosis")  # detail: every rule of every job checked, 1 or 0
+    for estimate in snapshot_jobs:
         found = {d.name for d in estimate.diagnoses}
         assert {
             rule: diagnoses[(("diagnosis", rule), ("job_id", estimate.job_id))] for rule in RULE_NAMES
@@ -189,10 +210,69 @@ def test_metrics_pass_promtool_and_carry_base_units(tmp_path: Path) -> None:
     assert len(diagnoses) == len(example_jobs()) * len(RULE_NAMES)
 
 
+def series_per_job(text: str) -> dict[str, Counter[str]]:
+    """Each job's series (samples labelled with its job_id), counted by metric name."""
+    found: dict[str, Counter[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "job_id" in sample.labels:
+                found.setdefault(sample.labels["job_id"], Counter())[sample.name] += 1
+    return found
+
+
+def test_a_job_has_at_most_25_series_by_default_and_detail_brings_the_rest() -> None:
+    """By default a job has 24 series and one per diagnosis that fires: Z_e's interval, each algorithm's
+    Z (mid), Z_break, R_break, net saving and verdict, its recommendation (G·T·R's label), T (with its
+    source), R, G, the bounds from its elapsed time; ``detail`` adds the features, per-GPU means, each
+    algorithm's Z interval and exploration, the elapsed time and the diagnoses checked and silent.
+    Counted on a rendered export of the example jobs (8 and 16 GPUs) and of a job whose diagnoses fire."""
+    from collectors.schema import SIGNALS
+    from estimator.features.extract import FEATURES
+    from estimator.serving import metrics as m
+
+    # The three example jobs (none diagnosed), and one whose telemetry is made half idle, so that
+    # diagnoses fire and are counted.
+    summary = example_summary()
+    fired = summary[summary[JOB_ID] == example_jobs()[0]].copy()
+    fired[JOB_ID] = "diagnosed"
+    for column in [c for c in fired.columns if c.startswith(("sm_active", "tensor_active", "gpu_util"))]:
+        fired.loc[fired.index[: len(fired) // 2], column] = 0.01
+    summary = pd.concat([summary, fired], ignore_index=True)
+    default_text, jobs = rendered(ServeConfig(), summary)
+    detail_text, _ = rendered(DETAIL, summary)
+    default, detail = series_per_job(default_text), series_per_job(detail_text)
+    assert set(default) == set(detail) == {j.job_id for j in jobs}
+    algorithms = 3
+    # Z_e; per algorithm Z, Z_break, R_break, net saving, verdict; G·T·R (the recommendation); T, R, G;
+    # the run's saving lower bound and the least R_break at the elapsed time: 24, then one per diagnosis.
+    core = 3 + 5 * algorithms + 1 + 3 + 2
+    assert core == 24
+    for estimate in jobs:
+        mine = default[estimate.job_id]
+        assert sum(mine.values()) == core + len(estimate.diagnoses), (estimate.job_id, mine)
+        if len(estimate.diagnoses) <= 1:
+            assert sum(mine.values()) <= 25, (estimate.job_id, mine)
+        assert mine[m.ZEST_DIAGNOSIS] == len(estimate.diagnoses)
+        assert not any(name.startswith("zest_gpu_") for name in mine)
+        for name in (m.ZEST_ELAPSED, m.ZEST_EXPLORATION, *map(m.zest_feature_metric, FEATURES)):
+            assert name not in mine
+        # The switch brings the features, the per-GPU means and the rest back.
+        theirs = detail[estimate.job_id]
+        gpus = int(estimate.features["gpus"])
+        assert all(theirs[m.zest_gpu_metric(s)] == gpus for s in SIGNALS)
+        assert {name for name in theirs if name.startswith("zest_job_")} >= {
+            m.zest_feature_metric(f) for f in FEATURES if not math.isnan(estimate.features.get(f, math.nan))
+        }
+        assert theirs[m.ZEST_ELAPSED] == 1 and theirs[m.ZEST_EXPLORATION] == algorithms
+        assert theirs[m.ZEST_Z_ALGORITHM] == 3 * algorithms and theirs[m.ZEST_DIAGNOSIS] == len(RULE_NAMES)
+        assert sum(theirs.values()) > 4 * sum(mine.values())
+    assert any(estimate.diagnoses for estimate in jobs)  # a diagnosis that fires is counted
+
+
 def test_each_algorithm_exports_its_own_z_and_each_job_counts_once_at_stake() -> None:
     """The verdict compares an algorithm's own Z (its share of Z_e), not Z_e, with its Z_break: both exported
-    and consistent."""
-    config = parse_config({"defaults": {"duration_hours": 500, "reuse": 20}})
+    (the interval with detail) and consistent."""
+    config = parse_config({"serve": {"detail": True}, "defaults": {"duration_hours": 500, "reuse": 20}})
     snapshot = estimate_jobs(example_summary(), config, estimator, SHARES, taken_at_seconds=1.0)
     state = ExporterState("prometheus")
     state.publish(snapshot, 0.5)
@@ -217,6 +297,7 @@ def test_each_algorithm_exports_its_own_z_and_each_job_counts_once_at_stake() ->
             # The exported figures give the exported verdict: like is compared with like.
             expected = "proceed" if z["low"] > brk else "does-not-pay" if z["high"] < brk else "marginal"
             assert verdicts[(("algorithm", name), ("job_id", jid), ("verdict", expected))] == 1.0
+            assert sum(("algorithm", name) in k and ("job_id", jid) in k for k in verdicts) == 1
         mine = {k: v for k, v in at_stake.items() if ("job_id", jid) in k}
         recommendation = estimate.decision.recommendation or "none"
         assert list(mine) == [
@@ -229,13 +310,13 @@ def test_each_algorithm_exports_its_own_z_and_each_job_counts_once_at_stake() ->
 
 
 def test_readme_metrics_table_names_the_labels_zest_exports() -> None:
-    """Every metric the README's table names carries exactly the labels the table gives it."""
+    """Every metric the README's table names carries exactly the labels the table gives it (with detail on,
+    so that every series is there)."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     table = readme.split("**Metrics**", 1)[1].split("\n\n", 2)[1]
     state = ExporterState("prometheus")
-    state.publish(
-        estimate_jobs(example_summary(), ServeConfig(), estimator, SHARES, taken_at_seconds=1.0), 0.5
-    )
+    snapshot = estimate_jobs(example_summary(), DETAIL, estimator, SHARES, taken_at_seconds=1.0)
+    state.publish(replace(snapshot, recording_rules_used=True), 0.5)
     state.fail("source_unavailable", 0.1)
     exported: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(render(state)):
@@ -379,12 +460,23 @@ def test_example_config_overrides_by_namespace_and_name() -> None:
         ({"override": [{"match": {"user": "x"}, "reuse": 2}]}, "cannot match on"),
         ({"override": [{"match": {"job_id": "("}, "reuse": 2}]}, "not a regular expression"),
         ({"serve": {"window_seconds": 0}}, "window_seconds"),
+        ({"serve": {"detail": "yes"}}, "detail must be true or false"),
+        ({"serve": {"detail": True, "gpu_series": False}}, "disagree"),
+        ({"serve": {"details": True}}, "unknown key"),
         ({"grafana": {}}, "unknown section"),
     ],
 )
 def test_bad_config_names_the_key(document: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(document, "zest.toml")
+
+
+def test_detail_is_off_by_default_and_gpu_series_is_its_former_name() -> None:
+    assert parse_config({}).detail is False and ServeConfig().detail is False
+    assert parse_config({"serve": {"detail": True}}).detail is True
+    assert parse_config({"serve": {"gpu_series": True}}).detail is True  # an older config still loads
+    assert parse_config({"serve": {"detail": True, "gpu_series": True}}).detail is True
+    assert load_config(EXAMPLE_TOML).detail is False
 
 
 def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
@@ -424,7 +516,7 @@ def test_node_agent_exports_the_jobs_on_its_gpus(tmp_path: Path) -> None:
         gpustat_dir=tmp_path / "none",
         proc_root=proc,
     )
-    runner = runner_for(node)
+    runner = runner_for(node, DETAIL)
     assert runner.run_once(), runner.state.health().errors
     text = render(runner.state)
     assert jobs_in(text) == {"777", "slurm-888"}
@@ -616,3 +708,13 @@ def test_metrics_are_rendered_once_a_cycle_and_served_as_rendered() -> None:
         assert requests.get(url.replace("/metrics", "/other"), timeout=5).status_code == 404
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("used", "shown"), [(True, {(): 1.0}), (False, {(): 0.0}), (None, {})])
+def test_whether_the_recording_rules_were_read_is_exported(
+    used: bool | None, shown: dict[Any, float]
+) -> None:
+    state = ExporterState("prometheus")
+    snapshot = estimate_jobs(example_summary(), ServeConfig(), estimator, SHARES, taken_at_seconds=1.0)
+    state.publish(replace(snapshot, recording_rules_used=used), 0.5)
+    assert samples(render(state), "zest_source_recording_rules_used") == shown

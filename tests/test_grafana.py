@@ -9,20 +9,38 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import requests
 import yaml
 from promserver import Dataset, prometheus_dataset, require_binaries  # noqa: F401  (a fixture)
 
 from estimator.serving import metrics
+from estimator.serving.config import T_DEFAULT
 
 GRAFANA = Path(__file__).parent.parent / "grafana"
 DASHBOARDS = {p.name: json.loads(p.read_text()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))}
 ZEST_NAMES = {v for k, v in vars(metrics).items() if k.startswith("ZEST_") and v.startswith("zest_")}
 
 
+DETAIL_ROW = "needs [serve] detail = true"  # in the title of the row above the panels that need it
+
+
 def targets(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return [t for panel in dashboard["panels"] for t in panel.get("targets", [])]
+
+
+def panels_by_row(dashboard: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The panels above the first Detail row (data by default), and those below it (need the switch)."""
+    default: list[dict[str, Any]] = []
+    detail: list[dict[str, Any]] = []
+    below = False
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            below = below or DETAIL_ROW in panel["title"]
+            continue
+        (detail if below else default).append(panel)
+    return default, detail
 
 
 def test_both_dashboards_are_there() -> None:
@@ -43,6 +61,9 @@ def test_dashboard_structure(name: str) -> None:
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     for panel in dashboard["panels"]:
+        if panel["type"] == "row":  # a heading: no query; a Detail row says what its panels need
+            assert DETAIL_ROW in panel["title"] and not panel.get("targets")
+            continue
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert panel["targets"], f"panel {panel['title']} has no query"
         grid = panel["gridPos"]
@@ -95,7 +116,7 @@ def test_z_break_is_shown_against_each_algorithms_own_z() -> None:
     plotted = 0
     for dashboard in DASHBOARDS.values():
         for panel in dashboard["panels"]:
-            exprs = [t["expr"] for t in panel["targets"]]
+            exprs = [t["expr"] for t in panel.get("targets", [])]
             if not any(metrics.ZEST_Z_BREAK in e for e in exprs):
                 continue
             defaults = panel["fieldConfig"]["defaults"]
@@ -133,7 +154,7 @@ def test_panel_units_fit_their_queries(name: str) -> None:
     """A counter is shown as a count over a window (increase), never in a panel whose unit is seconds."""
     for panel in DASHBOARDS[name]["panels"]:
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
-        for target in panel["targets"]:
+        for target in panel.get("targets", []):
             expr = target["expr"]
             if "_total" in expr or "rate(" in expr:
                 assert unit not in ("s", "ms", "dtdurations"), f"{panel['title']}: {expr} in {unit}"
@@ -183,19 +204,20 @@ def test_provisioning_files() -> None:
 
 
 def test_jobs_without_t_are_ranked_by_the_bounds_of_their_elapsed_time() -> None:
-    """Where T is not configured (zest_job_duration_configured 0), the fleet ranks jobs by the GPU-hours
-    one run saves at least and shows R_break at the elapsed time; net savings and verdicts count only jobs
-    whose T is configured; every such panel says where its figures come from."""
-    not_set = f"({metrics.ZEST_DURATION_CONFIGURED} == 0)"
-    is_set = f"({metrics.ZEST_DURATION_CONFIGURED} == 1)"
-    panels = DASHBOARDS["zest-fleet.json"]["panels"]
+    """Where T is not configured (t_source default on T), the fleet ranks jobs by the GPU-hours one run saves
+    at least and shows R_break at the elapsed time; net savings and verdicts count only jobs whose T is
+    configured; every such panel says where its figures come from. All of it without the detail switch."""
+    label = metrics.ZEST_T_SOURCE_LABEL
+    not_set = f'{metrics.ZEST_DURATION}{{{label}="{T_DEFAULT}"}}'
+    is_set = f'{metrics.ZEST_DURATION}{{{label}!="{T_DEFAULT}"}}'
+    panels, _ = panels_by_row(DASHBOARDS["zest-fleet.json"])
     bounds = next(
         p for p in panels if any(metrics.ZEST_RUN_SAVING_LOWER_BOUND in t["expr"] for t in p["targets"])
     )
     exprs = [t["expr"] for t in bounds["targets"]]
     assert exprs[0].startswith("sort_desc(topk(25, ") and metrics.ZEST_RUN_SAVING_LOWER_BOUND in exprs[0]
     assert any(metrics.ZEST_R_BREAK_AT_ELAPSED in e for e in exprs)
-    assert any(metrics.ZEST_ELAPSED in e for e in exprs)
+    assert not any(metrics.ZEST_ELAPSED in e for e in exprs)  # a detail series
     assert all(not_set in e for e in exprs)
     assert "elapsed time" in bounds["title"] and "at most" in bounds["description"]
     assert bounds["options"]["sortBy"][0]["desc"] is True
@@ -217,7 +239,62 @@ def test_jobs_without_t_are_ranked_by_the_bounds_of_their_elapsed_time() -> None
 
 
 def test_job_dashboard_shows_the_elapsed_time_and_its_bounds() -> None:
-    exprs = " ".join(t["expr"] for t in targets(DASHBOARDS["zest-job.json"]))
-    for name in (metrics.ZEST_ELAPSED, metrics.ZEST_R_BREAK_AT_ELAPSED, metrics.ZEST_RUN_SAVING_LOWER_BOUND):
+    default, detail = panels_by_row(DASHBOARDS["zest-job.json"])
+    exprs = " ".join(t["expr"] for p in default for t in p["targets"])
+    for name in (metrics.ZEST_R_BREAK_AT_ELAPSED, metrics.ZEST_RUN_SAVING_LOWER_BOUND, metrics.ZEST_DURATION):
         assert f'{name}{{job_id="$job"}}' in exprs
-    assert f'{metrics.ZEST_DURATION_CONFIGURED}{{job_id="$job"}}' in exprs
+    duration = next(t for p in default for t in p["targets"] if metrics.ZEST_DURATION in t["expr"])
+    assert "{{t_source}}" in duration["legendFormat"]  # where T came from
+    assert f'{metrics.ZEST_ELAPSED}{{job_id="$job"}}' in " ".join(
+        t["expr"] for p in detail for t in p["targets"]
+    )
+
+
+def exported_names(detail: bool) -> set[str]:
+    """The names of the families a rendered export has, with ``[serve] detail`` on or off (example jobs)."""
+    from collections import Counter
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collectors.sources import example_jobs, read_job
+    from estimator.decision.algorithms import capture_shares
+    from estimator.features.extract import summarize_gpus
+    from estimator.model.default import default_model, z_intervals_for
+    from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
+    from estimator.serving.config import ServeConfig
+
+    frames = [read_job("example", j).frame for j in example_jobs()]
+    summary = summarize_gpus(pd.concat(frames, ignore_index=True))
+    shares = capture_shares(default_model().capture_shares())
+    state = ExporterState("prometheus")
+    state.publish(
+        estimate_jobs(summary, ServeConfig(detail=detail), z_intervals_for, shares, taken_at_seconds=1.0), 0.5
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ZestCollector(state, coverage_ratio=0.8, version="test"))
+    names: Counter[str] = Counter()
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        names[family.name] += 1  # a family with no sample yet (no diagnosis fires) is still exported
+        names.update(sample.name for sample in family.samples)
+    return set(names)
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_default_panels_read_default_series_and_detail_panels_sit_in_a_detail_row(name: str) -> None:
+    """Every panel above the Detail row reads only series zest exports without ``[serve] detail``, so it has
+    data by default; every panel below it reads a series that needs the switch."""
+    default_names, detail_names = exported_names(False), exported_names(True)
+    default, detail = panels_by_row(DASHBOARDS[name])
+    rows = [p for p in DASHBOARDS[name]["panels"] if p["type"] == "row"]
+    assert len(rows) == 1 and DETAIL_ROW in rows[0]["title"]
+    assert rows[0]["gridPos"]["y"] >= max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in default)
+    assert all(p["gridPos"]["y"] > rows[0]["gridPos"]["y"] for p in detail)
+    for panel in default:
+        for target in panel["targets"]:
+            for used in re.findall(r"\bzest_[a-z_]+", target["expr"]):
+                assert used in default_names, (panel["title"], used)
+    assert detail
+    for panel in detail:
+        used = {u for t in panel["targets"] for u in re.findall(r"\bzest_[a-z_]+", t["expr"])}
+        assert used <= detail_names and used - default_names, (panel["title"], used)

@@ -201,7 +201,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = work / "zest.toml"
     # A long, often reused job, so that some verdict proceeds and a job is recommended; the others' T is
     # not configured, so the panels of the bounds from the elapsed time have jobs too.
-    config.write_text('[[override]]\nmatch = { job_id = "slurm-9101" }\nduration_hours = 500\nreuse = 40\n')
+    # detail: the per-GPU and feature series too, so that the dashboards' detail rows have data as well.
+    config.write_text(
+        "[serve]\ndetail = true\n\n"
+        '[[override]]\nmatch = { job_id = "slurm-9101" }\nduration_hours = 500\nreuse = 40\n'
+    )
     zest_port = free_port()
     zest_log = work / "zest.log"
     with zest_log.open("wb") as log:

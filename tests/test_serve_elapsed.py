@@ -4,7 +4,8 @@ A job has run for its elapsed time, so T >= elapsed: R_break at T = elapsed is a
 upper bound ("pays within at most X runs") and G · elapsed · Z_e low a lower bound
 of the GPU time one run saves. The first sample of each job is asked of
 Prometheus once per job (one query for the new jobs of a cycle), and whether T was
-configured is the ``t_source`` label of the duration gauge.
+configured is the ``t_source`` label of the duration gauge. The elapsed time itself is a detail series
+(``[serve] detail = true``); the bounds are there by default.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ SHARES = CaptureShares({"heuristic": 0.5, "black-box": 0.8, "exhaustive": 1.0}, 
 Z_E = ZInterval(10.0, 20.0, 30.0)  # percent: low, mid, high
 BEGAN = datetime(2026, 11, 30, 6, 0, tzinfo=UTC).timestamp()
 HOUR = 3600.0
+DETAIL = ServeConfig(detail=True)  # with the elapsed time itself
 
 
 def fixed_z(features: pd.DataFrame) -> list[ZInterval]:
@@ -92,7 +94,7 @@ def test_bounds_of_a_job_with_known_elapsed_time_gpus_and_z() -> None:
     summary = summary_of()
     gpus = summary["gpu"].nunique()
     assert gpus == 8
-    found = published(ServeConfig(), summary)
+    found = published(DETAIL, summary)
     job = (("job_id", JOB),)
     assert found[m.ZEST_ELAPSED] == {job: 10 * HOUR}
     # Lower bound of one run's saving: G · elapsed · Z_e low = 8 · 10 h · 10 % = 8 GPU-hours.
@@ -101,21 +103,31 @@ def test_bounds_of_a_job_with_known_elapsed_time_gpus_and_z() -> None:
     # heuristic: 30 · 25/60 h = 12.5 h over 10 h · 10 % = 1 h: 12.5 runs;
     # black-box: 500 · 25/60 = 208.33 h over 10 h · 16 % = 1.6 h: 130.2 runs;
     # exhaustive: 2000 · 25/60 = 833.33 h over 10 h · 20 % = 2 h: 416.7 runs.
-    r_break = {dict(k)["algorithm"]: v for k, v in found[m.ZEST_R_BREAK_AT_ELAPSED].items()}
+    # Exported for the algorithm whose bound is least, labelled with it: heuristic's.
+    snapshot = estimate_jobs(summary, DETAIL, fixed_z, SHARES, taken_at_seconds=1.0)
+    r_break = snapshot.elapsed[JOB].r_break_at_elapsed
     assert r_break == pytest.approx(
         {"heuristic": 12.5, "black-box": 208.333333 / 1.6, "exhaustive": 833.333333 / 2}
     )
+    assert found[m.ZEST_R_BREAK_AT_ELAPSED] == {
+        (("algorithm", "heuristic"), ("job_id", JOB)): pytest.approx(12.5)
+    }
     # Not configured: T is the built-in 24 h, said so by t_source; its R_break is below the bound.
-    assert found[m.ZEST_DURATION] == {(("job_id", JOB),): 24 * HOUR}
-    assert found[m.ZEST_DURATION_CONFIGURED] == {(("job_id", JOB), ("t_source", "default")): 0.0}
+    assert found[m.ZEST_DURATION] == {(("job_id", JOB), ("t_source", "default")): 24 * HOUR}
     at_t = {dict(k)["algorithm"]: v for k, v in found[m.ZEST_R_BREAK].items()}
     assert all(at_t[name] <= r_break[name] for name in r_break)
+    # Without detail, the bounds stay and the elapsed time goes.
+    plain = published(ServeConfig(), summary)
+    assert not plain.get(m.ZEST_ELAPSED)
+    for name in (m.ZEST_RUN_SAVING_LOWER_BOUND, m.ZEST_R_BREAK_AT_ELAPSED):
+        assert plain[name] == found[name]
 
 
 def test_bounds_do_not_depend_on_t_and_engineering_counts_in_r_break() -> None:
     """The bounds are the same whatever T the config gives; R_break at elapsed includes R_impl."""
-    plain = published(ServeConfig(), summary_of())
-    long = published(parse_config({"defaults": {"duration_hours": 500, "reuse": 9}}), summary_of())
+    plain = published(DETAIL, summary_of())
+    config = {"serve": {"detail": True}, "defaults": {"duration_hours": 500, "reuse": 9}}
+    long = published(parse_config(config), summary_of())
     for name in (m.ZEST_ELAPSED, m.ZEST_R_BREAK_AT_ELAPSED, m.ZEST_RUN_SAVING_LOWER_BOUND):
         assert long[name] == plain[name]
     costly = parse_config(
@@ -130,14 +142,15 @@ def test_bounds_do_not_depend_on_t_and_engineering_counts_in_r_break() -> None:
 def test_first_sample_given_by_the_source_is_earlier_than_the_window() -> None:
     """The window covers the last hour; the source says the job began two days ago: elapsed counts from it."""
     summary = summary_of(first=BEGAN + 9 * HOUR, last=BEGAN + 10 * HOUR)
-    found = published(ServeConfig(), summary, first_samples={JOB: BEGAN - 38 * HOUR})
+    found = published(DETAIL, summary, first_samples={JOB: BEGAN - 38 * HOUR})
     assert found[m.ZEST_ELAPSED] == {(("job_id", JOB),): 48 * HOUR}
     assert found[m.ZEST_RUN_SAVING_LOWER_BOUND][(("job_id", JOB),)] == pytest.approx(8 * 48 * 0.1 * HOUR)
 
 
 def test_a_job_with_one_sample_has_no_bounds() -> None:
-    found = published(ServeConfig(), summary_of(first=BEGAN, last=BEGAN))
+    found = published(DETAIL, summary_of(first=BEGAN, last=BEGAN))
     assert m.ZEST_ELAPSED not in found or not found[m.ZEST_ELAPSED]
+    assert not found.get(m.ZEST_RUN_SAVING_LOWER_BOUND) and not found.get(m.ZEST_R_BREAK_AT_ELAPSED)
     assert found[m.ZEST_DURATION]  # still weighed, with T
 
 
@@ -150,22 +163,16 @@ def test_t_source_default_config_slurm_and_the_override_wins() -> None:
     config = parse_config({"override": [{"match": {"job_id": "4003|ml/.*"}, "duration_hours": 100}]})
     scheduled = {"4002": {"duration_hours": 2.5, "reuse": 3.0}, "4003": {"duration_hours": 7.0}}
     found = published(config, summary, scheduled=scheduled)
-    configured = {
-        dict(k)["job_id"]: (dict(k)["t_source"], v) for k, v in found[m.ZEST_DURATION_CONFIGURED].items()
+    duration = {(dict(k)["job_id"], dict(k)["t_source"]): v / HOUR for k, v in found[m.ZEST_DURATION].items()}
+    assert duration == {
+        ("4001", "default"): 24.0,
+        ("4002", "slurm"): 2.5,
+        ("4003", "config"): 100.0,  # the override wins over Slurm's time limit
+        ("ml/sft-1", "config"): 100.0,
     }
-    duration = {dict(k)["job_id"]: v / HOUR for k, v in found[m.ZEST_DURATION].items()}
-    assert configured == {
-        "4001": ("default", 0.0),
-        "4002": ("slurm", 1.0),
-        "4003": ("config", 1.0),  # the override wins over Slurm's time limit
-        "ml/sft-1": ("config", 1.0),
-    }
-    assert duration == {"4001": 24.0, "4002": 2.5, "4003": 100.0, "ml/sft-1": 100.0}
     # A [defaults] T is configured too; the bounds are exported for every job whatever T is.
     found = published(parse_config({"defaults": {"duration_hours": 48}}), summary)
-    assert {(dict(k)["t_source"], v) for k, v in found[m.ZEST_DURATION_CONFIGURED].items()} == {
-        ("config", 1.0)
-    }
+    assert {(dict(k)["t_source"], v) for k, v in found[m.ZEST_DURATION].items()} == {("config", 48 * HOUR)}
     assert {dict(k)["job_id"] for k in found[m.ZEST_RUN_SAVING_LOWER_BOUND]} == set(jobs)
     # A reuse-only override leaves T's source alone.
     reuse_only = parse_config({"override": [{"match": {"job_id": "4001"}, "reuse": 5}]})
@@ -206,7 +213,7 @@ def test_the_runner_asks_for_each_jobs_first_sample_once() -> None:
         [pd.concat([a, b]), pd.concat([a, b]), pd.concat([a, b, c]), pd.concat([b, c]), pd.concat([a, b, c])],
         {"a": BEGAN - HOUR, "b": BEGAN, "c": BEGAN + HOUR},
     )
-    runner = Runner(source, ExporterState("prometheus"), ServeConfig(), fixed_z, SHARES, 1.0)
+    runner = Runner(source, ExporterState("prometheus"), DETAIL, fixed_z, SHARES, 1.0)
     for _ in range(5):
         assert runner.run_once(), runner.state.health().errors
     # New jobs together in one question; none in a cycle without new jobs; a job gone and back is new.
@@ -278,7 +285,7 @@ def test_a_cluster_service_asks_prometheus_once_per_job(prometheus_dataset: Data
             return found
 
     source = ClusterSummaries(Counted(prometheus_dataset.url), 2 * HOUR)
-    runner = Runner(source, ExporterState("prometheus"), ServeConfig(), fixed_z, SHARES, 1.0)
+    runner = Runner(source, ExporterState("prometheus"), DETAIL, fixed_z, SHARES, 1.0)
     for _ in range(3):
         assert runner.run_once(), runner.state.health().errors
     assert Counted.first_sample_queries == 1

@@ -84,7 +84,7 @@ def test_slurm_inputs_give_time_limit_and_history(slurm_cluster: SlurmCluster) -
 
 
 def _metric(text: str, name: str, job_id: str) -> float | None:
-    found = re.search(rf'^{name}\{{job_id="{re.escape(job_id)}"\}} (\S+)$', text, re.M)
+    found = re.search(rf'^{name}\{{job_id="{re.escape(job_id)}"(?:,[^}}]*)?\}} (\S+)$', text, re.M)
     return float(found[1]) if found else None
 
 

@@ -340,7 +340,7 @@ def serve(
     web = load_web_config(web_config) if web_config is not None else WebConfig(tls_cert, tls_key)
     config = load_config(config_path)
     if window is not None:
-        config = ServeConfig(window, config.gpu_series, config.defaults, config.overrides)
+        config = ServeConfig(window, config.detail, config.defaults, config.overrides)
     job_inputs = _slurm_inputs() if slurm else None
     with ServiceSignals() as signals:  # from here on, SIGTERM and SIGINT stop the service after its cleanup
         registry = CollectorRegistry(auto_describe=False)
@@ -455,7 +455,7 @@ class ServiceSignals:
 
 
 def config_reloader(runner: Runner, config_path: Path | None) -> Callable[[], None]:
-    """Reads ``config_path`` again into ``runner``: break-even inputs, overrides and ``gpu_series``; the
+    """Reads ``config_path`` again into ``runner``: break-even inputs, overrides and ``detail``; the
     window stays (the source was built with it). A config that no longer loads is logged, not taken."""
     where = str(config_path) if config_path is not None else "built-in defaults"
 
@@ -468,7 +468,7 @@ def config_reloader(runner: Runner, config_path: Path | None) -> Callable[[], No
             )
             return
         current = runner.config
-        runner.config = ServeConfig(current.window_seconds, fresh.gpu_series, fresh.defaults, fresh.overrides)
+        runner.config = ServeConfig(current.window_seconds, fresh.detail, fresh.defaults, fresh.overrides)
         fields = {"path": where, "overrides": len(fresh.overrides)}
         if fresh.window_seconds != current.window_seconds:
             fields["window_seconds_ignored"] = fresh.window_seconds  # a new window takes a restart

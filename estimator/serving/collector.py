@@ -15,7 +15,9 @@ Three parts, each plain:
   new snapshot (it ended) loses its series.
 
 Metric names come from :mod:`estimator.serving.metrics`; ratios of shares are 0-1, GPU time
-is in GPU-seconds.
+is in GPU-seconds. By default a job has the series its verdicts, the fleet's ranking and the dashboards'
+default panels read (about 25); ``[serve] detail = true`` adds the features, the per-GPU means, each
+algorithm's Z interval and exploration GPU time, the elapsed time and the diagnoses checked and silent.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from collectors.schema import GPU, GPU_MODEL, HOST, JOB_ID, SIGNALS, WINDOW_END,
 from collectors.util import zest_version
 from estimator import pipeline
 from estimator.decision.algorithms import CaptureShares
-from estimator.decision.breakeven import Decision, Job, Verdict, ZInterval, assess, speedup_hours_per_run
+from estimator.decision.breakeven import Decision, Job, ZInterval, assess, speedup_hours_per_run
 from estimator.features.diagnoses import checked_rules
 from estimator.features.extract import FEATURES, NoFiniteTelemetry, has_finite_signal
 from estimator.pipeline import JobEstimate, ZEstimator
@@ -101,7 +103,8 @@ class Snapshot:
     """What one cycle produced: every running job's estimate and, optionally, per-GPU signal means.
 
     ``duration_sources``: where each weighed job's T came from (``t_source``: default, config, slurm);
-    ``elapsed``: the bounds of each weighed job that has run for some time (two samples or more).
+    ``elapsed``: the bounds of each weighed job that has run for some time (two samples or more);
+    ``detail``: render the detail series too (the config's ``detail``).
     """
 
     jobs: tuple[JobEstimate, ...] = ()
@@ -109,6 +112,8 @@ class Snapshot:
     taken_at_seconds: float = math.nan
     duration_sources: Mapping[str, str] = field(default_factory=dict)
     elapsed: Mapping[str, ElapsedBounds] = field(default_factory=dict)
+    detail: bool = False
+    recording_rules_used: bool | None = None  # a Prometheus source: read from recorded tiles, or raw
 
 
 def elapsed_bounds(
@@ -200,9 +205,9 @@ def estimate_jobs(
 
     Each job is weighed with the plan ``config`` gives it, after what its scheduler says of it
     (``scheduled``, by job id: ``duration_hours``, ``reuse``); ``shares``: each algorithm's share
-    of Z_e. Per-GPU means are kept when ``config.gpu_series`` is set. Each job's elapsed time runs
-    from its first sample (``first_samples``, Unix seconds by job id, else the first of the window,
-    whichever is earlier) to its last sample in the window.
+    of Z_e. Per-GPU means are kept, and the detail series rendered, when ``config.detail`` is set.
+    Each job's elapsed time runs from its first sample (``first_samples``, Unix seconds by job id, else
+    the first of the window, whichever is earlier) to its last sample in the window.
 
     A job whose every signal is NaN is left out (it has no telemetry to estimate
     from); when that leaves none of the jobs, :class:`NoFiniteTelemetry` is raised,
@@ -213,9 +218,9 @@ def estimate_jobs(
         count = summary[JOB_ID].nunique(dropna=False)
         raise NoFiniteTelemetry(f"every signal of the {count} running job(s) is NaN: nothing to estimate")
     summary = summary[finite].reset_index(drop=True)
-    gpu_means = _gpu_means(summary) if config.gpu_series else None
+    gpu_means = _gpu_means(summary) if config.detail else None
     if summary.empty:
-        return Snapshot(gpu_means=gpu_means, taken_at_seconds=taken_at_seconds)
+        return Snapshot(gpu_means=gpu_means, taken_at_seconds=taken_at_seconds, detail=config.detail)
     known = scheduled or {}
     jobs = pipeline.estimate(
         summary,
@@ -237,7 +242,7 @@ def estimate_jobs(
             )
             if bounds is not None:
                 elapsed[jid] = bounds
-    return Snapshot(tuple(jobs), gpu_means, taken_at_seconds, sources, elapsed)
+    return Snapshot(tuple(jobs), gpu_means, taken_at_seconds, sources, elapsed, config.detail)
 
 
 def _gpu_means(summary: pd.DataFrame) -> pd.DataFrame:
@@ -330,8 +335,8 @@ class ZestCollector(Collector):
         health = self._state.health()
         yield from self._self_metrics(health)
         snapshot = health.snapshot
-        yield from self._job_metrics(snapshot.jobs, snapshot.duration_sources)
-        yield from self._elapsed_metrics(snapshot.elapsed)
+        yield from self._job_metrics(snapshot.jobs, snapshot.duration_sources, detail=snapshot.detail)
+        yield from self._elapsed_metrics(snapshot.elapsed, detail=snapshot.detail)
         if snapshot.gpu_means is not None:
             yield from self._gpu_metrics(snapshot.gpu_means)
 
@@ -376,11 +381,21 @@ class ZestCollector(Collector):
             duration = GaugeMetricFamily(m.ZEST_CYCLE_DURATION, "Seconds the last cycle took")
             duration.add_metric([], health.last_cycle_seconds)
             yield duration
+        if health.snapshot.recording_rules_used is not None:
+            rules = GaugeMetricFamily(
+                m.ZEST_RECORDING_RULES_USED,
+                "1 when the last cycle read zest's recording rules (grafana/zest-gpu.rules.yml), 0 when it "
+                "read raw samples (the rules absent, or not covering the window)",
+            )
+            rules.add_metric([], 1.0 if health.snapshot.recording_rules_used else 0.0)
+            yield rules
         running = GaugeMetricFamily(m.ZEST_RUNNING_JOBS, "Running jobs zest estimates")
         running.add_metric([], float(len(health.snapshot.jobs)))
         yield running
 
-    def _job_metrics(self, jobs: Sequence[JobEstimate], sources: Mapping[str, str]) -> Iterator[Metric]:
+    def _job_metrics(
+        self, jobs: Sequence[JobEstimate], sources: Mapping[str, str], *, detail: bool
+    ) -> Iterator[Metric]:
         job, alg = m.ZEST_JOB_LABEL, m.ZEST_ALGORITHM_LABEL
         z = GaugeMetricFamily(
             m.ZEST_Z_EXPECTED,
@@ -389,13 +404,10 @@ class ZestCollector(Collector):
             labels=[job, m.ZEST_BOUND_LABEL],
         )
         duration = GaugeMetricFamily(
-            m.ZEST_DURATION, "T: the job's training duration the break-even assumes, in seconds", labels=[job]
-        )
-        configured = GaugeMetricFamily(
-            m.ZEST_DURATION_CONFIGURED,
-            f"1 when the job's T comes from the config or the scheduler, 0 when it is the built-in default "
-            f"(not configured: rank by the bounds from the elapsed time); t_source: where T came from, "
-            f"{T_DEFAULT}, {T_CONFIG} or {T_SLURM}",
+            m.ZEST_DURATION,
+            f"T: the job's training duration the break-even assumes, in seconds; t_source: where it came "
+            f"from, {T_CONFIG} or {T_SLURM} (configured), {T_DEFAULT} (the built-in default: not configured, "
+            f"rank by the bounds from the elapsed time)",
             labels=[job, m.ZEST_T_SOURCE_LABEL],
         )
         reuse = GaugeMetricFamily(m.ZEST_REUSE, "R: runs of the tuned configuration assumed", labels=[job])
@@ -408,8 +420,8 @@ class ZestCollector(Collector):
         )
         z_algorithm = GaugeMetricFamily(
             m.ZEST_Z_ALGORITHM,
-            "Z: share of training time the algorithm is expected to save (0-1), low/mid/high of its "
-            "interval; the verdict compares it with the algorithm's Z_break",
+            "Z: share of training time the algorithm is expected to save (0-1), mid of its interval "
+            "(low/high too with [serve] detail); the verdict compares it with the algorithm's Z_break",
             labels=[job, alg, m.ZEST_BOUND_LABEL],
         )
         z_break = GaugeMetricFamily(
@@ -435,35 +447,37 @@ class ZestCollector(Collector):
         )
         verdict = GaugeMetricFamily(
             m.ZEST_VERDICT,
-            "1 for the algorithm's verdict (proceed, marginal, does-not-pay), 0 for the others",
+            "1, labelled with the algorithm's verdict (proceed, marginal, does-not-pay): one series per "
+            "algorithm",
             labels=[job, alg, m.ZEST_VERDICT_LABEL],
-        )
-        recommended = GaugeMetricFamily(
-            m.ZEST_RECOMMENDED,
-            "1 for the algorithm zest recommends for the job, 0 for the others",
-            labels=[job, alg],
         )
         features = {
             f: GaugeMetricFamily(m.zest_feature_metric(f), _feature_help(f), labels=[job]) for f in FEATURES
         }
         diagnosis = GaugeMetricFamily(
             m.ZEST_DIAGNOSIS,
-            "1 when the named diagnosis fits the job's telemetry, 0 when checked and not seen "
-            "(no series: its signals are missing)",
+            "1 when the named diagnosis fits the job's telemetry; no series when it does not or its signals "
+            "are missing (with [serve] detail, 0 when checked and not seen)",
             labels=[job, m.ZEST_DIAGNOSIS_LABEL],
         )
+        bounds = BOUNDS if detail else ("mid",)
         for estimate in jobs:
             jid, z_percent, decision = estimate.job_id, estimate.z_percent, estimate.decision
             found = {d.name for d in estimate.diagnoses}
             for rule in checked_rules(estimate.features):
-                diagnosis.add_metric([jid, rule], 1.0 if rule in found else 0.0)
+                if rule in found or detail:
+                    diagnosis.add_metric([jid, rule], 1.0 if rule in found else 0.0)
+            if detail:
+                for feature, family in features.items():
+                    value = estimate.features.get(feature, math.nan)
+                    if not math.isnan(value):
+                        family.add_metric([jid], value)
             if z_percent is None or decision is None:
                 continue  # a job the pipeline did not weigh has no break-even series
-            for bound, value in zip(BOUNDS, (z_percent.low, z_percent.mid, z_percent.high), strict=True):
-                z.add_metric([jid, bound], value / PERCENT_PER_RATIO)
-            duration.add_metric([jid], decision.job.duration_hours * SECONDS_PER_HOUR)
+            for bound in BOUNDS:
+                z.add_metric([jid, bound], getattr(z_percent, bound) / PERCENT_PER_RATIO)
             source = sources.get(jid, T_DEFAULT)
-            configured.add_metric([jid, source], 0.0 if source == T_DEFAULT else 1.0)
+            duration.add_metric([jid, source], decision.job.duration_hours * SECONDS_PER_HOUR)
             reuse.add_metric([jid], decision.job.reuse)
             gpus.add_metric([jid], float(decision.job.gpus))
             at_stake.add_metric(
@@ -471,37 +485,24 @@ class ZestCollector(Collector):
                 decision.job.gpus * decision.job.duration_hours * decision.job.reuse * SECONDS_PER_HOUR,
             )
             for a in decision.assessments:
-                name, z_own = a.candidate.name, a.candidate.z_percent
-                for bound, value in zip(BOUNDS, (z_own.low, z_own.mid, z_own.high), strict=True):
-                    z_algorithm.add_metric([jid, name, bound], value / PERCENT_PER_RATIO)
+                name = a.candidate.name
+                for bound in bounds:
+                    z_algorithm.add_metric(
+                        [jid, name, bound], getattr(a.candidate.z_percent, bound) / PERCENT_PER_RATIO
+                    )
                 z_break.add_metric([jid, name], a.z_break_percent / PERCENT_PER_RATIO)
                 r_break.add_metric([jid, name], a.r_break)
-                exploration.add_metric([jid, name], a.exploration_gpu_hours * SECONDS_PER_HOUR)
                 saving.add_metric([jid, name], a.net_saving_gpu_hours * SECONDS_PER_HOUR)
-                for state in Verdict:
-                    verdict.add_metric([jid, name, state.value], 1.0 if a.verdict is state else 0.0)
-                recommended.add_metric([jid, name], 1.0 if decision.recommendation == name else 0.0)
-            for feature, family in features.items():
-                value = estimate.features.get(feature, math.nan)
-                if not math.isnan(value):
-                    family.add_metric([jid], value)
-        yield from (
-            z,
-            duration,
-            configured,
-            reuse,
-            gpus,
-            at_stake,
-            z_algorithm,
-            z_break,
-            r_break,
-            exploration,
-            saving,
-        )
-        yield from (verdict, recommended, diagnosis)
-        yield from features.values()
+                verdict.add_metric([jid, name, a.verdict.value], 1.0)
+                if detail:
+                    exploration.add_metric([jid, name], a.exploration_gpu_hours * SECONDS_PER_HOUR)
+        yield from (z, duration, reuse, gpus, at_stake, z_algorithm, z_break, r_break, saving, verdict)
+        yield diagnosis
+        if detail:
+            yield exploration
+            yield from features.values()
 
-    def _elapsed_metrics(self, bounds: Mapping[str, ElapsedBounds]) -> Iterator[Metric]:
+    def _elapsed_metrics(self, bounds: Mapping[str, ElapsedBounds], *, detail: bool) -> Iterator[Metric]:
         job = m.ZEST_JOB_LABEL
         elapsed = GaugeMetricFamily(
             m.ZEST_ELAPSED,
@@ -513,7 +514,8 @@ class ZestCollector(Collector):
         r_break = GaugeMetricFamily(
             m.ZEST_R_BREAK_AT_ELAPSED,
             "R_break at T = the elapsed time, at the mid Z_e: an upper bound of R_break whatever T is "
-            "(T is at least the elapsed time): tuning pays within at most this many runs (+Inf: never)",
+            "(T is at least the elapsed time): tuning pays within at most this many runs (+Inf: never); "
+            "the least over the algorithms, labelled with that algorithm",
             labels=[job, m.ZEST_ALGORITHM_LABEL],
         )
         saving = GaugeMetricFamily(
@@ -523,11 +525,15 @@ class ZestCollector(Collector):
             labels=[job],
         )
         for jid, bound in bounds.items():
-            elapsed.add_metric([jid], bound.elapsed_seconds)
             saving.add_metric([jid], bound.run_saving_lower_bound_gpu_hours * SECONDS_PER_HOUR)
-            for name, runs in bound.r_break_at_elapsed.items():
-                r_break.add_metric([jid, name], runs)
-        yield from (elapsed, r_break, saving)
+            if bound.r_break_at_elapsed:
+                best = min(bound.r_break_at_elapsed, key=lambda name: bound.r_break_at_elapsed[name])
+                r_break.add_metric([jid, best], bound.r_break_at_elapsed[best])
+            if detail:
+                elapsed.add_metric([jid], bound.elapsed_seconds)
+        yield from (r_break, saving)
+        if detail:
+            yield elapsed
 
     def _gpu_metrics(self, means: pd.DataFrame) -> Iterator[Metric]:
         labels = [m.ZEST_JOB_LABEL, m.ZEST_HOST_LABEL, m.ZEST_GPU_LABEL, m.ZEST_GPU_MODEL_LABEL]

@@ -35,7 +35,7 @@ MATCH_LABELS: tuple[str, ...] = ("job_id", "namespace", "name")
 DEFAULT_WINDOW_SECONDS = 3600.0
 DEFAULT_DURATION_HOURS = 24.0
 DEFAULT_REUSE = 1.0
-#: Where a job's T came from (``zest_job_duration_configured``'s ``t_source`` label): the built-in default,
+#: Where a job's T came from (``zest_job_duration_seconds``'s ``t_source`` label): the built-in default,
 #: the config (``[defaults]`` or an ``[[override]]``), or the scheduler (``--slurm``: the time limit).
 T_DEFAULT, T_CONFIG, T_SLURM = "default", "config", "slurm"
 #: The annotated example config, package data of this package (grafana/zest.example.toml links to it).
@@ -100,7 +100,10 @@ class ServeConfig:
     """Everything ``zest serve`` reads from its config file."""
 
     window_seconds: float = DEFAULT_WINDOW_SECONDS  # how much telemetry each cycle's features cover
-    gpu_series: bool = True  # export per-GPU window means (zest_gpu_*) as well as per-job series
+    #: Export the detail series too: each feature (zest_job_<feature>), per-GPU window means (zest_gpu_*),
+    #: each algorithm's Z interval and exploration GPU time, the elapsed time. Off: the series the verdicts
+    #: and the dashboards' default panels need, about 25 per job (README, "Metrics").
+    detail: bool = False
     defaults: BreakEven = field(default_factory=BreakEven)
     overrides: tuple[Override, ...] = ()
 
@@ -155,15 +158,13 @@ def parse_config(document: Mapping[str, Any], where: str = "config") -> ServeCon
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; use serve, defaults, override")
     serve = _table(document.get("serve", {}), f"{where} [serve]")
-    bad = sorted(set(serve) - {"window_seconds", "gpu_series"})
+    bad = sorted(set(serve) - {"window_seconds", "detail", "gpu_series"})
     if bad:
-        raise ConfigError(f"{where} [serve]: unknown key(s) {', '.join(bad)}; use window_seconds, gpu_series")
+        raise ConfigError(f"{where} [serve]: unknown key(s) {', '.join(bad)}; use window_seconds, detail")
     window = serve.get("window_seconds", DEFAULT_WINDOW_SECONDS)
     if isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < math.inf:
         raise ConfigError(f"{where} [serve] window_seconds must be a number of seconds > 0, got {window!r}")
-    gpu_series = serve.get("gpu_series", True)
-    if not isinstance(gpu_series, bool):
-        raise ConfigError(f"{where} [serve] gpu_series must be true or false, got {gpu_series!r}")
+    detail = _detail(serve, f"{where} [serve]")
     defaults = _settings(BreakEven(), _table(document.get("defaults", {}), f"{where} [defaults]"), where)
     overrides = []
     entries = document.get("override", [])
@@ -176,7 +177,19 @@ def parse_config(document: Mapping[str, Any], where: str = "config") -> ServeCon
         # Checked against the defaults: the override must make sense on its own.
         _settings(defaults, table, place)
         overrides.append(Override(match, _changes(table)))
-    return ServeConfig(float(window), gpu_series, defaults, tuple(overrides))
+    return ServeConfig(float(window), detail, defaults, tuple(overrides))
+
+
+def _detail(serve: Mapping[str, Any], where: str) -> bool:
+    """``detail``, or ``gpu_series``, its former name (it switched the per-GPU series alone), kept so that
+    an older config still loads; both at once must agree."""
+    given = {key: serve[key] for key in ("detail", "gpu_series") if key in serve}
+    for key, value in given.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} {key} must be true or false, got {value!r}")
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"{where}: detail and gpu_series (its former name) disagree; keep only detail")
+    return next(iter(given.values()), False)
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:

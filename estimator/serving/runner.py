@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Protocol
@@ -108,6 +108,8 @@ class ClusterSummaries:
     kind: str = "prometheus"
     shard: Shard | None = None
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: Whether the last cycle read zest's recording rules (grafana/zest-gpu.rules.yml) or raw samples.
+    recording_rules_used: bool | None = None
 
     def running_jobs(self) -> set[str]:
         """The ids of the running jobs this replica serves: all of them without a shard."""
@@ -121,7 +123,9 @@ class ClusterSummaries:
         # A shard asks only for its jobs (PromQL has no hashmod: their ids are matched); jobs whose labels
         # look alike may come too, and are dropped here with those that ended within the window.
         shard_jobs = None if self.shard is None else sorted(running)
-        summary = self.source.summarize_jobs(self.window_seconds, self.now(), shard_jobs).summary
+        answer = self.source.summarize_jobs(self.window_seconds, self.now(), shard_jobs)
+        self.recording_rules_used = answer.recording_rules_used
+        summary = answer.summary
         return summary[summary[JOB_ID].isin(running)].reset_index(drop=True)
 
     def first_samples(self, job_ids: Sequence[str]) -> Mapping[str, float]:
@@ -291,7 +295,8 @@ class Runner:
             return self._failed(failure_reason(exc), exc, started)
         except Exception as exc:  # a bug: counted and logged with its traceback; the exporter keeps serving
             return self._failed(INTERNAL_ERROR, exc, started, bug=True)
-        self.state.publish(snapshot, self.clock() - started)
+        rules = getattr(self.source, "recording_rules_used", None)  # a Prometheus source tells
+        self.state.publish(replace(snapshot, recording_rules_used=rules), self.clock() - started)
         if self._failing is not None:
             log.info(
                 "source up: %s recovered after %d failed cycle(s); estimates are current",
