@@ -204,17 +204,26 @@ def test_metrics_export_one_gauge_per_checked_rule() -> None:
         if signal not in ("gpu_util_ratio", "mem_used_bytes", "mem_total_bytes", "power_watts"):
             no_sm[signal] = np.nan
     summary = summarize_gpus(pd.concat([bubbles, no_sm], ignore_index=True))
-    state = ExporterState("prometheus")
-    state.publish(Snapshot(tuple(pipeline.estimate(summary))), 0.1)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ZestCollector(state, version="test"))
-    text = generate_latest(registry).decode()
-    gauge = {
-        (s.labels["job_id"], s.labels["diagnosis"]): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == ZEST_DIAGNOSIS
-    }
+    jobs = tuple(pipeline.estimate(summary))
+
+    def exported(detail: bool) -> dict[tuple[str, str], float]:
+        state = ExporterState("prometheus")
+        state.publish(Snapshot(jobs, detail=detail), 0.1)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ZestCollector(state, version="test"))
+        text = generate_latest(registry).decode()
+        return {
+            (s.labels["job_id"], s.labels["diagnosis"]): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == ZEST_DIAGNOSIS
+        }
+
+    # By default only the rules that fire, each 1; with detail, every checked rule, 0 where silent.
+    firing = exported(detail=False)
+    assert set(firing.values()) == {1.0}
+    assert {rule for (job, rule) in firing if job == "pp8"} == set(names(features_of(bubbles)))
+    gauge = exported(detail=True)
     assert gauge[("pp8", "pipeline-bubbles")] == 1.0
     assert {rule for (job, rule) in gauge if job == "pp8"} == set(RULE_NAMES)
     assert sum(v for (job, _), v in gauge.items() if job == "pp8") == len(names(features_of(bubbles)))
