@@ -99,9 +99,24 @@ def test_no_pickle_is_opened(copy: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(pickle, "load", refuse)
     monkeypatch.setattr(pickle, "loads", refuse)
-    for pkl in copy.rglob("*.pkl"):
+    # Where Ray writes pickles, stand-ins that no unpickler could read.
+    stand_ins = [copy / "tuner.pkl", *(folder / "params.pkl" for folder in copy.glob("train_gpt_*"))]
+    for pkl in stand_ins:
         pkl.write_bytes(b"not a pickle")
     assert len(read_ray_tune_experiment(copy, metric="tokens_per_s", mode="max").trials) == 5
+
+
+def test_an_error_pickle_alone_fails_the_trial(copy: Path) -> None:
+    # Ray writes error.pkl beside error.txt; either one marks the trial failed.
+    failed = trial_folder(copy, 2)
+    (failed / "error.txt").unlink()
+    (failed / "error.pkl").write_bytes(b"not a pickle")  # a stand-in: never opened
+    study = read_ray_tune_experiment(copy, metric="tokens_per_s", mode="max")
+    assert [t.state for t in study.trials][2] == "FAIL"
+    (failed / "error.pkl").unlink()
+    assert [t.state for t in read_ray_tune_experiment(copy, metric="tokens_per_s", mode="max").trials][
+        2
+    ] != "FAIL"
 
 
 def test_a_trial_without_results_failed_and_has_no_window(copy: Path) -> None:
