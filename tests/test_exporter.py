@@ -86,6 +86,7 @@ class FakeSummaries:
     """A summary source whose answers a test scripts: a frame, or an error to raise."""
 
     kind = "prometheus"
+    recording_rules_used = None
 
     def __init__(self) -> None:
         self.answers: list[pd.DataFrame | Exception] = []

@@ -193,6 +193,7 @@ class LookingBack:
     """A summary source that can look back (as ClusterSummaries): scripted summaries, recorded questions."""
 
     kind = "prometheus"
+    recording_rules_used = None
 
     def __init__(self, answers: list[pd.DataFrame], began: Mapping[str, float]) -> None:
         self.answers = answers

@@ -92,7 +92,6 @@ class ElapsedBounds:
     search's configuration saves at least (at the low end of Z_e's interval).
     """
 
-    first_sample_seconds: float  # Unix seconds
     elapsed_seconds: float
     r_break_at_elapsed: Mapping[str, float]
     run_saving_lower_bound_gpu_hours: float
@@ -127,7 +126,6 @@ def elapsed_bounds(
     elapsed_hours = elapsed_seconds / SECONDS_PER_HOUR
     so_far = Job(elapsed_hours, decision.job.gpus)
     return ElapsedBounds(
-        first_sample_seconds=first_seconds,
         elapsed_seconds=elapsed_seconds,
         r_break_at_elapsed={
             a.candidate.name: assess(a.candidate, so_far, decision.costs).r_break

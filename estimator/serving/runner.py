@@ -60,6 +60,9 @@ class SummarySource(Protocol):
     """Gives the GPU summary (:data:`collectors.schema.SUMMARY_COLUMNS`) of every running job."""
 
     kind: str  # names the source in error counts: "prometheus", "nvml"
+    #: Whether the last summaries came from zest's recording rules (True), raw samples (False), or a
+    #: source that has none (None: NVML).
+    recording_rules_used: bool | None
 
     def summaries(self) -> pd.DataFrame: ...
 
@@ -149,6 +152,7 @@ class NodeSummaries:
     interval_seconds: float = 1.0
     hpc_job_dir: Path | None = None
     gpustat_dir: Path = Path("/run/gpustat")
+    recording_rules_used: bool | None = None  # NVML: no recording rules
     proc_root: Path = Path("/proc")
     kind: str = "nvml"
     _window: pd.DataFrame = field(default_factory=empty_frame)
@@ -295,8 +299,8 @@ class Runner:
             return self._failed(failure_reason(exc), exc, started)
         except Exception as exc:  # a bug: counted and logged with its traceback; the exporter keeps serving
             return self._failed(INTERNAL_ERROR, exc, started, bug=True)
-        rules = getattr(self.source, "recording_rules_used", None)  # a Prometheus source tells
-        self.state.publish(replace(snapshot, recording_rules_used=rules), self.clock() - started)
+        snapshot = replace(snapshot, recording_rules_used=self.source.recording_rules_used)
+        self.state.publish(snapshot, self.clock() - started)
         if self._failing is not None:
             log.info(
                 "source up: %s recovered after %d failed cycle(s); estimates are current",
