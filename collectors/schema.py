@@ -2,7 +2,9 @@
 
 Two shapes cross the boundary between ``collectors`` and ``estimator``:
 
-* the *telemetry frame*: one row per sample and GPU (:data:`COLUMNS`);
+* the *telemetry frame*: one row per sample and GPU (:data:`COLUMNS`), its
+  labels categorical (a month of 1 Hz samples repeats a handful of host, GPU,
+  job and model names millions of times: codes, not a string per row);
 * the *GPU summary*: one row per GPU and job with window statistics of each
   signal (:data:`SUMMARY_COLUMNS`). Sources that aggregate at the server
   (Prometheus) produce it directly; for the others
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -113,6 +116,44 @@ class SchemaError(MalformedCapture):
     """A frame handed across the collector boundary lacks what the schema demands."""
 
 
+def is_label_dtype(dtype: Any) -> bool:
+    """Whether ``dtype`` holds labels: strings, or categories that are strings."""
+    if isinstance(dtype, pd.CategoricalDtype):
+        return pd.api.types.is_string_dtype(dtype.categories.dtype)
+    return pd.api.types.is_string_dtype(dtype)
+
+
+def label_column(values: pd.Series) -> pd.Series:
+    """``values`` as a telemetry frame's label column: categorical, its categories sorted strings (so that
+    rows sort by the names), missing kept."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        names = dtype.categories
+        if not pd.api.types.is_string_dtype(names.dtype):
+            names = names.astype(str)
+            if not names.is_unique:
+                return label_column(values.astype("string"))
+            values = values.cat.rename_categories(list(names))  # renamed on the categories, not per row
+        if names.is_monotonic_increasing:
+            return values
+        return values.cat.reorder_categories(names.sort_values())
+    strings = values.astype("string")
+    return strings.astype(pd.CategoricalDtype(pd.Index(strings.dropna().unique(), dtype=str).sort_values()))
+
+
+def constant_label(value: str, index: pd.Index) -> pd.Series:
+    """A label column holding ``value`` on every row of ``index``."""
+    codes = np.zeros(len(index), dtype=np.int8)
+    return pd.Series(pd.Categorical.from_codes(codes, pd.Index([value], dtype=str)), index=index)
+
+
+def fill_label(values: pd.Series, value: str) -> pd.Series:
+    """The label column ``values`` (see :func:`label_column`) with its missing rows set to ``value``."""
+    if value not in values.cat.categories:
+        values = values.cat.add_categories(pd.Index([value], dtype=str))
+    return label_column(values.fillna(value))
+
+
 def _conform(frame: pd.DataFrame, columns: tuple[str, ...], required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -120,10 +161,14 @@ def _conform(frame: pd.DataFrame, columns: tuple[str, ...], required: tuple[str,
     # A new frame of (lazily copied) columns: conforming a frame that already
     # conforms costs no copy of its data.
     out = pd.DataFrame(index=frame.index)
+    categorical = columns == COLUMNS  # the telemetry frame's labels; a summary's stay strings
     for column in columns:
         if column in LABELS:
             values = frame[column] if column in frame.columns else pd.Series(pd.NA, index=frame.index)
-            out[column] = values if str(values.dtype) == "string" else values.astype("string")
+            if categorical:
+                out[column] = label_column(values)
+            else:
+                out[column] = values if str(values.dtype) == "string" else values.astype("string")
         elif column in (TIMESTAMP, WINDOW_START, WINDOW_END):
             values = frame[column] if column in frame.columns else pd.Series(pd.NaT, index=frame.index)
             try:
@@ -146,7 +191,7 @@ def conform(frame: pd.DataFrame, *, sort: bool = True) -> pd.DataFrame:
     """Return ``frame`` in the canonical telemetry schema.
 
     Adds absent signal columns as NaN and absent labels as missing, casts
-    dtypes (UTC timestamps, string labels, float64 signals), orders the
+    dtypes (UTC timestamps, categorical labels of strings, float64 signals), orders the
     columns and sorts the rows by time, host and GPU (``sort=False`` for a
     frame known to be sorted, such as a capture zest wrote).
     """
@@ -229,3 +274,9 @@ def screen(frame: pd.DataFrame, where: Callable[[int], str]) -> tuple[pd.DataFra
 def empty_frame() -> pd.DataFrame:
     """An empty telemetry frame with the canonical columns and dtypes."""
     return conform(pd.DataFrame({TIMESTAMP: pd.Series([], dtype="datetime64[ns, UTC]")}))
+
+
+#: Signals whose quantiles (``p10``, ``p50``, ``p90``) the features read: the ratios. A source that
+#: aggregates at the server (Prometheus) asks for no other signal's quantiles, its costliest
+#: statistics: they are NaN in its summary.
+QUANTILE_SIGNALS: tuple[str, ...] = tuple(s for s in SIGNALS if s.endswith("_ratio"))

@@ -233,7 +233,7 @@ def test_case_5_a_parquet_capture_of_impossible_values_reaches_the_model_only_as
         capture = read_capture(path, "7")
     except MalformedCapture as exc:
         assert_one_line_naming(str(exc), path)
-        span = (EARLIEST.timestamp() * 1e9, LATEST.timestamp() * 1e9)
+        span = (int(EARLIEST.timestamp()) * 10**9, int(LATEST.timestamp()) * 10**9)  # exact, as ints
         assert not pd.Series(times).between(*span, inclusive="left").any()
     else:
         assert_possible(capture.frame)

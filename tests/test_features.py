@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from pandas.testing import assert_frame_equal, assert_series_equal
 
 from collectors.schema import (
@@ -158,13 +161,14 @@ def test_matches_pandas_groupby_on_random_multi_job_frame() -> None:
     assert_frame_equal(summarize_gpus(frame), reference_summary(frame))
 
 
-@pytest.mark.parametrize("threaded", [False, True], ids=["one thread", "threads"])
+@pytest.mark.parametrize("month", [False, True], ids=["small", "as a month"])
 def test_matches_pandas_reference_with_gaps_and_a_silent_gpu(
-    monkeypatch: pytest.MonkeyPatch, threaded: bool
+    monkeypatch: pytest.MonkeyPatch, month: bool
 ) -> None:
     """Several hosts, jobs and GPUs; NaN gaps, tied values and a GPU that reported no signal at all."""
-    if threaded:  # the path a month of 1 Hz samples takes, on a frame small enough for the reference
+    if month:  # a month of 1 Hz samples' paths (threads, binned ranks), on a frame the reference reads
         monkeypatch.setattr(ft, "_PARALLEL_MIN_ROWS", 0)
+        monkeypatch.setattr(ft, "_PARTITION_MAX_VALUES", 8)
     rng = np.random.default_rng(17)
     rows = 6000
     frame = conform(
@@ -219,6 +223,37 @@ def test_capture_in_time_and_gpu_order_matches_pandas_reference(lost_sample: boo
         frame = frame.drop(index=5).reset_index(drop=True)
     assert (ft._group(frame).offsets is None) == lost_sample
     assert_frame_equal(summarize_gpus(frame), reference_summary(frame))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=hnp.arrays(
+        np.float64,
+        st.integers(1, 400),
+        elements=st.one_of(
+            st.floats(allow_nan=False),  # infinities, subnormals and spans beyond float's range
+            st.sampled_from([0.0, 0.25, 0.5, 1.0]),  # many ties, as whole percents give
+            st.floats(0.0, 1.0),
+        ),
+    ),
+    data=st.data(),
+)
+def test_binned_rank_selection_equals_a_sort(values: np.ndarray, data: st.DataObject) -> None:
+    positions = np.array(
+        sorted(data.draw(st.sets(st.integers(0, values.size - 1), min_size=1, max_size=8))), dtype=np.intp
+    )
+    before = values.copy()
+    # Tiny bins and partitions so that every draw takes the binned path, recursing where a bin holds many.
+    selected = _select_with(values, positions, partition_max=2, bins=4)
+    assert np.array_equal(selected, np.sort(values)[positions])
+    assert np.array_equal(values, before)  # read only: the values may be a view of the frame
+
+
+def _select_with(values: np.ndarray, positions: np.ndarray, *, partition_max: int, bins: int) -> np.ndarray:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ft, "_PARTITION_MAX_VALUES", partition_max)
+        patch.setattr(ft, "_SELECT_BINS", bins)
+        return ft._select(values, positions)
 
 
 def test_many_label_combinations_group_correctly() -> None:

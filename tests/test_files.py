@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pandas.testing import assert_frame_equal
 
+from collectors import files
 from collectors.errors import CaptureWriteError, JobNotFound, MalformedCapture, SourceUnavailable
 from collectors.files import (
     DCGMI_DMON,
@@ -28,7 +29,20 @@ from collectors.files import (
     write_capture,
 )
 from collectors.metrics import MIB
-from collectors.schema import COLUMNS, GPU, GPU_MODEL, HOST, JOB_ID, LABELS, TIMESTAMP, conform
+from collectors.schema import (
+    COLUMNS,
+    GPU,
+    GPU_MODEL,
+    HOST,
+    JOB_ID,
+    LABELS,
+    TIMESTAMP,
+    conform,
+    constant_label,
+    fill_label,
+    is_label_dtype,
+    label_column,
+)
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
 SMI = CAPTURES / "a100x2_job4242_smi.csv"
@@ -515,6 +529,66 @@ def test_write_then_read_returns_the_frame_and_notes(tmp_path: Path) -> None:
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
 
 
+def test_parquet_read_in_batches_whose_dictionaries_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 3 rows, each with its own label dictionary, missing labels and times in nanoseconds."""
+    rows = 10
+    times = pd.date_range("2026-11-24T08:00:00.000000001Z", periods=rows, freq="s")
+    table = pa.table(
+        {
+            TIMESTAMP: pa.array(times, pa.timestamp("ns", tz="UTC")),
+            HOST: pa.array(["n2", "n1", None, "n3", "n1", "n2", "n1", None, "n4", "n1"]),
+            GPU: pa.array([str(i % 4) for i in range(rows)]),
+            JOB_ID: pa.array(["7"] * rows),
+            "power_watts": pa.array([float(100 + i) for i in range(rows)]),
+            "sm_active_ratio": pa.array(
+                [0.5] * 5 + [None] * 5, pa.float64()
+            ),  # a null, as other writers give
+        }
+    )
+    path = tmp_path / "batches.parquet"
+    header = json.dumps({"format_version": 1, "notes": ["kept"]}).encode()
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: header}), path, row_group_size=3)
+    monkeypatch.setattr(files, "_PARQUET_BATCH_ROWS", 3)
+    capture = read_capture(path)
+    frame = capture.frame
+    assert capture.notes[0] == "kept"
+    assert [None if pd.isna(h) else h for h in frame[HOST]] == [
+        "n2", "n1", None, "n3", "n1", "n2", "n1", None, "n4", "n1"
+    ]  # fmt: skip
+    assert list(frame[HOST].cat.categories) == ["n1", "n2", "n3", "n4"]  # sorted, whatever batch named them
+    assert frame[GPU].tolist() == [str(i % 4) for i in range(rows)]
+    assert frame[GPU_MODEL].isna().all()  # a label the file lacks is missing, not an error
+    assert (frame[TIMESTAMP] == pd.Series(times)).all()  # nanoseconds kept
+    assert frame["power_watts"].tolist() == [float(100 + i) for i in range(rows)]
+    assert frame["sm_active_ratio"].isna().sum() == 5
+    assert frame["tensor_active_ratio"].isna().all()
+
+
+def test_a_capture_without_times_in_its_time_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "strings.parquet"
+    header = json.dumps({"format_version": 1}).encode()
+    table = pa.table({TIMESTAMP: ["2026-11-24T08:00:00Z"], "power_watts": [1.0]})
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: header}), path)
+    with pytest.raises(MalformedCapture, match=r"column timestamp holds string, not times") as refused:
+        read_capture(path)
+    assert "\n" not in str(refused.value)
+
+
+def test_host_and_job_given_for_a_parquet_capture_without_them(tmp_path: Path) -> None:
+    frame = read_capture(ZEST).frame.copy()
+    frame[HOST] = None
+    frame[JOB_ID] = None
+    path = tmp_path / "anonymous.parquet"
+    write_capture(frame, path)
+    capture = read_capture(path, "99", host="node9")
+    assert (capture.frame[HOST] == "node9").all()
+    assert (capture.frame[JOB_ID] == "99").all()
+    assert list(capture.frame[JOB_ID].cat.categories) == ["99"]
+    assert capture.frame[GPU].tolist() == frame[GPU].tolist()
+
+
 def test_parquet_of_another_format_version_is_refused(tmp_path: Path) -> None:
     table = pa.Table.from_pandas(conform(read_capture(ZEST).frame), preserve_index=False)
     path = tmp_path / "future.parquet"
@@ -737,3 +811,40 @@ def test_a_job_on_mig_instances_gets_its_instances_not_the_whole_gpu(tmp_path: P
     second = read_capture(path, "222").frame
     assert second[GPU].tolist() == ["0/2"] and second["gpu_util_ratio"].tolist() == [0.75]
     assert second["mem_used_bytes"].isna().all()  # the whole GPU's 70000 MiB is not the instance's
+
+
+# --- label columns ---------------------------------------------------------------
+
+
+def test_conform_makes_labels_categories_of_sorted_names() -> None:
+    frame = conform(
+        pd.DataFrame(
+            {
+                TIMESTAMP: pd.to_datetime(["2026-11-24T08:00:00Z"] * 3),
+                HOST: ["n2", None, "n10"],
+                GPU: pd.Categorical([1, 0, 1]),  # categories that are not strings
+                JOB_ID: pd.array(["7", "7", pd.NA], dtype="string"),
+            }
+        )
+    )
+    for label in LABELS:
+        assert isinstance(frame[label].dtype, pd.CategoricalDtype)
+        assert pd.api.types.is_string_dtype(frame[label].cat.categories.dtype)
+        assert frame[label].cat.categories.is_monotonic_increasing
+    assert [None if pd.isna(h) else h for h in frame[HOST]] == ["n10", "n2", None]  # rows sorted by name
+    assert frame[GPU].tolist() == ["1", "1", "0"]
+    assert frame[JOB_ID].isna().tolist() == [True, False, False]
+    assert frame[GPU_MODEL].isna().all()
+    again = conform(frame)
+    assert_frame_equal(again, frame)
+
+
+def test_label_helpers_keep_the_names_sorted() -> None:
+    column = label_column(pd.Series(["b", None, "d"]))
+    filled = fill_label(column, "c")
+    assert filled.tolist() == ["b", "c", "d"]
+    assert list(filled.cat.categories) == ["b", "c", "d"]
+    constant = constant_label("job 1", pd.RangeIndex(3))
+    assert constant.tolist() == ["job 1"] * 3
+    assert is_label_dtype(constant.dtype) and is_label_dtype(pd.StringDtype())
+    assert not is_label_dtype(pd.CategoricalDtype([1, 2]))

@@ -50,6 +50,7 @@ from collectors.schema import (
     SchemaError,
     canonical_signal,
     conform_summary,
+    is_label_dtype,
     summary_column,
 )
 from estimator.features.links import link_peaks
@@ -194,7 +195,7 @@ def _check_telemetry(frame: pd.DataFrame) -> None:
             f"column {TIMESTAMP} is {frame[TIMESTAMP].dtype}, not UTC datetimes: "
             "pass the frame through collectors.schema.conform first"
         )
-    _check_dtypes(frame, LABELS, pd.api.types.is_string_dtype, "strings")
+    _check_dtypes(frame, LABELS, is_label_dtype, "strings or categories of strings")
     _check_dtypes(frame, SIGNALS, pd.api.types.is_float_dtype, "floats")
 
 
@@ -227,11 +228,30 @@ class _Groups:
     offsets: npt.NDArray[np.intp] | None = None
 
     def split(self, column: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
-        """``column`` (one value per row of the frame) cut into the groups' values, in row order."""
+        """``column`` (one value per row of the frame) cut into the groups' values, in row order: each
+        contiguous (a strided view would make every pass over a group read the whole column), and read
+        only (a view of ``column`` where there is one group)."""
         if self.offsets is not None:
-            return [column[offset :: self.stride] for offset in self.offsets]
+            rows = column.reshape(-1, self.stride).T  # one transposing copy for all groups
+            return list(np.ascontiguousarray(rows if _is_identity(self.offsets) else rows[self.offsets]))
         grouped = column if self.order is None else column[self.order]
         return [grouped[start:end] for start, end in itertools.pairwise(self.bounds)]
+
+
+def _is_identity(positions: npt.NDArray[np.intp]) -> bool:
+    return bool((positions == np.arange(len(positions))).all())
+
+
+def _label_codes(values: pd.Series) -> tuple[npt.NDArray[np.int64], int]:
+    """Codes of the label column ``values`` in the order of the sorted names, missing last; how many."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype) and dtype.categories.is_monotonic_increasing:
+        codes = values.cat.codes.to_numpy().astype(np.int64)  # as they are: no hashing of the rows
+        size = len(dtype.categories)
+        codes[codes < 0] = size
+        return codes, size + 1
+    codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=False)
+    return codes.astype(np.int64, copy=False), len(uniques)
 
 
 def _group(frame: pd.DataFrame) -> _Groups:
@@ -240,12 +260,12 @@ def _group(frame: pd.DataFrame) -> _Groups:
     combined = np.zeros(len(frame), dtype=np.int64)
     key_space = 1
     for label in LABELS:
-        codes, uniques = pd.factorize(frame[label], sort=True, use_na_sentinel=False)
-        if key_space * len(uniques) >= 2**62:
+        codes, size = _label_codes(frame[label])
+        if key_space * size >= 2**62:
             _, combined = np.unique(combined, return_inverse=True)  # renumber densely, keeping the order
             key_space = int(combined.max()) + 1
-        combined = combined * len(uniques) + codes
-        key_space *= len(uniques)
+        combined = combined * size + codes
+        key_space *= size
     if key_space <= max(4 * len(frame), 1 << 20):
         # Counting beats sorting when the label combinations are few, as they are.
         present = np.bincount(combined, minlength=key_space)
@@ -294,25 +314,61 @@ def _window_stats(values: FloatArray, idle: bool = False) -> FloatArray:
     """:data:`STATISTICS` of the values that are not NaN, in that order; all NaN if none is.
 
     ``idle``: append the idle share (values below :data:`IDLE_SM_ACTIVE_RATIO` among the known ones).
+    ``values`` is only read.
     """
-    known = values[~np.isnan(values)]
+    missing = np.isnan(values)
+    known = values[~missing] if missing.any() else values
     count = known.size
     if count == 0:
         return np.full(len(STATISTICS) + idle, np.nan)
-    mean = float(known.mean())
-    result = {"mean": mean}
+    result = {"mean": float(known.mean()), "min": float(known.min()), "max": float(known.max())}
     if idle:
         result[IDLE_SHARE] = float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / count
     ranks = {st: q * (count - 1) for st, q in _PERCENTILES.items()}
     below = {st: math.floor(r) for st, r in ranks.items()}
-    kth = sorted({0, count - 1, *below.values(), *(min(b + 1, count - 1) for b in below.values())})
-    known.partition(kth)  # in place: ``known`` is already a copy
-    result.update(min=float(known[0]), max=float(known[count - 1]))
+    positions = np.array(sorted({p for b in below.values() for p in (b, min(b + 1, count - 1))}))
+    at = dict(zip(positions.tolist(), _select(known, positions).tolist(), strict=True))
     for statistic, rank in ranks.items():
-        low = float(known[below[statistic]])
-        high = float(known[min(below[statistic] + 1, count - 1)])
+        low, high = at[below[statistic]], at[min(below[statistic] + 1, count - 1)]
         result[statistic] = low + (rank - below[statistic]) * (high - low)
     return np.array([result[st] for st in (*STATISTICS, *((IDLE_SHARE,) if idle else ()))])
+
+
+#: Up to this many values a partition finds the ranks; above, :func:`_select` bins them first.
+_PARTITION_MAX_VALUES = 1 << 15
+_SELECT_BINS = 1 << 14
+
+
+def _select(values: FloatArray, positions: npt.NDArray[np.intp]) -> FloatArray:
+    """The values at ``positions`` (ascending) of ``values`` (finite or infinite, no NaN) once sorted.
+
+    Exact, and about three times quicker than a partition on a month of samples: the values are
+    counted into equal-width bins between their min and max (the bin of a value never decreases as the
+    value grows, as rounding is monotone), which tells the bin holding each position, and only that
+    bin's values are partitioned (binned again while many). ``values`` is only read.
+    """
+    if values.size <= _PARTITION_MAX_VALUES:
+        return np.partition(values, positions)[positions]
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        return np.full(len(positions), low)
+    scale = _SELECT_BINS / (high - low)
+    if not math.isfinite(scale) or scale == 0.0:  # an infinite value, or a span beyond float's range
+        return np.partition(values, positions)[positions]
+    scaled = values - low
+    scaled *= scale
+    bins = scaled.astype(np.intp)
+    np.minimum(bins, _SELECT_BINS - 1, out=bins)
+    counts = np.bincount(bins, minlength=_SELECT_BINS)
+    ends = np.cumsum(counts)
+    holding = np.searchsorted(ends, positions, side="right")  # the bin of each position
+    out = np.empty(len(positions))
+    for bin_ in np.unique(holding):
+        these = holding == bin_
+        members = values[bins == bin_]
+        first = int(ends[bin_] - counts[bin_])
+        out[these] = _select(members, positions[these] - first)
+    return out
 
 
 def has_finite_signal(summary: pd.DataFrame) -> pd.Series:
