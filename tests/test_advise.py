@@ -16,6 +16,7 @@ from collectors.errors import InputError
 from collectors.studies.optuna import read_optuna_study
 from collectors.studies.store import OutcomeStore
 from estimator.cli.main import cli, main
+from estimator.decision.next_trials import HORIZON_TRIALS
 from estimator.tuning_callback import ZestStopper
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,6 +96,66 @@ def test_a_rising_curve_on_a_long_reused_job_continues(storage: str, tmp_path: P
     assert z["low"] <= document["expected_gain_percent"] == z["mid"] <= z["high"]
     table = advise(args, tmp_path)
     assert "decision: continue: up to" in table and "Z so far 19.4 %" in table
+
+
+LONG_REUSED = ["--duration-hours", "2160", "--reuse", "200", "--gpus", "8"]  # 90 days, run 200 times
+
+
+def test_a_long_reused_job_never_presents_the_horizon_as_a_count(storage: str, tmp_path: Path) -> None:
+    args = ["--storage", storage, "--study", "rising", *LONG_REUSED]
+    table = advise(args, tmp_path)
+    decision = next(line for line in table.splitlines() if line.startswith("decision: continue"))
+    assert "up to" not in decision  # the horizon is no count
+    assert f"more than {HORIZON_TRIALS:,} more trial(s) pay" in decision and "not a count" in decision
+    assert "--z-max" in table  # says how to bound it
+    document = advise_json(args, tmp_path)
+    assert document["decision"] == "continue"
+    assert document["trials_that_pay"] is None  # not the horizon dressed as a count
+    assert document["horizon"]["trials"] == HORIZON_TRIALS
+    assert document["horizon"]["trials_that_pay_beyond"] is True
+    assert f"more than {HORIZON_TRIALS:,} more pay" in document["reason"]
+    # what it rests on: no ceiling, so the record model's gain keeps growing and every trial weighed pays
+    assert document["model"]["z_ceiling_percent"] == 100
+    assert document["model"]["z_ceiling_from"].startswith("none")
+    # --help says what the answer means at the horizon
+    helped = " ".join(CliRunner().invoke(cli, ["advise", "--help"]).output.split())
+    assert f'"more than {HORIZON_TRIALS:,}", the horizon, not a count' in helped and "--z-max" in helped
+
+
+def test_z_max_bounds_the_gain_of_a_long_reused_job(storage: str, tmp_path: Path) -> None:
+    args = ["--storage", storage, "--study", "rising", *LONG_REUSED, "--z-max", "25"]
+    document = advise_json(args, tmp_path)
+    headroom = 25 - document["z_found_percent"]  # 25 − 19.4 % of T left to find
+    assert document["model"]["z_ceiling_percent"] == 25
+    assert document["model"]["z_ceiling_from"] == "given: --z-max"
+    assert document["expected_gain_percent_interval"]["high"] <= headroom + 1e-6
+    assert document["horizon"]["trials_that_pay_beyond"] is False
+    # at the ceiling each further trial only costs t: R·T·(Z_max − Z)/(100·t) trials at most pay
+    bound = 200 * 2160 * headroom / (100 * document["inputs"]["trial_hours"])
+    assert document["decision"] == "continue"
+    assert 1 <= document["best_trials"] < document["trials_that_pay"] <= bound < HORIZON_TRIALS
+    table = advise(args, tmp_path)
+    assert "Z at most 25 % (given: --z-max)" in table
+    assert f"decision: continue: up to {document['trials_that_pay']:,} more" in table
+    reached = advise_json([*args[:-1], "19"], tmp_path)  # Z so far is 19.4 %: nothing left to find
+    assert reached["decision"] == "stop" and "already reaches Z_max" in reached["reason"]
+
+
+def test_the_cluster_curves_bound_the_gain(storage: str, tmp_path: Path) -> None:
+    store = tmp_path / "outcomes.sqlite"
+    with OutcomeStore(store) as recorded:
+        recorded.record(read_optuna_study(storage, "cheap"), duration_hours=150)  # found 100 → 125: Z 20 %
+    args = ["--storage", storage, "--study", "rising", *LONG_REUSED, "--store", str(store)]
+    document = advise_json(args, tmp_path)
+    assert document["model"]["z_ceiling_percent"] == pytest.approx(100 * (1 - 100 / 125))
+    assert "cluster's 1 recorded studies" in document["model"]["z_ceiling_from"]
+    assert document["trials_that_pay"] is not None and document["trials_that_pay"] < HORIZON_TRIALS
+    assert "Z at most 20 % (the highest Z found by the cluster" in advise(args, tmp_path)
+    # a study already past every recorded one is not bounded by them
+    low = tmp_path / "low.sqlite"
+    with OutcomeStore(low) as recorded:
+        recorded.record(read_optuna_study(storage, "flat"), duration_hours=150)  # its default was its best
+    assert advise_json([*args[:-1], str(low)], tmp_path)["model"]["z_ceiling_percent"] == 100
 
 
 def test_a_short_job_reused_once_stops(storage: str, tmp_path: Path) -> None:
@@ -199,6 +260,7 @@ def test_zenithtune_dir(tmp_path: Path) -> None:
         (["--study", "flat", "--duration-hours", "5", "--default-trial", "99"], 2, "trial 99"),
         (["--study", "flat", "--duration-hours", "5", "--then", "x"], 2, "unknown algorithm 'x'"),
         (["--study", "flat", "--duration-hours", "0"], 2, "out of range"),
+        (["--study", "flat", "--duration-hours", "5", "--z-max", "120"], 2, "--z-max"),
         (["--study", "nope", "--duration-hours", "5"], 15, "no study 'nope'"),
     ],
 )

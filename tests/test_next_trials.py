@@ -9,10 +9,15 @@ import pytest
 from estimator.decision import breakeven as be
 from estimator.decision.breakeven import Job
 from estimator.decision.next_trials import (
+    HORIZON_TRIALS,
     MIN_COMPLETE_TRIALS,
+    NO_CEILING,
     TrialOutcome,
+    ZCeiling,
     advise_next_trials,
+    cluster_ceiling,
     expected_gain_percent,
+    found_z_percent,
     record_improvements,
     search_on_top,
     search_so_far,
@@ -167,3 +172,71 @@ def test_search_on_top_by_hand() -> None:
     assert pays.assessment.verdict is be.Verdict.PROCEED  # 20 · 2160 · 0.04 = 1,728 h > 208.3 h
     worse = search_on_top(20.0, name="x", trials=1, trial_hours=1.0, cheap_share=0.7, then_share=0.6, job=job)
     assert worse.z_percent == 0.0 and not math.isfinite(worse.assessment.r_break)
+
+
+# --- the ceiling and the horizon: a long, much reused job ----------------------------------------------
+
+LONG_REUSED = Job(2160.0, 8, 200.0)  # 90 days, run 200 times
+
+
+def test_without_a_ceiling_the_gain_tends_to_all_that_is_left_of_t() -> None:
+    # the cause: p_j decays as 1/j, so Π (1 − μ p_j) → 0 and ΔZ → 100 − Z_found however small μ is
+    far = [expected_gain_percent(10**k, 4, Q, MU, 40.0) for k in (2, 4, 6)]
+    assert far[0] < far[1] < far[2] < 60.0
+    assert far[2] > 0.9 * 60.0
+    # a ceiling caps it at Z_max − Z_found, and leaves the near gains alone
+    assert expected_gain_percent(10**6, 4, Q, MU, 40.0, ceiling_percent=45.0) == pytest.approx(5.0)
+    assert expected_gain_percent(1, 4, Q, MU, 40.0, ceiling_percent=45.0) == pytest.approx(60 * 0.225 * 0.16)
+    assert expected_gain_percent(3, 4, Q, MU, 40.0, ceiling_percent=30.0) == 0.0  # already past it
+
+
+def test_a_long_reused_job_that_pays_at_the_horizon_says_more_than_the_horizon() -> None:
+    advice = advise_next_trials(search_so_far(STUDY, "time"), LONG_REUSED, horizon=300)
+    gain = expected_gain_percent(300, 4, Q, MU, 40.0)
+    assert LONG_REUSED.reuse * LONG_REUSED.duration_hours * gain / 100 > 300 * 0.5  # the 300th still pays
+    assert advice.decision == "continue" and advice.horizon == 300
+    assert advice.beyond_horizon and advice.trials_that_pay == 300
+    assert "more than 300 more pay" in advice.reason and "not a count" in advice.reason
+    assert "up to" not in advice.reason
+    assert advice.ceiling is NO_CEILING and "without a ceiling" in advice.reason
+    with pytest.raises(ValueError, match="horizon"):
+        advise_next_trials(search_so_far(STUDY, "time"), LONG_REUSED, horizon=0)
+
+
+def test_a_ceiling_bounds_the_gain_and_makes_the_count_a_finding() -> None:
+    search = search_so_far(STUDY, "time")  # Z so far 40 %
+    ceiling = ZCeiling(45.0, "a test's Z_e high bound")
+    advice = advise_next_trials(search, LONG_REUSED, ceiling=ceiling, horizon=HORIZON_TRIALS)
+    assert advice.expected_gain.high <= 5.0 + 1e-12
+    assert not advice.beyond_horizon and not advice.best_beyond_horizon
+    # at the ceiling the saving is flat and each trial costs t: no more than R·T·(Z_max − Z)/(100·t) pay
+    bound = LONG_REUSED.reuse * LONG_REUSED.duration_hours * 5.0 / (100 * 0.5)
+    assert 1 <= advice.best_trials < advice.trials_that_pay <= bound
+    assert "Z at most 45 %" in advice.reason and "a test's Z_e high bound" in advice.reason
+    assert advice.ceiling == ceiling
+
+
+def test_trials_that_pay_under_a_ceiling_match_a_scan_of_every_k() -> None:
+    job = Job(500.0, 2, 20.0)
+    advice = advise_next_trials(search_so_far(STUDY, "time"), job, ceiling=ZCeiling(42.0, "x"), horizon=5000)
+    gains = [min(expected_gain_percent(k, 4, Q, MU, 40.0), 2.0) for k in range(1, 5001)]
+    assert (advice.trials_that_pay, advice.best_trials) == brute_force(gains, 500.0, 20.0, 0.5)
+    assert not advice.beyond_horizon
+
+
+def test_a_ceiling_already_reached_stops_and_says_so() -> None:
+    advice = advise_next_trials(search_so_far(STUDY, "time"), LONG_REUSED, ceiling=ZCeiling(40.0, "given"))
+    assert advice.expected_gain.mid == 0.0
+    assert advice.decision == "stop" and advice.trials_that_pay == 0
+    assert "already reaches Z_max" in advice.reason
+
+
+def test_the_cluster_ceiling_is_the_best_z_recorded_while_this_study_is_below_it() -> None:
+    assert found_z_percent([10.0, 8.0, None, 6.0]) == pytest.approx(40.0)  # best against the first
+    assert math.isnan(found_z_percent([None, None]))
+    ceiling = cluster_ceiling([5.0, 30.0, math.nan, 0.0], 20.0)
+    assert ceiling is not None and ceiling.percent == 30.0 and "2 recorded studies" in ceiling.source
+    assert cluster_ceiling([5.0, 30.0], 35.0) is None  # this study has passed them: no bound on it
+    assert cluster_ceiling([], 0.0) is None and cluster_ceiling([0.0], 0.0) is None
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        ZCeiling(120.0, "too high")

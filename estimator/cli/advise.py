@@ -25,10 +25,14 @@ from estimator.cli.outcomes import StudyOptions, read_studies, resolved_store, s
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME, CaptureShares, capture_shares
 from estimator.decision.breakeven import Job
 from estimator.decision.next_trials import (
+    NO_CEILING,
     NextTrialsAdvice,
     OnTopAdvice,
     TrialOutcome,
+    ZCeiling,
     advise_next_trials,
+    cluster_ceiling,
+    found_z_percent,
     record_improvements,
     search_on_top,
     search_so_far,
@@ -54,14 +58,16 @@ def _read_study(options: StudyOptions) -> StudyRecord:
     return study
 
 
-def _cluster_improvements(store_path: Path | None, study: StudyRecord) -> tuple[list[float], int]:
-    """Record improvements of the studies recorded in the store (this one left out), and how many studies."""
+def _cluster_curves(store_path: Path | None, study: StudyRecord) -> tuple[list[float], int, list[float]]:
+    """From the studies recorded in the store (this one left out): their record improvements, how many
+    studies made one, and the Z (%) each found."""
     recorded = read_outcomes(resolved_store(store_path))
     if recorded is None:
-        return [], 0
+        return [], 0, []
     studies, trials = recorded
     started = None if study.started_at is None else study.started_at.isoformat()
     sizes: list[float] = []
+    found_z: list[float] = []
     used = 0
     for _, row in studies.iterrows():
         if row["name"] == study.name and row["started_at"] == started:
@@ -75,7 +81,8 @@ def _cluster_improvements(store_path: Path | None, study: StudyRecord) -> tuple[
         found = record_improvements(seconds)
         used += bool(found)
         sizes += found
-    return sizes, used
+        found_z.append(found_z_percent(seconds))
+    return sizes, used, found_z
 
 
 def _shares() -> CaptureShares:
@@ -148,12 +155,15 @@ def _document(
         "best": {"trial": best.number, "value": best.value},
         "z_found_percent": search.z_found_percent,
         "model": {
-            "name": "record model: p_j = q/(n + q(j-1) + 1), dZ(k) = (100 - Z_found)(1 - prod(1 - mu p_j))",
+            "name": "record model: p_j = q/(n + q(j-1) + 1), "
+            "dZ(k) = min((100 - Z_found)(1 - prod(1 - mu p_j)), Z_max - Z_found)",
             "record_improvements": len(advice.improvements),
             "from": advice.improvements_from,
             "cluster_studies": cluster_studies,
             "mean_improvement_percent": 100.0 * advice.mean_improvement,
             "success_rate": search.success_rate,
+            "z_ceiling_percent": advice.ceiling.percent,
+            "z_ceiling_from": advice.ceiling.source,
         },
         "expected_gain_percent": z.mid,
         "expected_gain_percent_interval": {"low": z.low, "mid": z.mid, "high": z.high},
@@ -162,9 +172,17 @@ def _document(
         "z_break_percent": None if a is None else a.z_break_percent,
         "net_saving_gpu_hours": None if a is None else a.net_saving_gpu_hours,
         "verdict": None if a is None else str(a.verdict),
-        "trials_that_pay": advice.trials_that_pay,
-        "best_trials": advice.best_trials,
-        "best_net_saving_gpu_hours": _number(advice.best_net_saving_gpu_hours),
+        # past the horizon the model finds no count: null, and "horizon" says more than how many pay
+        "trials_that_pay": None if advice.beyond_horizon else advice.trials_that_pay,
+        "best_trials": None if advice.best_beyond_horizon else advice.best_trials,
+        "best_net_saving_gpu_hours": None
+        if advice.best_beyond_horizon
+        else _number(advice.best_net_saving_gpu_hours),
+        "horizon": {
+            "trials": advice.horizon,
+            "trials_that_pay_beyond": advice.beyond_horizon,
+            "best_trials_beyond": advice.best_beyond_horizon,
+        },
         "decision": advice.decision,
         "reason": advice.reason,
         "on_top": None
@@ -213,10 +231,28 @@ def _table(document: dict[str, Any]) -> list[str]:
         f"default: trial {d['default']['trial']} = {_g(d['default']['value'], 6)}; best: trial "
         f"{d['best']['trial']} = {_g(d['best']['value'], 6)}; Z so far {_g(d['z_found_percent'])} %",
         f"record model: {model['record_improvements']} improvement(s) of a new best ({model['from']}), "
-        f"mean {_g(model['mean_improvement_percent'])} %; success rate {_g(model['success_rate'])}",
+        f"mean {_g(model['mean_improvement_percent'])} %; success rate {_g(model['success_rate'])}; "
+        f"Z at most {_g(model['z_ceiling_percent'])} % ({model['z_ceiling_from']})",
         batch,
     ]
-    if d["decision"] == "continue" and d["trials_that_pay"]:
+    horizon = d["horizon"]
+    if d["decision"] == "continue" and horizon["trials_that_pay_beyond"]:
+        best = (
+            "the net saving still rises there"
+            if horizon["best_trials_beyond"]
+            else f"{d['best_trials']:,} maximise the net saving ({_g(d['best_net_saving_gpu_hours'])} GPU-h)"
+        )
+        lines.append(
+            f"decision: continue: more than {horizon['trials']:,} more trial(s) pay in expectation "
+            f"({horizon['trials']:,} is the horizon weighed, not a count); {best}"
+        )
+        if model["z_ceiling_percent"] >= 100:
+            lines.append(
+                "note: without a ceiling the record model's gain grows with the log of the trials, so a "
+                "long, much reused job pays at any horizon; --z-max (e.g. the job's Z_e high bound) or "
+                "recorded studies (zest record, --store) bound it"
+            )
+    elif d["decision"] == "continue" and d["trials_that_pay"]:
         lines.append(
             f"decision: continue: up to {d['trials_that_pay']:,} more trial(s) pay in expectation; "
             f"{d['best_trials']:,} maximise the net saving ({_g(d['best_net_saving_gpu_hours'])} GPU-h)"
@@ -282,6 +318,15 @@ def _table(document: dict[str, Any]) -> list[str]:
     help="Treat this study as the cheap one (the heuristic, or zest whatif's top K) and weigh a broader "
     "search on top: black-box or exhaustive, NAME[=TRIALS] (default N: 500 and 2000).",
 )
+@click.option(
+    "--z-max",
+    "z_max",
+    type=FloatIn(min=0, max=100),
+    default=None,
+    help="Z_max: the most Z (%) tuning this job can reach, e.g. estimate-z's Z_e high bound; the expected "
+    "gain of further trials is capped at Z_max - Z so far. Default: the highest Z found by the store's "
+    "recorded studies, when above this study's; else none (the model's own limit, 100 %).",
+)
 @store_option
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def advise(
@@ -293,6 +338,7 @@ def advise(
     next_trials: int,
     trial_minutes: float | None,
     then: tuple[str, int] | None,
+    z_max: float | None,
     store_path: Path | None,
     output: str,
 ) -> None:
@@ -302,6 +348,10 @@ def advise(
     probability q/(n + q(j-1) + 1), each improving the best by the mean of the study's own improvements),
     prices the next trials with the break-even formulas at T, R and G, and says continue (and how many
     more trials pay) or stop.
+
+    The gain is capped at Z_max (--z-max, else the cluster's recorded studies' highest Z; the answer says
+    which). At most 100,000 further trials are weighed: when they all still pay, the answer is "more than
+    100,000", the horizon, not a count (JSON: trials_that_pay null, horizon.trials_that_pay_beyond true).
     """
     read = _read_study(study)
     try:
@@ -313,11 +363,18 @@ def advise(
     if trial_minutes is not None:
         search = replace(search, trial_hours=trial_minutes / 60.0)
     notes: list[str] = []
-    sizes, cluster_studies = _cluster_improvements(store_path, read)
+    sizes, cluster_studies, cluster_z = _cluster_curves(store_path, read)
     if read.running:
         notes.append(f"{read.running} trial(s) still running are not counted")
+    ceiling: ZCeiling | None = (
+        ZCeiling(z_max, "given: --z-max")
+        if z_max is not None
+        else cluster_ceiling(cluster_z, search.z_found_percent)
+    )
     job = Job(duration_hours, gpus, reuse)
-    advice = advise_next_trials(search, job, next_trials=next_trials, cluster_improvements=sizes)
+    advice = advise_next_trials(
+        search, job, next_trials=next_trials, cluster_improvements=sizes, ceiling=ceiling or NO_CEILING
+    )
     on_top = None
     if then is not None:
         shares = _shares()

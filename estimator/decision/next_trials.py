@@ -32,6 +32,20 @@ The model of the expected further gain (the *record model*):
   :data:`BOOTSTRAP_SAMPLES` times, seeded), ``ΔZ(k)`` at the 10th and 90th
   percentile of the resampled means.
 
+The ceiling. ``Σ p_j`` grows like ``q · ln k`` without limit (the chance of a
+record decays only harmonically), so ``g(k) → 1``: far enough out, the record
+model promises the whole remaining ``100 − Z_found`` % of T, a run that takes no
+time. No tuning does that; the configurations a search can reach have a best
+one. So the gain is capped at what is attainable, ``Z_max``::
+
+    ΔZ(k) = min((100 − Z_found) · g(k), max(Z_max − Z_found, 0))
+
+and the advice says what ``Z_max`` rests on (:class:`ZCeiling`): a ceiling the
+caller gives (``zest advise --z-max``, e.g. estimate-z's Z_e high bound for the
+job), else the highest Z found by the cluster's recorded studies
+(:func:`cluster_ceiling`, when this study has not already passed it), else none
+(``Z_max = 100``: the model's own limit, which bounds nothing in practice).
+
 Pricing at the job's T, R and G: the next ``k`` trials cost ``k · t`` hours per
 GPU (t: the study's mean finished-trial duration) and save ``R · T · ΔZ(k)/100``.
 ``ΔZ`` is concave in ``k`` (each trial is less likely to set a record), so the
@@ -39,6 +53,14 @@ expected net saving rises to a peak (``best_trials``) and then falls below
 zero after ``trials_that_pay``: continue while the next trial pays, stop
 otherwise. A study whose values are all equal has ``μ = 0``: the model
 expects nothing more, and says so.
+
+The horizon. ``trials_that_pay`` and ``best_trials`` are searched for in
+``1..horizon`` (:data:`HORIZON_TRIALS`). With a ceiling below 100 % the net
+saving falls by ``t`` per trial once ``ΔZ`` reaches it, so both are found
+(at most ``R · T · (Z_max − Z_found) / (100 · t)``). Without one, a long, much
+reused job can still pay at the horizon; then the count is not a finding and
+the advice says so (``beyond_horizon``: more than ``horizon`` trials pay under
+the model, a figure that only its missing ceiling makes that large).
 """
 
 from __future__ import annotations
@@ -65,14 +87,19 @@ from estimator.perfmodel.search import gain_percent
 
 __all__ = [
     "BOOTSTRAP_SAMPLES",
+    "HORIZON_TRIALS",
     "MIN_COMPLETE_TRIALS",
     "MIN_OWN_RECORDS",
+    "NO_CEILING",
     "NextTrialsAdvice",
     "OnTopAdvice",
     "SearchSoFar",
     "TrialOutcome",
+    "ZCeiling",
     "advise_next_trials",
+    "cluster_ceiling",
     "expected_gain_percent",
+    "found_z_percent",
     "record_improvements",
     "search_on_top",
     "search_so_far",
@@ -87,7 +114,8 @@ MIN_OWN_RECORDS: Final = 2
 BOOTSTRAP_SAMPLES: Final = 1000
 #: Quantiles of the interval: 80 %, as zest's Z_e interval.
 INTERVAL_QUANTILES: Final = (0.1, 0.9)
-#: The most further trials weighed (the search for ``trials_that_pay`` stops there).
+#: The most further trials weighed (the search for ``trials_that_pay`` stops there; past it the advice
+#: says "more than", never a count).
 HORIZON_TRIALS: Final = 100_000
 OBJECTIVES: Final = ("throughput", "time")
 
@@ -186,6 +214,41 @@ def value_spacings(seconds: Sequence[float | None]) -> list[float]:
     return [1.0 - low / high for low, high in itertools.pairwise(ordered)]
 
 
+def found_z_percent(seconds: Sequence[float | None]) -> float:
+    """Z a recorded study found: its best COMPLETE value against its first (as ``zest record`` takes the
+    default), in %; NaN when none completed."""
+    complete = [s for s in seconds if s is not None]
+    return float(gain_percent(min(complete), complete[0])) if complete else math.nan
+
+
+@dataclass(frozen=True)
+class ZCeiling:
+    """The most Z (% of T) tuning this job can reach, and what that rests on (one line, for the reader)."""
+
+    percent: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.percent) and 0.0 <= self.percent <= 100.0):
+            raise ValueError(f"a Z ceiling must be within 0..100 %, got {self.percent!r}")
+
+
+#: No ceiling: the record model's own limit, a run that takes no time.
+NO_CEILING: Final = ZCeiling(100.0, "none: the model's own limit, a run taking no time")
+
+
+def cluster_ceiling(recorded_z_percent: Sequence[float], z_found_percent: float) -> ZCeiling | None:
+    """The highest Z the cluster's recorded studies found, as a ceiling for a study at ``z_found_percent``.
+
+    None without a recorded study that found a gain, or when this study has already passed them all (their
+    best is then no bound on this job).
+    """
+    found = [z for z in recorded_z_percent if math.isfinite(z) and z > 0]
+    if not found or max(found) <= z_found_percent:
+        return None
+    return ZCeiling(max(found), f"the highest Z found by the cluster's {len(found)} recorded studies")
+
+
 def _record_probabilities(complete: int, success_rate: float, trials: int) -> np.ndarray:
     """p_j = q / (n + q·(j−1) + 1), j = 1..trials."""
     j = np.arange(1, trials + 1, dtype=np.float64)
@@ -193,14 +256,20 @@ def _record_probabilities(complete: int, success_rate: float, trials: int) -> np
 
 
 def expected_gain_percent(
-    trials: int, complete: int, success_rate: float, mean_improvement: float, z_found_percent: float
+    trials: int,
+    complete: int,
+    success_rate: float,
+    mean_improvement: float,
+    z_found_percent: float,
+    ceiling_percent: float = 100.0,
 ) -> float:
-    """ΔZ(k) = (100 − Z_found) · (1 − Π_{j=1..k} (1 − μ · p_j)), in % of the untuned duration T."""
+    """ΔZ(k) = min((100 − Z_found) · (1 − Π_{j=1..k} (1 − μ · p_j)), max(Z_max − Z_found, 0)), in % of the
+    untuned duration T; ``ceiling_percent`` is Z_max (100: none)."""
     if trials <= 0 or mean_improvement <= 0 or success_rate <= 0:
         return 0.0
     p = _record_probabilities(complete, success_rate, trials)
     kept = float(np.prod(1.0 - mean_improvement * p))
-    return (100.0 - z_found_percent) * (1.0 - kept)
+    return min((100.0 - z_found_percent) * (1.0 - kept), max(ceiling_percent - z_found_percent, 0.0))
 
 
 @dataclass(frozen=True)
@@ -211,7 +280,10 @@ class NextTrialsAdvice:
     ``assessment``: the break-even engine's figures for that batch (its N = ``next_trials``);
     ``trials_that_pay``: the most further trials whose expected saving still exceeds their cost (0: none);
     ``best_trials``: how many further trials maximise the expected net saving (the batch to run, then
-    ask again).
+    ask again); ``ceiling``: the Z_max the gain is capped at, and what it rests on; ``horizon``: the most
+    further trials weighed. ``beyond_horizon``: the next ``horizon`` trials all still pay, so
+    ``trials_that_pay`` (= ``horizon``) is a lower bound, not a count; ``best_beyond_horizon``: likewise
+    for ``best_trials`` (the net saving still rises at the horizon).
     """
 
     search: SearchSoFar
@@ -227,6 +299,10 @@ class NextTrialsAdvice:
     best_net_saving_gpu_hours: float
     decision: str  # "continue" or "stop"
     reason: str
+    ceiling: ZCeiling = NO_CEILING
+    horizon: int = HORIZON_TRIALS
+    beyond_horizon: bool = False
+    best_beyond_horizon: bool = False
 
 
 def _last_true(predicate: Callable[[int], bool], horizon: int) -> int:
@@ -249,6 +325,7 @@ def advise_next_trials(
     *,
     next_trials: int = 10,
     cluster_improvements: Sequence[float] = (),
+    ceiling: ZCeiling = NO_CEILING,
     horizon: int = HORIZON_TRIALS,
     bootstrap_samples: int = BOOTSTRAP_SAMPLES,
     seed: int = 0,
@@ -256,12 +333,17 @@ def advise_next_trials(
     """Price the next ``next_trials`` trials of ``search`` for ``job`` and decide: continue or stop.
 
     Continue when the next trial's expected saving over R runs exceeds its cost (per GPU:
-    ``R · T · ΔZ(1)/100 > t``); equivalently ``trials_that_pay >= 1``. ``bootstrap_samples`` 0: no
-    interval (low = mid = high), for replays that need only the decision. Fewer than
-    :data:`MIN_COMPLETE_TRIALS` COMPLETE trials, or no trial duration: continue, with the reason.
+    ``R · T · ΔZ(1)/100 > t``); equivalently ``trials_that_pay >= 1``. The gain is capped at
+    ``ceiling`` (see the module's docstring); ``trials_that_pay`` and ``best_trials`` are searched for up
+    to ``horizon`` further trials, and flagged (``beyond_horizon``) when they reach it.
+    ``bootstrap_samples`` 0: no interval (low = mid = high), for replays that need only the decision.
+    Fewer than :data:`MIN_COMPLETE_TRIALS` COMPLETE trials, or no trial duration: continue, with the
+    reason.
     """
     if next_trials < 1:
         raise ValueError(f"next_trials must be >= 1, got {next_trials}")
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
     own = record_improvements(search.seconds)
     if len(own) >= MIN_OWN_RECORDS:
         sizes, origin = own, "study"
@@ -273,7 +355,7 @@ def advise_next_trials(
     n, q, z_found = search.complete, search.success_rate, search.z_found_percent
 
     def gain(k: int, mean: float = mu) -> float:
-        return expected_gain_percent(k, n, q, mean, z_found)
+        return expected_gain_percent(k, n, q, mean, z_found, ceiling.percent)
 
     low, high = mu, mu
     if len(sizes) > 1 and bootstrap_samples > 0:
@@ -290,7 +372,7 @@ def advise_next_trials(
         )
         return NextTrialsAdvice(
             search, job, tuple(sizes), origin, mu, next_trials, interval, None, 0, 0, math.nan, "continue",
-            why,
+            why, ceiling, horizon,
         )  # fmt: skip
 
     def net_hours(k: int) -> float:  # per GPU, at the mid gain
@@ -300,20 +382,38 @@ def advise_next_trials(
     best = _last_true(lambda k: net_hours(k) > net_hours(k - 1), horizon)
     # the engine's figures for the batch; a trial of no measurable time (t = 0) has none
     assessment = assess(Candidate("next trials", next_trials, t, interval), job, Costs()) if t > 0 else None
-    if trials_that_pay >= 1:
+    beyond, best_beyond = trials_that_pay == horizon, best == horizon
+    capped = f"Z at most {ceiling.percent:g} % ({ceiling.source})"
+    if beyond:
         decision = "continue"
         reason = (
-            f"the next trial is expected to save more than it costs; up to {trials_that_pay} more pay "
-            f"in expectation, {best} maximise the net saving"
+            f"the next trial is expected to save more than it costs; more than {horizon:,} more pay in "
+            f"expectation ({horizon:,} is the horizon weighed, not a count); {capped}"
+            + (
+                ""
+                if ceiling.percent < 100
+                else ": without a ceiling the record model's gain grows with the log of the trials; "
+                "give one (e.g. the job's Z_e high bound) to bound the count"
+            )
+        )
+    elif trials_that_pay >= 1:
+        decision = "continue"
+        reason = (
+            f"the next trial is expected to save more than it costs; up to {trials_that_pay:,} more pay in "
+            f"expectation, {best:,} maximise the net saving; {capped}"
         )
     else:
         decision = "stop"
         reason = "the next trial is expected to save less than it costs" + (
-            "" if mu > 0 else ": the trials' values do not differ, so the model expects no gain"
+            ": the trials' values do not differ, so the model expects no gain"
+            if mu <= 0
+            else f": Z so far ({z_found:.3g} %) already reaches Z_max ({ceiling.source})"
+            if z_found >= ceiling.percent
+            else ""
         )
     return NextTrialsAdvice(
         search, job, tuple(sizes), origin, mu, next_trials, interval, assessment, trials_that_pay, best,
-        job.gpus * net_hours(best) if best else 0.0, decision, reason,
+        job.gpus * net_hours(best) if best else 0.0, decision, reason, ceiling, horizon, beyond, best_beyond,
     )  # fmt: skip
 
 
