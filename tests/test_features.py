@@ -200,7 +200,7 @@ def test_matches_pandas_reference_with_gaps_and_a_silent_gpu(
 
 @pytest.mark.parametrize("lost_sample", [False, True], ids=["every sample", "one sample lost"])
 def test_capture_in_time_and_gpu_order_matches_pandas_reference(lost_sample: bool) -> None:
-    """A capture as zest writes it: every second, each GPU of two hosts in turn (read as strided views)."""
+    """A capture as zest writes it: every second, each GPU of two hosts in turn (grouped without a sort)."""
     rng = np.random.default_rng(23)
     seconds, gpus = 300, [("n1", "0"), ("n1", "1"), ("n2", "0"), ("n2", "1")]
     rows = seconds * len(gpus)

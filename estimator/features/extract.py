@@ -342,7 +342,7 @@ _SELECT_BINS = 1 << 14
 def _select(values: FloatArray, positions: npt.NDArray[np.intp]) -> FloatArray:
     """The values at ``positions`` (ascending) of ``values`` (finite or infinite, no NaN) once sorted.
 
-    Exact, and about three times quicker than a partition on a month of samples: the values are
+    Exact, and about three times quicker than a partition on a month of continuous samples: the values are
     counted into equal-width bins between their min and max (the bin of a value never decreases as the
     value grows, as rounding is monotone), which tells the bin holding each position, and only that
     bin's values are partitioned (binned again while many). ``values`` is only read.
