@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from estimator.decision.breakeven import Job, exploration_hours, total_speedup_hours
+from estimator.decision.breakeven import Job, exploration_hours, gain_percent, total_speedup_hours
 from estimator.decision.next_trials import TrialOutcome, advise_next_trials, search_so_far
-from estimator.perfmodel.search import gain_percent
 
 DATA = Path("/work/shared/data/vtrain/measured_single_node.csv")
 GROUP = ["# GPUs", "global batch", "hidden size", "attention heads", "# layers", "sequence length"]

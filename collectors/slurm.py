@@ -157,6 +157,11 @@ class ReuseCount:
     days: int
 
     @property
+    def runs(self) -> float:
+        """R, the runs the break-even counts: a job never seen before is one run."""
+        return float(max(self.count, 1))
+
+    @property
     def note(self) -> str:
         return f"R = {self.count} from Slurm accounting: seen {self.count} times in {self.days} days"
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -364,3 +366,53 @@ def test_record_and_advise_share_one_definition_of_the_study_options() -> None:
         return [(name, found[name].help) for name in names]
 
     assert options(advise_command) == options(record)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--duration-hours", "0"),
+        ("--gpus", "eight"),
+        ("--gpus", "0"),
+        ("--reuse", "0.5"),
+        ("--trial-minutes", "soon"),
+    ],
+)
+def test_estimate_z_and_advise_check_the_job_options_alike(
+    storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """T, G, R and t: one definition, so the same bad value gets the same answer from both commands."""
+    job = ["--duration-hours", "5", option, value]
+    err = failing(["--storage", storage, "--study", "flat", *job], tmp_path, capsys, 2)
+    with pytest.raises(SystemExit) as exited:
+        main(["estimate", "--z-expected", "10", *job])
+    assert exited.value.code == 2
+    assert err.startswith(f"zest: error: Invalid value for '{option}'")
+    assert capsys.readouterr().err == err
+
+
+ADVISE_HELP = """
+import json, sys
+from estimator.cli.main import main
+try:
+    main(["advise", "--help"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+loaded = ("sklearn", "scipy", "estimator.model", "estimator.perfmodel", "estimator.pipeline",
+          "estimator.training")
+print(json.dumps(sorted(m for m in sys.modules if m.startswith(loaded))))
+"""
+
+
+def test_advise_starts_without_the_model() -> None:
+    """``zest advise`` loads no model, performance model nor scikit-learn before it needs one: with them
+    its start took seconds."""
+    result = subprocess.run(
+        [sys.executable, "-c", ADVISE_HELP],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == []

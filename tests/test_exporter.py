@@ -462,7 +462,7 @@ def test_example_config_overrides_by_namespace_and_name() -> None:
         ({"override": [{"match": {"job_id": "("}, "reuse": 2}]}, "not a regular expression"),
         ({"serve": {"window_seconds": 0}}, "window_seconds"),
         ({"serve": {"detail": "yes"}}, "detail must be true or false"),
-        ({"serve": {"detail": True, "gpu_series": False}}, "disagree"),
+        ({"serve": {"gpu_series": True}}, "unknown key.s. gpu_series; use window_seconds, detail"),
         ({"serve": {"details": True}}, "unknown key"),
         ({"grafana": {}}, "unknown section"),
     ],
@@ -472,11 +472,9 @@ def test_bad_config_names_the_key(document: dict, message: str) -> None:
         parse_config(document, "zest.toml")
 
 
-def test_detail_is_off_by_default_and_gpu_series_is_its_former_name() -> None:
+def test_detail_is_off_by_default() -> None:
     assert parse_config({}).detail is False and ServeConfig().detail is False
     assert parse_config({"serve": {"detail": True}}).detail is True
-    assert parse_config({"serve": {"gpu_series": True}}).detail is True  # an older config still loads
-    assert parse_config({"serve": {"detail": True, "gpu_series": True}}).detail is True
     assert load_config(EXAMPLE_TOML).detail is False
 
 

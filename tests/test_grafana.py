@@ -181,6 +181,57 @@ def test_rules_pass_promtool() -> None:
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
     worth = next(a for a in alerts if a["alert"] == "ZestJobWorthTuningRunsUntuned")
     assert worth["for"] == "1d" and 'verdict="proceed"' in worth["expr"]
+    assert f'{metrics.ZEST_DURATION}{{{metrics.ZEST_T_SOURCE_LABEL}!="{T_DEFAULT}"}}' in worth["expr"]
+
+
+def test_the_worth_tuning_alert_fires_only_where_t_is_known(tmp_path: Path) -> None:
+    """A day of "proceed": the alert fires for the jobs whose T is configured or Slurm's, not for the one
+    at the built-in default T (its verdict rests on a guessed T)."""
+    _, promtool = require_binaries()
+    minutes = 25 * 60  # a day and an hour of one sample a minute
+    series = []
+    alerts = []
+    for job, source in [("by-config", "config"), ("by-slurm", "slurm"), ("at-default", T_DEFAULT)]:
+        series += [
+            {"series": f'{metrics.ZEST_VERDICT}{{job_id="{job}", algorithm="heuristic", verdict="proceed"}}',
+             "values": f"1x{minutes}"},
+            {"series": f'{metrics.ZEST_DURATION}{{job_id="{job}", {metrics.ZEST_T_SOURCE_LABEL}="{source}"}}',
+             "values": f"86400x{minutes}"},
+            {"series": f'{metrics.ZEST_NET_SAVING}{{job_id="{job}", algorithm="heuristic"}}',
+             "values": f"7200x{minutes}"},
+        ]  # fmt: skip
+        if source != T_DEFAULT:
+            description = (
+                f"zest expects tuning job {job} to save more GPU time than it costs (best expected net "
+                "saving: 2h 0m 0s of GPU time). See the zest job dashboard."
+            )
+            alerts.append(
+                {
+                    "exp_labels": {"job_id": job, "severity": "info"},
+                    "exp_annotations": {
+                        "summary": f"Job {job} has run for a day with tuning expected to pay",
+                        "description": description,
+                    },
+                }
+            )
+    check = {
+        "rule_files": [str(GRAFANA / "zest.rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "23h", "alertname": "ZestJobWorthTuningRunsUntuned", "exp_alerts": []},
+                    {"eval_time": "25h", "alertname": "ZestJobWorthTuningRunsUntuned", "exp_alerts": alerts},
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "zest.rules.test.yml"
+    path.write_text(yaml.safe_dump(check))
+    tested = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
 def test_scrape_configuration_passes_promtool(tmp_path: Path) -> None:

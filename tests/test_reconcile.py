@@ -12,11 +12,12 @@ import pytest
 
 from collectors.sources import example_spec, read_job
 from estimator.decision.algorithms import DEFAULT_CHOICES, AlgorithmChoice
+from estimator.decision.breakeven import gain_percent
 from estimator.decision.reconcile import TOP_K, reconcile_note, search_answer, with_search, with_telemetry
 from estimator.features.extract import features_frame, summarize_gpus
 from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec
-from estimator.perfmodel.search import gain_percent, search_ranked
+from estimator.perfmodel.search import search_ranked
 
 JOB = "gpt-1.3b-a100-tp4"
 

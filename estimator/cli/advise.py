@@ -20,7 +20,7 @@ import click
 from collectors.errors import InputError, OutcomesError
 from collectors.studies.optuna import COMPLETE, StudyRecord
 from collectors.studies.store import read_outcomes
-from estimator.cli.options import DurationType, FloatIn, IntIn
+from estimator.cli.options import FloatIn, IntIn, breakeven_job_options
 from estimator.cli.outcomes import StudyOptions, read_studies, resolved_store, store_option, study_options
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME, CaptureShares, capture_shares
 from estimator.decision.breakeven import Job
@@ -281,19 +281,10 @@ def _table(document: dict[str, Any]) -> list[str]:
     default=None,
     help="Trial number of the job's default (baseline) configuration. Default: the first COMPLETE trial.",
 )
-@click.option(
-    "--duration-hours",
-    type=DurationType("h"),
-    required=True,
-    help="T: the job's training duration before tuning: hours (150), or with a unit (72h, 3d, 45m); > 0.",
-)
-@click.option("--gpus", type=IntIn(min=1), default=1, show_default=True, help="G: GPUs of the job (>= 1).")
-@click.option(
-    "--reuse",
-    type=FloatIn(min=1),
-    default=1.0,
-    show_default=True,
-    help="R: how many times the tuned configuration will be run (>= 1).",
+@breakeven_job_options(
+    from_scheduler=False,
+    trial_minutes=None,
+    trial_minutes_default="Default: the study's measured mean trial duration (start to end).",
 )
 @click.option(
     "--next",
@@ -302,13 +293,6 @@ def _table(document: dict[str, Any]) -> list[str]:
     default=10,
     show_default=True,
     help="K: the batch of further trials to price.",
-)
-@click.option(
-    "--trial-minutes",
-    type=DurationType("m"),
-    default=None,
-    help="t: what one trial costs: minutes (25), or with a unit (90s, 1.5h). Default: the study's measured "
-    "mean trial duration (start to end).",
 )
 @click.option(
     "--then",

@@ -36,7 +36,7 @@ from estimator.cli.options import (
     HELP_OPTIONS,
     DurationType,
     FloatIn,
-    IntIn,
+    breakeven_job_options,
     capture_output_options,
     check_output,
     source_access_options,
@@ -159,8 +159,8 @@ def _telemetry_options(command: Any) -> Any:
     return command
 
 
-def _positive(kind: type[float] | type[int]) -> click.ParamType:
-    return IntIn(min=1) if kind is int else FloatIn(min=0, min_open=True)
+#: A price: a number > 0.
+_POSITIVE = FloatIn(min=0, min_open=True)
 
 
 # --- the commands ---------------------------------------------------------------
@@ -215,26 +215,7 @@ def cli() -> None:
     help="Ask Slurm about the job for G, T, R and the telemetry window. Default: when Slurm's commands "
     "are here and the job id looks like a Slurm id.",
 )
-@click.option(
-    "--duration-hours",
-    "duration_hours",
-    type=DurationType("h"),
-    help="T: the job's training duration before tuning: hours (150), or with a unit (72h, 3d, 45m); > 0. "
-    "[required unless Slurm gives the job's time limit]",
-)
-@click.option("--gpus", type=_positive(int), help="G: the job's number of GPUs (>= 1). Default 1.")
-@click.option(
-    "--reuse",
-    type=FloatIn(min=1),
-    help="R: how many times the tuned configuration will be run (>= 1). Default 1.",
-)
-@click.option(
-    "--trial-minutes",
-    type=DurationType("m"),
-    default=DEFAULT_TRIAL_MINUTES,
-    show_default=True,
-    help="t: time of one tuning trial: minutes (25), or with a unit (90s, 1.5h); > 0.",
-)
+@breakeven_job_options(from_scheduler=True, trial_minutes=DEFAULT_TRIAL_MINUTES)
 @click.option(
     "--engineer-hours",
     type=FloatIn(min=0),
@@ -244,12 +225,12 @@ def cli() -> None:
 )
 @click.option(
     "--gpu-hour-cost",
-    type=_positive(float),
+    type=_POSITIVE,
     help="c_g: cost of one GPU-hour (> 0). [required when --engineer-hours > 0]",
 )
 @click.option(
     "--engineer-hour-cost",
-    type=_positive(float),
+    type=_POSITIVE,
     help="c_e: cost of one engineer-hour (> 0). [required when --engineer-hours > 0]",
 )
 @click.option(
@@ -550,7 +531,7 @@ class _Scheduler:
         if window is None and d.window_start is not None and d.window_end is not None:
             window, end = max((d.window_end - d.window_start).total_seconds(), 1.0), d.window_end
         if reuse is None and self.reuse is not None:
-            reuse = float(max(self.reuse.count, 1))
+            reuse = self.reuse.runs
             notes.append(self.reuse.note)
         gpus = gpus if gpus is not None else d.gpus
         return gpus, duration_hours if duration_hours is not None else d.duration_hours, window, end, reuse

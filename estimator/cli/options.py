@@ -103,6 +103,62 @@ class IntIn(click.IntRange):
         return super().convert(value, param, ctx)
 
 
+# --- the job the break-even prices, shared by estimate-z and zest advise ---------------------------
+
+
+def breakeven_job_options(
+    *, from_scheduler: bool, trial_minutes: float | None, trial_minutes_default: str = ""
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--duration-hours`` (T, hours), ``--gpus`` (G), ``--reuse`` (R) and ``--trial-minutes`` (t, minutes):
+    the job the break-even prices, one definition for every command that prices tuning.
+
+    ``from_scheduler``: the command may draw T, G and R from Slurm, so T is not required and G and R
+    default to None (1 when Slurm says nothing either); else T is required and G and R default to 1.
+    ``trial_minutes`` is t's default; None when the command finds its own, as ``trial_minutes_default``
+    says in the help.
+    """
+    options = [
+        click.option(
+            "--duration-hours",
+            "duration_hours",
+            type=DurationType("h"),
+            required=not from_scheduler,
+            help="T: the job's training duration before tuning: hours (150), or with a unit (72h, 3d, 45m); "
+            "> 0." + (" [required unless Slurm gives the job's time limit]" if from_scheduler else ""),
+        ),
+        click.option(
+            "--gpus",
+            type=IntIn(min=1),
+            default=None if from_scheduler else 1,
+            show_default=not from_scheduler,
+            help="G: the job's number of GPUs (>= 1)." + (" Default 1." if from_scheduler else ""),
+        ),
+        click.option(
+            "--reuse",
+            type=FloatIn(min=1),
+            default=None if from_scheduler else 1.0,
+            show_default=not from_scheduler,
+            help="R: how many times the tuned configuration will be run (>= 1)."
+            + (" Default 1." if from_scheduler else ""),
+        ),
+        click.option(
+            "--trial-minutes",
+            type=DurationType("m"),
+            default=trial_minutes,
+            show_default=trial_minutes is not None,
+            help="t: time of one tuning trial: minutes (25), or with a unit (90s, 1.5h); > 0."
+            + (f" {trial_minutes_default}" if trial_minutes_default else ""),
+        ),
+    ]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def capture_output_options(
     help_text: str, *, required: bool = True
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -3,7 +3,7 @@
 Pure: plain data in (each finished trial's objective value and duration), plain
 data out (:class:`NextTrialsAdvice`); no I/O. The pricing is the break-even
 engine's (:func:`estimator.decision.breakeven.assess`, ``exploration_hours``,
-``total_speedup_hours``); Z is :func:`estimator.perfmodel.search.gain_percent`.
+``total_speedup_hours``); Z is :func:`estimator.decision.breakeven.gain_percent`.
 
 The model of the expected further gain (the *record model*):
 
@@ -81,9 +81,9 @@ from estimator.decision.breakeven import (
     ZInterval,
     assess,
     exploration_hours,
+    gain_percent,
     total_speedup_hours,
 )
-from estimator.perfmodel.search import gain_percent
 
 __all__ = [
     "BOOTSTRAP_SAMPLES",

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 
 from estimator.decision.algorithms import AlgorithmChoice
-from estimator.decision.breakeven import ZInterval
+from estimator.decision.breakeven import ZInterval, gain_percent
 from estimator.features.extract import job_features, ratio_feature, summarize_gpus
 from estimator.model.compiled import clip_z
 from estimator.perfmodel import iteration as perfmodel
 from estimator.perfmodel.iteration import JobSpec, PerfConstants
-from estimator.perfmodel.search import Ranked, describe_layout, gain_percent, held_out_error, search_ranked
+from estimator.perfmodel.search import Ranked, describe_layout, held_out_error, search_ranked
 
 __all__ = [
     "GAP_SIGNALS",

@@ -167,12 +167,6 @@ def ranked(spec: JobSpec, constants: PerfConstants, **space: Any) -> list[tuple[
     return sorted(timed, key=lambda pair: pair[1])
 
 
-def gain_percent(best_seconds: Any, seconds: Any) -> Any:
-    """Z: the share of time that tuning a configuration taking ``seconds`` to one taking ``best_seconds``
-    saves, 100 · (1 − t_best / t), in % (numbers or arrays alike). zest's one copy of the formula."""
-    return 100.0 * (1.0 - best_seconds / seconds)
-
-
 def describe_layout(spec: JobSpec) -> str:
     """The layout of ``spec`` in one line: "t=4 p=2 d=8 b=2, recompute full, zero1, sequence parallel"."""
     text = f"t={spec.tensor_parallel} p={spec.pipeline_parallel} d={spec.data_parallel} b={spec.micro_batch}"

@@ -158,7 +158,7 @@ def parse_config(document: Mapping[str, Any], where: str = "config") -> ServeCon
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; use serve, defaults, override")
     serve = _table(document.get("serve", {}), f"{where} [serve]")
-    bad = sorted(set(serve) - {"window_seconds", "detail", "gpu_series"})
+    bad = sorted(set(serve) - {"window_seconds", "detail"})
     if bad:
         raise ConfigError(f"{where} [serve]: unknown key(s) {', '.join(bad)}; use window_seconds, detail")
     window = serve.get("window_seconds", DEFAULT_WINDOW_SECONDS)
@@ -181,15 +181,11 @@ def parse_config(document: Mapping[str, Any], where: str = "config") -> ServeCon
 
 
 def _detail(serve: Mapping[str, Any], where: str) -> bool:
-    """``detail``, or ``gpu_series``, its former name (it switched the per-GPU series alone), kept so that
-    an older config still loads; both at once must agree."""
-    given = {key: serve[key] for key in ("detail", "gpu_series") if key in serve}
-    for key, value in given.items():
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} {key} must be true or false, got {value!r}")
-    if len(set(given.values())) > 1:
-        raise ConfigError(f"{where}: detail and gpu_series (its former name) disagree; keep only detail")
-    return next(iter(given.values()), False)
+    """``detail``: whether to serve the detail series (default false)."""
+    detail = serve.get("detail", False)
+    if not isinstance(detail, bool):
+        raise ConfigError(f"{where} detail must be true or false, got {detail!r}")
+    return detail
 
 
 def _table(value: Any, where: str) -> Mapping[str, Any]:

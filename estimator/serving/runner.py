@@ -243,7 +243,7 @@ class SlurmInputs:
             reuse = self.slurm.reuse_from_history(job.user, job.name, exclude_job_id=job.job_id)
         except SlurmAccountingUnavailable:
             return inputs
-        inputs["reuse"] = float(max(reuse.count, 1))  # as estimate-z: never seen before is one run
+        inputs["reuse"] = reuse.runs
         return inputs
 
 

@@ -1,4 +1,5 @@
-"""What recorded tuning studies say: measured Z per trial, learning curves, capture shares, paid-off checks.
+"""What recorded tuning studies say: measured Z per trial, learning curves, capture shares, paid-off checks,
+and the search ledger (what each search spent).
 
 Pure: the frames of :class:`collectors.studies.store.OutcomeStore` in, DataFrames
 and dicts out. Within a study, trial c's measured improvement is
@@ -19,17 +20,18 @@ import numpy as np
 import pandas as pd
 
 from estimator.decision.algorithms import ALGORITHMS_BY_NAME
-from estimator.decision.breakeven import exploration_hours, r_explore, total_speedup_hours
-from estimator.features.extract import FEATURES
-from estimator.perfmodel.search import gain_percent
+from estimator.decision.breakeven import exploration_hours, gain_percent, r_explore, total_speedup_hours
+from estimator.features.extract import FEATURES, GPU_COUNT
 from estimator.training.rows import STUDY, Z_PERCENT
 
 __all__ = [
+    "LEDGER_COLUMNS",
     "MIN_CURVE_STUDIES",
     "curve_capture_shares",
     "history",
     "learning_curves",
     "local_rows",
+    "search_ledger",
     "trial_z_percent",
 ]
 
@@ -210,3 +212,92 @@ def history(studies: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+#: The ledger's columns, one row per study (:func:`search_ledger`).
+LEDGER_COLUMNS: Final = (
+    "gpus",
+    "gpus_from",
+    "trial_hours_spent",
+    "gpu_hours_spent",
+    "failed_share",
+    "pruned_share",
+    "cost_vs_one_run",
+    "untimed_trials",
+    "ledger_notes",
+)
+
+
+def _trial_gpus(features: Any) -> float:
+    """The GPUs a trial's telemetry counted (the ``gpus`` feature); NaN without telemetry."""
+    if not isinstance(features, dict) or features.get(GPU_COUNT) is None:
+        return math.nan
+    count = float(features[GPU_COUNT])
+    return count if math.isfinite(count) and count > 0 else math.nan
+
+
+def search_ledger(studies: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """What each study's search spent, one row per row of ``studies`` (same index): :data:`LEDGER_COLUMNS`.
+
+    ``studies`` and ``trials`` as :class:`collectors.studies.store.OutcomeStore` gives them (``gpus`` and
+    ``duration_hours`` may be filled from the command line first). Over the study's finished trials
+    (COMPLETE, FAIL, PRUNED; a trial without start and end is counted in ``untimed_trials``, not in the
+    hours): ``trial_hours_spent`` = Σ duration (h); ``gpu_hours_spent`` = Σ duration · GPUs, a trial's
+    GPUs those its telemetry counted, else the study's G (NaN when some trial has neither);
+    ``failed_share`` and ``pruned_share`` of the finished trials; ``cost_vs_one_run`` =
+    gpu_hours_spent / (G · T), or, G unknown and no trial counting its own GPUs, trial_hours_spent / T
+    (every trial on the job's G GPUs: G cancels); NaN without T. ``ledger_notes`` say why a figure is
+    missing, or what it assumed.
+    """
+    rows = []
+    for _, study in studies.iterrows():
+        own = trials[trials["study_id"] == study["study_id"]]
+        n = len(own)
+        timed = own[own["duration_seconds"].notna()]
+        hours = timed["duration_seconds"].to_numpy(dtype=float) / SECONDS_PER_HOUR
+        counted = [_trial_gpus(f) for f in timed["features"]]
+        g = float(study["gpus"]) if pd.notna(study["gpus"]) else math.nan
+        per_trial = [c if math.isfinite(c) else g for c in counted]
+        trial_hours = float(hours.sum())
+        known = all(math.isfinite(c) for c in per_trial)
+        gpu_hours = float(sum(h * c for h, c in zip(hours, per_trial, strict=True))) if known else math.nan
+        t = float(study["duration_hours"]) if pd.notna(study["duration_hours"]) else math.nan
+        notes = []
+        if n > len(timed):
+            notes.append(f"{n - len(timed)} trial(s) without start and end are not in the hours")
+        own_counts = sum(math.isfinite(c) for c in counted)
+        if not math.isfinite(g):
+            if known:  # every trial counted its GPUs
+                notes.append("G not recorded: the GPU-hours count each trial's GPUs from its telemetry")
+            else:
+                notes.append(
+                    "G not recorded: GPU-hours unknown, trial-hours shown (record with --gpus G, or give "
+                    "history --gpus G)"
+                )
+        cost = math.nan
+        if not math.isfinite(t):
+            notes.append(
+                "no T: no cost against one run (record with --duration-hours T, or give history "
+                "--duration-hours T)"
+            )
+        elif math.isfinite(g):
+            cost = gpu_hours / (g * t)
+        elif own_counts == 0:
+            cost = trial_hours / t
+            notes.append("cost against one run = trial-hours / T: every trial taken on the job's G GPUs")
+        else:
+            notes.append("G not recorded and some trials counted their own GPUs: no cost against one run")
+        rows.append(
+            {
+                "gpus": g,
+                "gpus_from": None if not math.isfinite(g) else str(study.get("gpus_from", "recorded")),
+                "trial_hours_spent": trial_hours,
+                "gpu_hours_spent": gpu_hours,
+                "failed_share": own["state"].eq("FAIL").sum() / n if n else math.nan,
+                "pruned_share": own["state"].eq("PRUNED").sum() / n if n else math.nan,
+                "cost_vs_one_run": cost,
+                "untimed_trials": n - len(timed),
+                "ledger_notes": notes,
+            }
+        )
+    return pd.DataFrame(rows, index=studies.index, columns=list(LEDGER_COLUMNS))

@@ -32,6 +32,7 @@ import pandas as pd
 from collectors import schema
 from collectors.errors import InputError, OutputError
 from collectors.util import zest_version
+from estimator.decision.breakeven import gain_percent
 from estimator.features import extract as features
 from estimator.features.extract import FEATURES, HOST_COUNT, job_features, summarize_gpus
 from estimator.model.regressor import MODEL_FEATURES, ZeRegressor
@@ -156,7 +157,7 @@ def read_study_data(data_dir: str | Path) -> StudyData:
 def measured_z_percent(seconds: pd.Series, study: pd.Series) -> pd.Series:
     """Z(c) = 100 · (1 − t_best / t_c) within each study: the gain of tuning c to the study's best, in %."""
     best = seconds.groupby(study).transform("min")
-    return pd.Series(search.gain_percent(best, seconds)).rename(Z_PERCENT)
+    return pd.Series(gain_percent(best, seconds)).rename(Z_PERCENT)
 
 
 def job_specs(frame: pd.DataFrame) -> list[JobSpec]:
