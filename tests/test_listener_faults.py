@@ -196,3 +196,38 @@ def test_a_bcrypt_cost_bcrypt_cannot_check_is_a_config_error(tmp_path: Path) -> 
     config.write_text("basic_auth_users:\n  prom: $2b$03$" + "a" * 53 + "\n")
     with pytest.raises(ConfigError, match="cost"):
         load_web_config(config)
+
+
+# --- a flood of connections ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_connections_beyond_the_cap_are_refused_at_once_and_scrapes_resume(
+    tls: bool, tls_files: tuple[Path, Path]
+) -> None:
+    """Two idle connections fill a cap of 2: a scrape is refused at once (503; closed under TLS), and
+    served again as soon as one of them goes."""
+    cert, key = tls_files
+    web = WebConfig(cert, key) if tls else WebConfig()
+    verify = str(cert) if tls else True
+    with _serving(web, max_connections=2) as (url, server):
+        idle = [_idle_client(server) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # let the server accept both
+            started = time.perf_counter()
+            if tls:
+                with pytest.raises(requests.exceptions.ConnectionError):
+                    requests.get(url, timeout=10, verify=verify)
+            else:
+                answer = requests.get(url, timeout=10)
+                assert answer.status_code == 503 and "too many connections" in answer.text
+            assert time.perf_counter() - started < 2.0
+        finally:
+            idle.pop().close()
+        time.sleep(0.2)  # the server sees the close and frees the slot
+        try:
+            answer = requests.get(url, timeout=10, verify=verify)
+            assert answer.status_code == 200 and "zest_test_up 1.0" in answer.text
+        finally:
+            for connection in idle:
+                connection.close()

@@ -8,6 +8,9 @@ Faulty or hostile clients cost only their own connection: every connection
 gets its own thread, the TLS handshake happens there (never in the thread that
 accepts), with a timeout, and so does every read; the listen queue holds a
 burst of scrapers; an unknown user takes as long to refuse as a wrong password.
+At most :data:`MAX_CONNECTIONS` connections are served at once: one more is
+answered 503 (closed, under TLS) at once, without a thread, so that a flood of
+idle connections costs bounded memory and clears within the read timeout.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ READ_TIMEOUT_S = 30.0  # a client silent this long while sending its request or 
 # under a burst of scrapers (each dropped SYN costs the client a 1 s retransmission); the kernel caps the
 # value at net.core.somaxconn.
 LISTEN_BACKLOG = max(socket.SOMAXCONN, 128)
+#: Connections served at once (a thread each); Prometheus scrapes an exporter over one or two. Beyond
+#: it a connection gets "503 Service Unavailable" at once (node_exporter's --web.max-requests is 40).
+MAX_CONNECTIONS = 64
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 45\r\n\r\ntoo many connections to zest serve; try again\n"
+)
 
 
 # --- web configuration ----------------------------------------------------------------------------
@@ -207,6 +217,36 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     tls_context: ssl.SSLContext | None = None
     handshake_timeout_s = HANDSHAKE_TIMEOUT_S
     read_timeout_s = READ_TIMEOUT_S
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._count = threading.Lock()
+        self._serving = 0  # connections being served now (changed only under _count)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve ``request`` in a thread of its own, or refuse it at once when as many are served already."""
+        with self._count:
+            busy = self._serving >= self.max_connections
+            if not busy:
+                self._serving += 1
+        if not busy:
+            super().process_request(request, client_address)
+            return
+        if self.tls_context is None:
+            try:
+                request.settimeout(0)  # the answer fits the socket's buffer; never wait on the client
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self._serving -= 1
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Serve one connection (in its own thread): the TLS handshake first, when TLS is on."""
