@@ -224,6 +224,17 @@ def test_record_history_and_advise_read_the_experiment(tmp_path: Path) -> None:
                                          "--store", str(store)])  # fmt: skip
 
 
+def test_value_scope_and_full_iterations_reach_the_store_from_the_command_line(tmp_path: Path) -> None:
+    store = tmp_path / "o.sqlite"
+    zest(["record", *RAY, "--ray-value", "best", "--full-iterations", "1", "--store", str(store)])
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT number, state, value FROM trials ORDER BY number").fetchall()
+    db.close()
+    # best by mode: trial 1 peaked at 13200; full iterations 1: trial 3, cut short, is COMPLETE
+    assert rows == [(0, "COMPLETE", 9600.0), (1, "COMPLETE", 13200.0), (2, "FAIL", None),
+                    (3, "COMPLETE", 8100.0), (4, "COMPLETE", 13000.0)]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -234,6 +245,9 @@ def test_record_history_and_advise_read_the_experiment(tmp_path: Path) -> None:
         ([*RAY, "--study", "x"], "--study goes with --storage"),
         (["--storage", "sqlite:///x.db", "--study", "x", "--metric", "m"], "--metric goes with --ray-dir"),
         (["--zenithtune-dir", ".", "--mode", "max"], "--mode goes with --ray-dir"),
+        (["--zenithtune-dir", ".", "--ray-value", "best"], "--ray-value goes with --ray-dir"),
+        (["--zenithtune-dir", ".", "--full-iterations", "1"], "--full-iterations goes with --ray-dir"),
+        ([*RAY, "--full-iterations", "0"], "0 is not in the range x>=1"),
         ([*RAY, "--mode", "maximize"], "'maximize' is not one of 'max', 'min'"),
     ],
 )

@@ -31,7 +31,7 @@ from collectors.studies.optuna import (
     trial_telemetry,
     with_features,
 )
-from collectors.studies.raytune import MODES, read_ray_tune_experiment
+from collectors.studies.raytune import MODES, VALUE_SCOPES, read_ray_tune_experiment
 from collectors.studies.store import OutcomeStore, RecordResult, default_store_path, read_outcomes
 from estimator.cli.options import DurationType, FloatIn, IntIn, prometheus_access_options
 from estimator.reports.table import json_text
@@ -80,6 +80,8 @@ class StudyOptions:
     metric: str | None
     mode: str | None
     objective: str | None
+    ray_value: str = "last"
+    full_iterations: int | None = None
 
 
 _STUDY_OPTIONS: Final = (
@@ -104,18 +106,34 @@ _STUDY_OPTIONS: Final = (
         type=click.Path(path_type=Path),
         help="A Ray Tune experiment folder, <storage_path>/<name> (~/ray_results/<name>): each trial's "
         "params.json and result.json or progress.csv, read without Ray. Trials that reported fewer "
-        "iterations than the longest are PRUNED (an early-stopping scheduler's).",
+        "iterations than the longest (or --full-iterations) are PRUNED (an early-stopping scheduler's).",
     ),
     click.option(
         "--metric",
-        help="With --ray-dir: the reported result key that is the objective (nested keys as a/b); a "
-        "trial's value is the last one it reported. [required with --ray-dir]",
+        help="With --ray-dir: the reported result key that is the objective (nested keys as a/b). "
+        "[required with --ray-dir]",
     ),
     click.option(
         "--mode",
         type=click.Choice(tuple(MODES)),
         default=None,
         help="With --ray-dir: max or min, as given to Ray's TuneConfig (default: from --objective).",
+    ),
+    click.option(
+        "--ray-value",
+        type=click.Choice(VALUE_SCOPES),
+        default="last",
+        show_default=True,
+        help="With --ray-dir: a trial's value is the last value of --metric it reported, or its best by "
+        "--mode (Ray's scope='all').",
+    ),
+    click.option(
+        "--full-iterations",
+        type=click.IntRange(min=1),
+        default=None,
+        help="With --ray-dir: a trial without error that reported fewer iterations is PRUNED (default: the "
+        "most any trial reported); 1 keeps every trial COMPLETE, for trials of different lengths by "
+        "design or a stopper on a metric.",
     ),
     click.option(
         "--objective",
@@ -141,10 +159,14 @@ def study_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ray_dir: Path | None,
         metric: str | None,
         mode: str | None,
+        ray_value: str,
+        full_iterations: int | None,
         objective: str | None,
         **kwargs: Any,
     ) -> Any:
-        options = StudyOptions(storage, study_name, zenithtune_dir, ray_dir, metric, mode, objective)
+        options = StudyOptions(
+            storage, study_name, zenithtune_dir, ray_dir, metric, mode, objective, ray_value, full_iterations
+        )
         return command(*args, study=options, **kwargs)
 
     decorated: Callable[..., Any] = with_study
@@ -167,9 +189,16 @@ def _check_sources(options: StudyOptions, *, pick: bool) -> None:
     ]  # fmt: skip
     if len(given) > 1:
         raise click.BadParameter(f"give one study source, not {' and '.join(given)}")
-    if o.ray_dir is None and (o.metric is not None or o.mode is not None):
-        flag = "--metric" if o.metric is not None else "--mode"
-        raise click.BadParameter(f"{flag} goes with --ray-dir DIR (a Ray Tune experiment)")
+    if o.ray_dir is None:
+        ray_only = {
+            "--metric": o.metric is not None,
+            "--mode": o.mode is not None,
+            "--ray-value": o.ray_value != "last",
+            "--full-iterations": o.full_iterations is not None,
+        }
+        flag = next((name for name, is_given in ray_only.items() if is_given), None)
+        if flag is not None:
+            raise click.BadParameter(f"{flag} goes with --ray-dir DIR (a Ray Tune experiment)")
     if o.ray_dir is not None:
         if o.study_name is not None:
             raise click.BadParameter(
@@ -195,7 +224,16 @@ def read_studies(options: StudyOptions, *, pick: bool = False) -> list[StudyReco
     o = options
     if o.ray_dir is not None:
         assert o.metric is not None  # checked
-        return [read_ray_tune_experiment(o.ray_dir, metric=o.metric, mode=o.mode, objective=o.objective)]
+        return [
+            read_ray_tune_experiment(
+                o.ray_dir,
+                metric=o.metric,
+                mode=o.mode,
+                objective=o.objective,
+                value=o.ray_value,
+                full_iterations=o.full_iterations,
+            )
+        ]
     if o.zenithtune_dir is None:
         assert o.storage is not None and o.study_name is not None  # checked
         return [read_optuna_study(o.storage, o.study_name, objective=o.objective)]
