@@ -8,7 +8,10 @@
 2. Scale curve: fleets of ``--gpus`` GPUs (1,000, 2,000, 4,000 by default;
    ``--gpus-per-job`` 8 per job) of dcgm-exporter series, ``--minutes`` of
    history at the 30 s scrape interval, backfilled into one real Prometheus
-   with ``promtool`` (each size adds its new jobs to the last). Times one
+   with ``promtool`` (each size adds its new jobs to the last), and the history of zest's
+   recording rules (``grafana/zest-gpu.rules.yml``) backfilled over all of it with ``promtool tsdb
+   create-blocks-from rules``, as a site running the rules holds it (``--no-recording-rules``: raw
+   samples only). Times one
    cluster cycle as ``zest serve`` runs it (running jobs and batched
    summaries; features, Z_e and break-even of every job; /metrics rendered),
    the median of ``--runs`` cycles per size after a warm one, then one
@@ -44,6 +47,7 @@ from estimator.serving.http import RenderedMetrics
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from promserver import SCRAPE_SECONDS, dcgm_gpu, dcgm_labels, start_prometheus, write_openmetrics
 
+from collectors import metrics
 from collectors.prometheus import PrometheusSource
 from collectors.schema import JOB_ID
 from collectors.sources import example_jobs, read_job
@@ -53,6 +57,8 @@ from estimator.model.default import default_model, z_intervals_for
 from estimator.serving.collector import ExporterState, ZestCollector, estimate_jobs
 from estimator.serving.config import ServeConfig
 from estimator.serving.runner import ClusterSummaries, Shard
+
+RULES = Path(__file__).resolve().parents[1] / "grafana" / "zest-gpu.rules.yml"
 
 
 def _best_of(runs: int, action: object) -> float:
@@ -120,6 +126,8 @@ class Cycle:
     rendering: float
     jobs: int = 0
     gpus: int = 0
+    #: Whether the reading used zest's recording rules (``JobsSummary.recording_rules_used``).
+    recorded: bool = False
 
     @property
     def total(self) -> float:
@@ -143,6 +151,7 @@ def _median(cycles: list[Cycle]) -> Cycle:
         middle([c.rendering for c in cycles]),
         cycles[0].jobs,
         cycles[0].gpus,
+        all(c.recorded for c in cycles),
     )
 
 
@@ -161,7 +170,10 @@ def one_cycle(cluster: ClusterSummaries, model: Any, shares: Any) -> Cycle:
     registry.register(ZestCollector(state, coverage_ratio=model.coverage))
     RenderedMetrics(registry).refresh()
     done = time.perf_counter()
-    return Cycle(read - started, estimated - read, done - estimated, len(snapshot.jobs), len(summary))
+    return Cycle(
+        read - started, estimated - read, done - estimated, len(snapshot.jobs), len(summary),
+        bool(cluster.recording_rules_used),
+    )  # fmt: skip
 
 
 def _add_jobs(
@@ -184,6 +196,20 @@ def _add_jobs(
     )  # fmt: skip
     openmetrics.unlink()
     return samples
+
+
+def _backfill_tiles(promtool: str, url: str, work: Path, first: int, last: int) -> list[Path]:
+    """The recording rules' tiles of every series ``url`` holds, evaluated every 5 minutes from ``first``
+    to ``last`` (Unix s) by ``promtool tsdb create-blocks-from rules``: the blocks it wrote."""
+    tiles = work / "tiles"
+    shutil.rmtree(tiles, ignore_errors=True)
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "rules", f"--start={first}", f"--end={last}",
+         f"--eval-interval={metrics.RECORDING_INTERVAL_SECONDS}s", f"--url={url}", f"--output-dir={tiles}",
+         str(RULES)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return [block for block in tiles.iterdir() if block.is_dir()]
 
 
 def _per_job(source: PrometheusSource, window: float, jobs: int, sample_size: int, reading: float) -> None:
@@ -219,20 +245,30 @@ def bench_scale(args: argparse.Namespace) -> None:
     print(f"uptime at start: {_uptime()}")
     print(f"scale: {args.gpus_per_job} GPUs per job, {count} scrapes ({args.minutes:g} min) per window, "
           f"median of {args.runs} cycles per size")  # fmt: skip
+    rules = "raw samples only" if args.no_recording_rules else f"zest's recording rules ({RULES.name})"
+    print(f"scale: {rules}")
     rows: list[Cycle] = []
     server = None
     done_jobs = 0
+    tile_blocks: list[Path] = []
     try:
         for jobs in sizes:
             started = time.perf_counter()
+            if server is not None:
+                server.stop()
+            for block in tile_blocks:  # the tiles are recorded again over every job, old and new
+                shutil.rmtree(block)
             samples = _add_jobs(
                 promtool, data, work, range(done_jobs, jobs), args.gpus_per_job, first, count + ahead
             )
             done_jobs = jobs
-            backfilled = time.perf_counter() - started
-            if server is not None:
-                server.stop()
             server = start_prometheus(prometheus, data, work)
+            if not args.no_recording_rules:
+                made = _backfill_tiles(promtool, server.url, work, first, last)
+                server.stop()
+                tile_blocks = [Path(shutil.move(block, data / block.name)) for block in made]
+                server = start_prometheus(prometheus, data, work)
+            backfilled = time.perf_counter() - started
             source = PrometheusSource(server.url, timeout_seconds=600)
             cluster = ClusterSummaries(source, window)
             one_cycle(cluster, model, shares)  # warm: the first read loads the new blocks from disk
@@ -241,7 +277,8 @@ def bench_scale(args: argparse.Namespace) -> None:
             rows.append(row)
             print(f"  {row.gpus:6d} GPUs ({row.jobs} jobs; {samples / 1e6:.1f} M samples added in "
                   f"{backfilled:.0f} s): cycle {row.total:.2f} s = reading {row.reading:.2f} + estimating "
-                  f"{row.estimating:.2f} + rendering {row.rendering:.2f}")  # fmt: skip
+                  f"{row.estimating:.2f} + rendering {row.rendering:.2f}; recording rules read: "
+                  f"{'yes' if row.recorded else 'no'}")  # fmt: skip
             if len(rows) == 1 and args.per_job_sample > 0:
                 _per_job(source, window, jobs, args.per_job_sample, row.reading)
         assert server is not None
@@ -328,6 +365,11 @@ def main() -> None:
     parser.add_argument("--project-gpus", type=int, default=100_000)
     parser.add_argument("--replicas", type=int, default=8, help="projection for 1..this many replicas")
     parser.add_argument("--cycle-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--no-recording-rules",
+        action="store_true",
+        help="raw samples only: no tiles of zest's recording rules",
+    )
     parser.add_argument("--skip-render", action="store_true")
     parser.add_argument("--skip-cycle", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the Prometheus data folder")

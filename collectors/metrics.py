@@ -294,6 +294,16 @@ RECORDED_OPERATIONS = ("sum", "count", "min", "max")
 RECORDED_IDLE_OPERATIONS = ("steps", "idle_steps")
 #: The subquery step of the idle rules (dcgm-exporter's default scrape interval).
 RECORDED_IDLE_STEP_SECONDS = 30
+#: Recorded for memory used only (the series that dates a GPU's window): the time of the first and of
+#: the last sample in the tile, found at the idle rules' step.
+RECORDED_EDGE_OPERATIONS = ("first", "last")
+#: Sums of series recorded as one, at the idle rules' step (the sum of the fresh parts at each step, as
+#: the raw query takes it), by their required parts: the name they are recorded under. Total memory in
+#: MiB is DCGM's own total-framebuffer field; NVLink TX + RX in bytes/s has no field of its own.
+RECORDED_SUMS: dict[tuple[str, ...], str] = {
+    (DCGM_FB_USED, DCGM_FB_FREE): DCGM_FB_TOTAL,
+    DCGM_NVLINK_BYTES: "DCGM_FI_PROF_NVLINK_TX_RX_BYTES",
+}
 
 
 def recorded_name(source_name: str, operation: str) -> str:

@@ -25,17 +25,24 @@ sums of series (DCGM total memory, NVLink TX+RX) and the first and last sample
 times are subqueries at ``step_seconds`` resolution (set it to the scrape
 interval). Both ends of the window are inclusive. The first and last sample
 times rely on Prometheus' default ``--query.lookback-delta`` of 5 minutes.
+Only the statistics zest reads are asked for (:data:`collectors.schema.READ_STATISTICS`:
+every signal's mean, the ratios' p10, p50 and p90, memory's max): the summary's
+other statistics are NaN.
 
 Where zest's recording rules (:func:`recording_rules`, shipped as
 ``grafana/zest-gpu.rules.yml``) have recorded 5-minute tiles since the window
-began, :meth:`PrometheusSource.summarize_jobs` reads mean, min, max, sample
-counts and the idle share from the tiles whose evaluation time lies in the
-window: exact over those tiles, which span the window shifted back by less than
-5 minutes. Quantiles, sums of series, counters and the sample times stay raw.
+began, :meth:`PrometheusSource.summarize_jobs` reads mean, min and max of every
+gauge and of the sums of series, the idle share and each GPU's first and last
+sample time from the tiles whose evaluation time lies in the window: exact over
+those tiles, which span the window shifted back by less than 5 minutes (so
+``window_start`` may lie up to 5 minutes before the window). Sample counts,
+quantiles and counters stay raw; a GPU is summarized only where it has a raw
+sample in the window.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -61,6 +68,7 @@ from collectors.schema import (
     IDLE_SHARE,
     IDLE_SM_ACTIVE_RATIO,
     JOB_ID,
+    READ_STATISTICS,
     SAMPLES,
     SIGNALS,
     STATISTICS,
@@ -88,6 +96,11 @@ _MEM_TOTAL = canonical_signal("mem_total_bytes")
 _NVLINK = canonical_signal("nvlink_bytes_per_second")
 _QUANTILES: Mapping[str, float] = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
 assert set(_QUANTILES) | {"mean", "min", "max"} == set(STATISTICS)
+
+
+def _statistics_of(signal: str) -> tuple[str, ...]:
+    """The statistics asked for ``signal``: those zest reads (:data:`collectors.schema.READ_STATISTICS`)."""
+    return tuple(st for st in STATISTICS if st in READ_STATISTICS[signal])
 
 
 @dataclass(frozen=True)
@@ -291,8 +304,6 @@ _JOBSTATS = _Family(
     job_labellings=metrics.JOBSTATS_JOB_LABELLINGS,
 )
 _FAMILIES = (_DCGM, _JOBSTATS)
-#: Label that tags each signal's part of a batched query.
-_SIGNAL_TAG = "zest_signal"
 
 # --- recording rules --------------------------------------------------------------------------
 #: Statistics a cycle reads from recorded tiles where they exist: those that combine exactly.
@@ -303,21 +314,41 @@ _TILE = f"{metrics.RECORDING_INTERVAL_SECONDS * 1000 - 1}ms"
 
 
 def _recorded_readings() -> list[tuple[_Family, _Signal]]:
-    """The readings recording rules keep tiles of: every family's one-gauge readings."""
-    return [(family, reading) for family in _FAMILIES for reading in family.readings if reading.raw_gauge]
+    """The readings recording rules keep tiles of: every family's one-gauge readings and named sums."""
+    return [
+        (family, reading)
+        for family in _FAMILIES
+        for reading in family.readings
+        if _recorded_source(reading) is not None
+    ]
+
+
+def _recorded_source(reading: _Signal) -> str | None:
+    """The name whose tiles the rules record of ``reading``: its gauge's, or its sum's
+    (:data:`metrics.RECORDED_SUMS`); None for a reading they do not record."""
+    if reading.raw_gauge:
+        return reading.parts[0]
+    return None if reading.counter else metrics.RECORDED_SUMS.get(reading.parts)
 
 
 def _recorded_names(family: _Family) -> list[str]:
     """Every recorded series name of ``family``."""
     found = []
     for owner, reading in _recorded_readings():
-        if owner is family:
-            found += [metrics.recorded_name(reading.parts[0], op) for op in metrics.RECORDED_OPERATIONS]
-            if reading.signal == _SM_ACTIVE:
-                found += [
-                    metrics.recorded_name(reading.parts[0], op) for op in metrics.RECORDED_IDLE_OPERATIONS
-                ]
+        source = _recorded_source(reading)
+        if owner is family and source is not None:
+            found += [metrics.recorded_name(source, op) for op in metrics.RECORDED_OPERATIONS]
+            found += [metrics.recorded_name(source, op) for op in _extra_operations(reading)]
     return list(dict.fromkeys(found))
+
+
+def _extra_operations(reading: _Signal) -> tuple[str, ...]:
+    """What the rules record of ``reading`` besides :data:`metrics.RECORDED_OPERATIONS`."""
+    if reading.signal == _SM_ACTIVE:
+        return metrics.RECORDED_IDLE_OPERATIONS
+    if reading.signal == _MEM_USED:
+        return metrics.RECORDED_EDGE_OPERATIONS
+    return ()
 
 
 def recording_rules() -> list[dict[str, Any]]:
@@ -326,7 +357,9 @@ def recording_rules() -> list[dict[str, Any]]:
     Every rule keeps all labels of its source series (GPU, host, job), so a cycle selects recorded
     series with the same matchers as raw ones. Per 5-minute tile: sum, count, min and max of each
     gauge; for SM activity also the steps (at dcgm-exporter's 30 s scrape) with a fresh sample and
-    those below the idle threshold, as the raw idle query counts them. One group for every family:
+    those below the idle threshold, as the raw idle query counts them; for memory used the time of
+    the first and of the last fresh sample at those steps; for sums of series (DCGM total memory,
+    NVLink TX + RX) sum, count, min and max of the sum at those steps. One group for every family:
     Prometheus offsets each group's evaluations by a hash of its name, and one offset keeps every
     signal's tiles on the same boundaries.
     """
@@ -334,6 +367,16 @@ def recording_rules() -> list[dict[str, Any]]:
     rules: list[dict[str, str]] = []
     for _, reading in _recorded_readings():
         name = reading.parts[0]
+        source = _recorded_source(reading)
+        assert source is not None
+        if not reading.raw_gauge:
+            # Each step's sum of the fresh parts; "without ()" keeps every label (a GPU's parts share them).
+            summed = f"sum without () ({_fresh(_name_selector(reading.names, ()), step)})[{_TILE}:{step}s]"
+            rules += [
+                {"record": metrics.recorded_name(source, op), "expr": f"{op}_over_time({summed})"}
+                for op in metrics.RECORDED_OPERATIONS
+            ]
+            continue
         rules += [
             {"record": metrics.recorded_name(name, op), "expr": f"{op}_over_time({name}[{_TILE}])"}
             for op in metrics.RECORDED_OPERATIONS
@@ -351,6 +394,13 @@ def recording_rules() -> list[dict[str, Any]]:
                     "expr": f"sum_over_time(({fresh} < bool {threshold!r})[{_TILE}:{step}s])",
                 },
             ]
+        if reading.signal == _MEM_USED:
+            # At a step with a fresh sample, timestamp() is that sample's time.
+            stamped = f"(timestamp({name}) and {_fresh(name, step)})[{_TILE}:{step}s]"
+            rules += [
+                {"record": metrics.recorded_name(name, "first"), "expr": f"min_over_time({stamped})"},
+                {"record": metrics.recorded_name(name, "last"), "expr": f"max_over_time({stamped})"},
+            ]
     interval = f"{metrics.RECORDING_INTERVAL_SECONDS // 60}m"
     return [{"name": "zest-gpu", "interval": interval, "rules": rules}]
 
@@ -359,7 +409,8 @@ def _recorded_statistic(
     name: str, statistic: str, matchers: Sequence[_Matcher], width: float, by: str
 ) -> str:
     """PromQL combining the recorded tiles of series ``name`` whose evaluation time lies in the window into
-    ``statistic`` (mean, min, max, ``count`` of samples, or the idle share): exact over those tiles."""
+    ``statistic`` (mean, min, max, the idle share, or the first or last sample time): exact over those
+    tiles."""
 
     def tiles(op: str, over: str = "sum") -> str:
         selector = _selector(metrics.recorded_name(name, op), matchers)
@@ -369,8 +420,10 @@ def _recorded_statistic(
         return f"{tiles('sum')} / {tiles('count')}"
     if statistic in ("min", "max"):
         return tiles(statistic, statistic)
-    if statistic == "count":
-        return tiles("count")
+    if statistic == WINDOW_START:
+        return tiles("first", "min")
+    if statistic == WINDOW_END:
+        return tiles("last", "max")
     assert statistic == IDLE_SHARE
     return f"{tiles('idle_steps')} / {tiles('steps')}"
 
@@ -545,6 +598,8 @@ class _Planned:
     query: str
     purpose: str
     scale: float = 1.0
+    #: In a batched summary, the statistic's reading (its index in the usable readings); None for a column.
+    rank: int | None = None
 
 
 @dataclass(repr=False)
@@ -637,7 +692,7 @@ class PrometheusSource:
         for readings in job.preferred.values():
             plan += [
                 self._preferred_statistic(readings, statistic, matchers, width, by)
-                for statistic in STATISTICS
+                for statistic in _statistics_of(readings[0].signal)
             ]
         if _SM_ACTIVE in chosen:
             plan.append(
@@ -734,14 +789,16 @@ class PrometheusSource:
         (with ``job_ids``: of those jobs, and possibly others whose labels look alike; a replica serving
         a shard of the fleet asks only for its jobs).
 
-        Batched: per exporter family present, one query per statistic covers
-        every signal of every job (each signal's part tagged by a label, the job
-        labellings joined by ``or``), so the number of queries is fixed (at most
-        11 per family) whatever the number of jobs. Statistics are those of
-        :meth:`summarize_job` over the same window; ``window_start`` and
-        ``window_end`` are each GPU's first and last sample in it, found at
-        ``step_seconds`` resolution. ``end`` defaults to now. A series that names
-        no job is left out. An empty summary when no job has samples.
+        Batched: per exporter family present, one query per statistic and
+        reading covers every job (the job labellings that name any series
+        joined by ``or``), so the number of queries is fixed (about 50 per
+        family) whatever the number of jobs. Statistics are those of
+        :meth:`summarize_job` over the same window (the tiles of zest's
+        recording rules, where they cover it, serve some: see the module's
+        docstring); ``window_start`` and ``window_end`` are each GPU's first and
+        last sample in it, found at ``step_seconds`` resolution. ``end``
+        defaults to now. A series that names no job is left out. An empty
+        summary when no job has samples.
         """
         if not (math.isfinite(window_seconds) and window_seconds > 0):
             raise SourceQueryError(f"the window must be a positive number of seconds, got {window_seconds}")
@@ -775,21 +832,32 @@ class PrometheusSource:
         labellings: list[tuple[_Matcher, ...]] = [
             ((labelling[-1], values), *_scrape_pod_guard(labelling)) for labelling in family.job_labellings
         ]
-        # Which series names are present, over all jobs: a GET whose URL need not carry the ids.
+        # Which series names are present, over all jobs, by each labelling: GETs whose URLs need not carry
+        # the ids. A labelling that names no job's series is left out of the queries: it would select
+        # nothing, and its "or" would still hash every series of the others.
         listing = [((label[-1], None), *_scrape_pod_guard(label)) for label in family.job_labellings]
-        names = self._label_values(
-            [
-                *(("match[]", _name_selector((*family.names, *_recorded_names(family)), m)) for m in listing),
-                ("start", f"{lo:.3f}"),
-                ("end", f"{hi:.3f}"),
-            ],
-            f"listing the {family.name} series of running jobs",
-            tally,
-        )
-        present = set(names) & set(family.names)
-        if not present:
+        found = [
+            set(
+                self._label_values(
+                    [
+                        ("match[]", _name_selector((*family.names, *_recorded_names(family)), m)),
+                        ("start", f"{lo:.3f}"),
+                        ("end", f"{hi:.3f}"),
+                    ],
+                    f"listing the {family.name} series of running jobs",
+                    tally,
+                )
+            )
+            for m in listing
+        ]
+        used = [index for index, names in enumerate(found) if names & set(family.names)]
+        if not used:
             return {}
-        covered = self._covering_recorded(family, set(names), listing, lo, hi, tally)
+        labellings = [labellings[index] for index in used]
+        listing = [listing[index] for index in used]
+        names = set().union(*(found[index] for index in used))
+        present = names & set(family.names)
+        covered = self._covering_recorded(family, names, listing, lo, hi, tally)
         chosen = family.choose(present)
         anchor = family.anchor(present, chosen)
         keys = (*family.job_labels, *family.identity)
@@ -802,47 +870,58 @@ class PrometheusSource:
         def count(m: Sequence[_Matcher]) -> str:
             return f"sum by ({by}) (count_over_time({_selector(anchor, m)}[{_duration(width)}]))"
 
-        def stamped(m: Sequence[_Matcher]) -> str:
-            return f"((timestamp({_selector(anchor, m)}) >= {lo:.3f}) <= {hi:.3f})"
+        span = f"[{_duration(width)}:{_duration(self.step_seconds)}]"
+
+        def first(m: Sequence[_Matcher]) -> str:
+            # A step's timestamp() is the latest sample up to it: the first steps may see one before lo.
+            return f"min by ({by}) (min_over_time((timestamp({_selector(anchor, m)}) >= {lo:.3f}){span}))"
+
+        def last(m: Sequence[_Matcher]) -> str:
+            # Steps end at hi; a GPU whose latest sample lies before lo has no count and is dropped below.
+            return f"max by ({by}) (max_over_time(timestamp({_selector(anchor, m)}){span}))"
 
         # Jobs may differ in which reading of a signal they have (NVLink from the DCP pair or the
-        # total): every usable reading is asked for, tagged by its rank, and the best one per GPU kept.
+        # total): every usable reading is asked for, each by its rank, and the best one per GPU kept.
         readings = family.usable(present)
 
-        # Readings whose exactly combinable statistics (mean, min, max, counts) come from recorded tiles.
+        # The tiles serve a family where the anchor's are there (its first and last sample times
+        # included: rules of an older zest lack them): then the mean, min and max of every gauge they
+        # record, and the idle share where its rules count steps of this step.
+        anchor_tiles = {
+            metrics.recorded_name(anchor, op)
+            for op in (*metrics.RECORDED_OPERATIONS, *metrics.RECORDED_EDGE_OPERATIONS)
+        }
+        tiles = anchor_tiles <= covered
+        # A sum's tiles hold its steps at the idle rules' step: they stand for the raw query at that step.
+        sums_recorded = self.step_seconds == metrics.RECORDED_IDLE_STEP_SECONDS
         recorded = {
-            reading.parts[0]
+            source
             for reading in readings
-            if reading.raw_gauge
-            and all(
-                metrics.recorded_name(reading.parts[0], op) in covered for op in metrics.RECORDED_OPERATIONS
-            )
+            if tiles
+            and (source := _recorded_source(reading)) is not None
+            and (reading.raw_gauge or sums_recorded)
+            and all(metrics.recorded_name(source, op) in covered for op in metrics.RECORDED_OPERATIONS)
         }
 
         def stat_query(reading: _Signal, statistic: str, m: Sequence[_Matcher]) -> str:
-            if reading.raw_gauge and reading.parts[0] in recorded and statistic in _RECORDED_STATISTICS:
-                return _recorded_statistic(reading.parts[0], statistic, m, width, by)
+            source = _recorded_source(reading)
+            if source in recorded and statistic in _RECORDED_STATISTICS:
+                assert source is not None
+                return _recorded_statistic(source, statistic, m, width, by)
             return self._statistic_query(reading, statistic, m, width, by)
 
-        def tagged(rank: int, statistic_name: str) -> str:
-            reading = readings[rank]
-            inner = joined(lambda m: stat_query(reading, statistic_name, m))
-            return f'label_replace({inner}, "{_SIGNAL_TAG}", "{rank}", "", "")'
-
-        if anchor in recorded:
-            counted = joined(lambda m: _recorded_statistic(anchor, "count", m, width, by))
-        else:
-            counted = joined(count)
-        plan: list[tuple[str, str, str]] = [  # (column or statistic, query, purpose)
-            (SAMPLES, counted, f"counting {anchor} samples of every job")
-        ]
+        plan = [_Planned(SAMPLES, joined(count), f"counting {anchor} samples of every job")]
+        # One query per statistic and reading: joining them all by "or" cost Prometheus more than evaluating
+        # them (each "or" hashes every series of its left side, which grows with each reading).
         plan += [
-            (
+            _Planned(
                 statistic,
-                " or ".join(tagged(rank, statistic) for rank in range(len(readings))),
-                f"reading {statistic} of every signal of every job",
+                joined(functools.partial(stat_query, reading, statistic)),
+                f"reading {statistic} of {'+'.join(reading.names)} of every job",
+                rank=rank,
             )
-            for statistic in STATISTICS
+            for rank, reading in enumerate(readings)
+            for statistic in _statistics_of(reading.signal)
         ]
         idle_recorded = False
         if _SM_ACTIVE in chosen:
@@ -850,7 +929,8 @@ class PrometheusSource:
             idle_names = {metrics.recorded_name(sm.parts[0], op) for op in metrics.RECORDED_IDLE_OPERATIONS}
             # The idle rules count steps at a fixed step: they stand for the raw query at that step only.
             idle_recorded = (
-                sm.raw_gauge
+                tiles
+                and sm.raw_gauge
                 and idle_names <= covered
                 and self.step_seconds == metrics.RECORDED_IDLE_STEP_SECONDS
             )
@@ -858,71 +938,79 @@ class PrometheusSource:
                 idle = joined(lambda m: _recorded_statistic(sm.parts[0], IDLE_SHARE, m, width, by))
             else:
                 idle = joined(lambda m: self._idle_query(sm, m, width, by))
-            plan.append((IDLE_SHARE, idle, "reading every job's idle share"))
-        if recorded or idle_recorded:
+            plan.append(_Planned(IDLE_SHARE, idle, "reading every job's idle share"))
+        if tiles:
             tally.recorded = True
             tally.count(
                 notes=[
-                    f"{family.name}: mean, min, max and sample counts of {', '.join(sorted(recorded))}"
-                    f"{' and the idle share' if idle_recorded else ''} read from zest's recording rules "
-                    f"({metrics.RECORDING_INTERVAL_SECONDS // 60}-minute tiles); quantiles from raw samples"
+                    f"{family.name}: mean, min and max of {', '.join(sorted(recorded))}"
+                    f"{', the idle share' if idle_recorded else ''} and each GPU's first and last sample "
+                    f"read from zest's recording rules ({metrics.RECORDING_INTERVAL_SECONDS // 60}-minute "
+                    "tiles); sample counts and quantiles from raw samples"
                 ]
             )
+            plan += [
+                _Planned(
+                    column,
+                    joined(functools.partial(_recorded_statistic, anchor, column, width=width, by=by)),
+                    f"reading each GPU's {which} sample from the tiles",
+                )
+                for column, which in ((WINDOW_START, "first"), (WINDOW_END, "last"))
+            ]
         else:
             tally.count(notes=[f"{family.name}: no zest recording rules cover the window: raw samples read"])
-        span = f"[{_duration(width)}:{_duration(self.step_seconds)}]"
-        plan += [
-            (
-                column,
-                f"{edge} by ({by}) ({edge}_over_time(({joined(stamped)}){span}))",
-                f"finding each GPU's {which} sample",
-            )
-            for column, edge, which in ((WINDOW_START, "min", "first"), (WINDOW_END, "max", "last"))
-        ]
+            plan += [
+                _Planned(WINDOW_START, joined(first), "finding each GPU's first sample"),
+                _Planned(WINDOW_END, joined(last), "finding each GPU's last sample"),
+            ]
 
-        columns: dict[str, dict[tuple[str, ...], float]] = {}
-        tagged_values: list[tuple[str, int, tuple[str, ...], float]] = []  # statistic, rank, GPU, value
-        best: dict[tuple[str, tuple[str, ...]], int] = {}  # (signal, GPU) -> best rank it has
+        # Each answer keyed by the GPU's label values as it comes, while Prometheus works on the others.
         absent = ("",) * len(keys)
+        answers: dict[int, dict[tuple[str, ...], float]] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.max_concurrent_queries)) as pool:
-            asked = {
-                pool.submit(self._query, query, hi, purpose, tally): column for column, query, purpose in plan
-            }
-            # Each answer is taken apart as it comes, while Prometheus works on the others.
+            asked = {pool.submit(self._query, p.query, hi, p.purpose, tally): i for i, p in enumerate(plan)}
             for done in as_completed(asked):
-                column = asked[done]
-                for item in done.result():
-                    labels: Mapping[str, str] = item["metric"]
-                    key = tuple(map(labels.get, keys, absent))
-                    value = _parse_value(item["value"])
-                    if column not in STATISTICS:
-                        columns.setdefault(column, {})[key] = value
-                        continue
-                    rank = int(labels.get(_SIGNAL_TAG, "-1"))
-                    if 0 <= rank < len(readings):
-                        tagged_values.append((column, rank, key, value))
-                        signal_key = (readings[rank].signal, key)
-                        best[signal_key] = min(rank, best.get(signal_key, rank))
-        for statistic, rank, key, value in tagged_values:
-            reading = readings[rank]
-            if best[(reading.signal, key)] == rank:
-                columns.setdefault(summary_column(reading.signal, statistic), {})[key] = value * reading.scale
-        if recorded or idle_recorded:
-            # The first tile reaches up to 5 minutes before the window: a GPU read only there (a job that
-            # ended just before it) has no raw sample in the window and is left out, as without the tiles.
+                answers[asked[done]] = {
+                    tuple(map(item["metric"].get, keys, absent)): item["value"][1] for item in done.result()
+                }
+        # A GPU takes, for every statistic, the first of a signal's readings it has in any answer (only
+        # signals with more than one usable reading need telling).
+        several = {r.signal for r in readings if sum(other.signal == r.signal for other in readings) > 1}
+        owned: dict[int, set[tuple[str, ...]]] = {}
+        for index, planned in enumerate(plan):
+            if planned.rank is not None and readings[planned.rank].signal in several:
+                owned.setdefault(planned.rank, set()).update(answers[index])
+        columns: dict[str, dict[tuple[str, ...], float]] = {}
+        for index, planned in enumerate(plan):
+            answer = answers[index]
+            if planned.rank is None:
+                columns[planned.column] = answer
+                continue
+            reading = readings[planned.rank]
+            taken = set().union(
+                *(owned[r] for r in range(planned.rank) if readings[r].signal == reading.signal)
+            )  # empty for a signal with one reading
+            scale = reading.scale
+            columns.setdefault(summary_column(reading.signal, planned.column), {}).update(
+                (key, value * scale) for key, value in answer.items() if key not in taken
+            )
+        # Only GPUs with a raw sample in the window: subqueries' steps (and the first tile) reach back
+        # before it, so a job that ended just before it would otherwise show.
+        kept = set(columns.get(SAMPLES, {}))
+        if tiles:
             # A GPU with raw samples but no tile yet (its job began less than one tile ago) would have
-            # quantiles without mean or counts: it is left out until the rules have recorded it.
-            sampled = columns.get(WINDOW_START, {}).keys()
-            tiled = sampled & columns.get(SAMPLES, {}).keys()
-            if len(tiled) < len(sampled):
+            # quantiles without mean: it is left out until the rules have recorded it.
+            sampled, kept = kept, kept & columns.get(WINDOW_START, {}).keys()
+            if len(kept) < len(sampled):
                 tally.notes.append(
-                    f"{family.name}: {len(sampled) - len(tiled)} GPU(s) of jobs younger than one "
+                    f"{family.name}: {len(sampled) - len(kept)} GPU(s) of jobs younger than one "
                     f"{metrics.RECORDING_INTERVAL_SECONDS // 60}-minute tile left out until the recording "
                     "rules have recorded them"
                 )
-            columns = {
-                column: {k: v for k, v in values.items() if k in tiled} for column, values in columns.items()
-            }
+        columns = {
+            column: {key: value for key, value in values.items() if key in kept}
+            for column, values in columns.items()
+        }
         if SAMPLES not in columns:
             return {}
         missing = [s for s in SIGNALS if s not in chosen]
@@ -961,10 +1049,13 @@ class PrometheusSource:
         """Ids of the jobs whose GPU series have a sample now (within Prometheus' lookback), sorted.
 
         One query: ``hpc_job`` values, ``namespace/pod`` of Kubernetes pods and the
-        jobstats ``jobid`` values, in :meth:`summarize_job`'s id format.
+        jobstats ``jobid`` values, in :meth:`summarize_job`'s id format. It reads the
+        memory-used series only, which every exporter has and which a batched
+        summary counts a GPU's samples by (a fifteenth of the series to look up).
         """
         tally = _Tally()
-        result = self._query(self._jobs_query(), datetime.now(UTC).timestamp(), "listing running jobs", tally)
+        now = datetime.now(UTC).timestamp()
+        result = self._query(self._jobs_query(anchor=True), now, "listing running jobs", tally)
         return sorted({job for job in _job_ids([item["metric"] for item in result]) if job is not None})
 
     def first_samples(self, job_ids: Iterable[str], end: datetime | None = None) -> JobStarts:
@@ -1387,6 +1478,8 @@ def _malformed(result: object, result_type: str) -> str:
     """
     if not isinstance(result, list):
         return "no result list"
+    if result_type == "vector" and _parsed_vector(result):
+        return ""
     key = "value" if result_type == "vector" else "values"
     for item in result:
         if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
@@ -1409,6 +1502,24 @@ def _malformed(result: object, result_type: str) -> str:
         if result_type == "vector":
             item[key] = samples[0]
     return ""
+
+
+def _parsed_vector(result: list[Any]) -> bool:
+    """Parse the sample values of an instant vector in place, the common way fast; False at the first item
+    that is not a well-formed series (the items before it parsed), for :func:`_malformed` to tell why."""
+    for item in result:
+        if type(item) is not dict:
+            return False
+        metric, sample = item.get("metric"), item.get("value")
+        if type(metric) is not dict or type(sample) is not list or len(sample) != 2:
+            return False
+        if not all(type(value) is str for value in metric.values()):
+            return False
+        try:
+            item["value"] = (float(sample[0]), float(sample[1]))
+        except (TypeError, ValueError):
+            return False
+    return True
 
 
 def _name_regex(names: Iterable[str]) -> str:
@@ -1571,10 +1682,7 @@ def _jobs_frame(
 ) -> pd.DataFrame:
     """GPU-summary rows of many jobs from answers keyed by (job labels, identity) values."""
     names = (*family.job_labels, *family.identity)
-    labelled = {
-        key: dict(zip(names, key, strict=True))
-        for key in sorted({k for values in columns.values() for k in values})
-    }
+    labelled = {key: dict(zip(names, key, strict=True)) for key in sorted(set().union(*columns.values()))}
     scrape_pods = _scrape_pods(labelled.values())
     named = {
         key: labels
@@ -1583,16 +1691,18 @@ def _jobs_frame(
     }
     left_out = _whole_gpus_of_instances(named, names, family, family.job_id)
     tally.count(notes=_left_out_notes(left_out.values(), family, family.job_id))
-    rows = []
+    rows: dict[tuple[str, ...], dict[str, object]] = {}
     for key, labels in named.items():
         job_id = family.job_id(labels)
-        if job_id is None or key in left_out:
-            continue
-        row: dict[str, object] = _identity(labels, family, job_id)
-        for column, values in columns.items():
-            row[column] = values.get(key, math.nan)
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=[HOST, GPU, JOB_ID, GPU_MODEL, *columns])
+        if job_id is not None and key not in left_out:
+            rows[key] = _identity(labels, family, job_id)
+    # Built column by column: a frame of many GPUs and some 50 statistics, without a dict per row.
+    frame = pd.DataFrame(list(rows.values()), columns=[HOST, GPU, JOB_ID, GPU_MODEL])
+    statistics = {
+        column: np.fromiter((values.get(key, math.nan) for key in rows), dtype="float64", count=len(rows))
+        for column, values in columns.items()
+    }
+    frame = pd.concat([frame, pd.DataFrame(statistics, index=frame.index)], axis=1)
     for column in (WINDOW_START, WINDOW_END):
         if column in frame.columns:
             milliseconds = np.round(frame[column].to_numpy(dtype="float64") * 1000)

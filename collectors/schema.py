@@ -276,7 +276,14 @@ def empty_frame() -> pd.DataFrame:
     return conform(pd.DataFrame({TIMESTAMP: pd.Series([], dtype="datetime64[ns, UTC]")}))
 
 
-#: Signals whose quantiles (``p10``, ``p50``, ``p90``) the features read: the ratios. A source that
-#: aggregates at the server (Prometheus) asks for no other signal's quantiles, its costliest
-#: statistics: they are NaN in its summary.
-QUANTILE_SIGNALS: tuple[str, ...] = tuple(s for s in SIGNALS if s.endswith("_ratio"))
+#: The statistics of each signal that zest reads from a GPU summary: every signal's mean (job features,
+#: per-GPU series), the ratios' quantiles (job features) and memory's max (headroom). A source that
+#: aggregates at the server (Prometheus) asks for these only: its summary's other statistics are NaN.
+READ_STATISTICS: dict[str, tuple[str, ...]] = {
+    signal: ("mean", "p10", "p50", "p90")
+    if signal.endswith("_ratio")
+    else ("mean", "max")
+    if signal in ("mem_used_bytes", "mem_total_bytes")
+    else ("mean",)
+    for signal in SIGNALS
+}

@@ -121,8 +121,9 @@ def test_batched_summaries_equal_the_per_job_ones(prometheus_dataset: Dataset) -
         one = source.summarize_job(job_id, datetime.fromtimestamp(end.timestamp() - window, UTC), end)
         mine = found.summary[found.summary[JOB_ID] == job_id].reset_index(drop=True)
         pd.testing.assert_frame_equal(mine, one.summary, check_exact=False, rtol=1e-9)
-    # A fixed number of queries for nine jobs of two exporter families: 11 per family.
-    assert found.queries <= 22
+    # A fixed number of queries, not one set per job: nine jobs of two exporter families take about 35 per
+    # family (one per statistic and reading, plus the listings), as one job of each would.
+    assert found.queries <= 80
 
 
 def test_batched_summaries_of_an_empty_window(prometheus_dataset: Dataset) -> None:  # noqa: F811

@@ -21,6 +21,7 @@ from collectors.schema import (
     IDLE_SM_ACTIVE_RATIO,
     JOB_ID,
     LABELS,
+    READ_STATISTICS,
     SAMPLES,
     SIGNALS,
     SUMMARY_COLUMNS,
@@ -63,6 +64,8 @@ def reference_summary(frame: pd.DataFrame) -> pd.DataFrame:
             out[summary_column(signal, statistic)] = values.quantile(q)
         out[summary_column(signal, "min")] = values.min()
         out[summary_column(signal, "max")] = values.max()
+        for statistic in set(ft.STATISTICS) - set(READ_STATISTICS[signal]):
+            out[summary_column(signal, statistic)] = NAN  # nothing reads it: not computed
     return conform_summary(out.reset_index())
 
 
@@ -106,10 +109,10 @@ def test_summary_statistics_by_hand() -> None:
             sm[1]: [0.08, 0.54],
             sm[2]: [0.4, 0.7],
             sm[3]: [0.72, 0.86],
-            sm[4]: [0.0, 0.5],
-            sm[5]: [0.8, 0.9],
+            sm[4]: [NAN, NAN],  # min and max of a ratio, power's p90: nothing reads them (READ_STATISTICS)
+            sm[5]: [NAN, NAN],
             "power_watts__mean": [420.0, 420.0],
-            "power_watts__p90": [436.0, 436.0],
+            "power_watts__p90": [NAN, NAN],
         }
     )
     expected[WINDOW_START] = expected[WINDOW_START].astype(summary[WINDOW_START].dtype)
@@ -365,6 +368,34 @@ def hand_summary() -> pd.DataFrame:
             },
         ]
     )
+
+
+def test_features_read_no_statistic_the_summaries_leave_out() -> None:
+    """Every statistic the features rest on is one READ_STATISTICS names (so every source computes it):
+    scrambling all the others changes no feature."""
+    rng = np.random.default_rng(11)
+    rows = 3000
+    frame = conform(
+        pd.DataFrame(
+            {
+                TIMESTAMP: T0 + pd.to_timedelta(rng.integers(0, 3600, rows), unit="s"),
+                HOST: rng.choice(["n1", "n2"], rows),
+                GPU: rng.choice(["0", "1", "2"], rows),
+                JOB_ID: rng.choice(["5", "6"], rows),
+                GPU_MODEL: H100,
+                **{s: rng.random(rows) for s in SIGNALS},
+            }
+        )
+    )
+    summary = summarize_gpus(frame)
+    unread = [summary_column(s, st) for s in SIGNALS for st in ft.STATISTICS if st not in READ_STATISTICS[s]]
+    assert unread and summary[unread].isna().all(axis=None)
+    scrambled = summary.copy()
+    scrambled[unread] = rng.random((len(summary), len(unread)))
+    assert_frame_equal(features_frame(scrambled), features_frame(summary))
+    for job in ("5", "6"):
+        one = summary[summary[JOB_ID] == job]
+        assert job_features(one).notes == job_features(scrambled[scrambled[JOB_ID] == job]).notes
 
 
 def test_job_features_by_hand() -> None:

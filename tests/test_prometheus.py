@@ -47,6 +47,7 @@ from collectors.schema import (
     HOST,
     IDLE_SHARE,
     JOB_ID,
+    READ_STATISTICS,
     SAMPLES,
     STATISTICS,
     SUMMARY_COLUMNS,
@@ -149,11 +150,14 @@ def expected_summary(job: SimJob, start: float = -math.inf, end: float = math.in
         if "sm_active_ratio" in signals:
             row[IDLE_SHARE] = np.mean(signals["sm_active_ratio"] < 0.05)
         for signal, values in signals.items():
-            row[summary_column(signal, "mean")] = values.mean()
-            row[summary_column(signal, "min")] = values.min()
-            row[summary_column(signal, "max")] = values.max()
-            for statistic, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
-                row[summary_column(signal, statistic)] = np.quantile(values, q)  # linear, as Prometheus
+            computed = {
+                "mean": values.mean(),
+                "min": values.min(),
+                "max": values.max(),
+                **{st: np.quantile(values, q) for st, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))},
+            }  # quantiles linear, as Prometheus'
+            for statistic in READ_STATISTICS[signal]:  # those zest reads: Prometheus is asked for no other
+                row[summary_column(signal, statistic)] = computed[statistic]
         rows.append(row)
     return conform_summary(pd.DataFrame(rows))
 
@@ -233,7 +237,7 @@ def test_jobstats_job_in_base_units(source: PrometheusSource, prometheus_dataset
     found = source.summarize_job("880123")
     assert_summary_equal(found.summary, expected_summary(prometheus_dataset.jobs["880123"]))
     assert list(found.summary[HOST]) == ["della-l01g3", "della-l01g3"]  # instance without its port
-    assert found.summary[summary_column("power_watts", "max")].max() < 700  # milliwatts became watts
+    assert found.summary[summary_column("power_watts", "mean")].max() < 700  # milliwatts became watts
     assert any("jobstats" in note for note in found.notes)
 
 
@@ -715,20 +719,23 @@ def _one_instance(found: pd.DataFrame, job_id: str, host: str, gpu: str) -> pd.S
 
 def _assert_instance_1(row: pd.Series) -> None:
     """Instance 1: GR_ENGINE_ACTIVE 0.1, 0.2, 0.3, 0.4; 1000, 1000, 2000, 2000 MiB of 40192."""
-    util = {s: row[summary_column("gpu_util_ratio", s)] for s in STATISTICS}
+    util = {s: row[summary_column("gpu_util_ratio", s)] for s in READ_STATISTICS["gpu_util_ratio"]}
     # Linear quantiles of four values: p10 at position 0.3, p50 at 1.5, p90 at 2.7.
-    expected = {"mean": 0.25, "min": 0.1, "max": 0.4, "p10": 0.13, "p50": 0.25, "p90": 0.37}
+    expected = {"mean": 0.25, "p10": 0.13, "p50": 0.25, "p90": 0.37}
     assert util == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(row[summary_column("gpu_util_ratio", "min")])  # nothing reads it: not asked
     assert row[summary_column("mem_used_bytes", "mean")] == pytest.approx(1500 * MIB, rel=1e-12)
     assert row[summary_column("mem_used_bytes", "max")] == 2000 * MIB
-    assert row[summary_column("mem_total_bytes", "p50")] == 40192 * MIB
+    assert row[summary_column("mem_total_bytes", "max")] == 40192 * MIB
+    assert math.isnan(row[summary_column("mem_total_bytes", "p50")])  # no feature reads it: not asked
     assert math.isnan(row[summary_column("power_watts", "mean")])  # the 400 W are the whole GPU's
 
 
 def _assert_instance_2(row: pd.Series) -> None:
     """Instance 2: GR_ENGINE_ACTIVE 0.5 and 3000 MiB throughout."""
-    for statistic in STATISTICS:
+    for statistic in READ_STATISTICS["gpu_util_ratio"]:
         assert row[summary_column("gpu_util_ratio", statistic)] == pytest.approx(0.5, rel=1e-12)
+    for statistic in READ_STATISTICS["mem_used_bytes"]:
         assert row[summary_column("mem_used_bytes", statistic)] == 3000 * MIB
     assert math.isnan(row[summary_column("power_watts", "max")])
 
@@ -749,7 +756,7 @@ def test_gpu_util_is_preferred_to_the_graphics_engine_where_a_gpu_has_both(mig_c
     row = _one_instance(found, "9103", "gpu-m01", "1")
     # GPU_UTIL 50, 70, 90, 30 %: neither GR_ENGINE_ACTIVE's 0.2 nor an average of the two.
     assert row[summary_column("gpu_util_ratio", "mean")] == pytest.approx(0.6, rel=1e-12)
-    assert row[summary_column("gpu_util_ratio", "min")] == pytest.approx(0.3, rel=1e-12)
+    assert row[summary_column("gpu_util_ratio", "p10")] == pytest.approx(0.36, rel=1e-12)
 
 
 def test_mig_instances_of_kubernetes_pods_read_through_exported_labels(mig_cluster: MigCluster) -> None:

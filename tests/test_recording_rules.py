@@ -55,12 +55,14 @@ def test_rules_file_is_what_the_source_reads() -> None:
 
 
 def test_every_rule_keeps_the_labels_of_its_series() -> None:
-    """No rule aggregates labels away: a recorded series is selected by the same job and GPU matchers."""
+    """No rule aggregates labels away: a recorded series is selected by the same job and GPU matchers (a sum
+    of series adds its parts "without ()", which keeps every label)."""
     for group in recording_rules():
         assert group["interval"] == "5m"
         for rule in group["rules"]:
             assert rule["record"].startswith(f"{metrics.RECORDED_PREFIX}:")
-            assert " by " not in rule["expr"] and " without " not in rule["expr"]
+            assert " by " not in rule["expr"]
+            assert " without " not in rule["expr"].replace(" without () ", " ")
 
 
 def test_promtool_checks_and_unit_tests_the_rules() -> None:
@@ -221,6 +223,9 @@ def test_tiles_give_the_raw_summary_exactly(servers: Servers) -> None:
             pd.testing.assert_series_equal(left[column], right[column], check_exact=False, rtol=1e-12)
     # The tiles served mean, min, max, the counts and the idle share, and the queries did not grow.
     assert any("zest:DCGM_FI_PROF_SM_ACTIVE:idle_steps_5m" in q for q, _ in tiled_session.queries)
+    for sum_of_series in ("DCGM_FI_DEV_FB_TOTAL", "DCGM_FI_PROF_NVLINK_TX_RX_BYTES"):  # total memory, NVLink
+        assert any(f"zest:{sum_of_series}:sum_5m" in q for q, _ in tiled_session.queries)
+    assert any("zest:DCGM_FI_DEV_FB_USED:first_5m" in q for q, _ in tiled_session.queries)
     assert len(tiled_session.queries) == len(raw_session.queries)
     # One more listing per exporter family only: whether the tiles cover the window's start.
     assert tiled.queries == raw.queries + 2

@@ -40,6 +40,7 @@ from collectors.schema import (
     IDLE_SM_ACTIVE_RATIO,
     JOB_ID,
     LABELS,
+    READ_STATISTICS,
     SAMPLES,
     SIGNALS,
     STATISTICS,
@@ -145,9 +146,12 @@ def summarize_gpus(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-GPU window statistics of the canonical telemetry frame, in the GPU-summary schema.
 
     One row per (host, gpu, job_id, gpu_model); missing labels form their own
-    group. Per signal: mean, percentiles (linear interpolation between
-    closest ranks, as Prometheus' ``quantile_over_time``), min and max over
-    the samples that are not NaN; NaN where a signal has no sample. Also
+    group. Per signal, the statistics zest reads
+    (:data:`collectors.schema.READ_STATISTICS`: every mean, the ratios'
+    percentiles, memory's max) over the samples that are not NaN, percentiles
+    by linear interpolation between closest ranks (as Prometheus'
+    ``quantile_over_time``); NaN where a signal has no sample, and for the
+    statistics nothing reads (as the Prometheus source leaves them). Also
     the number of rows, the first and last timestamp, and the idle share
     (samples with ``sm_active_ratio`` below ``IDLE_SM_ACTIVE_RATIO`` among
     those where it is known).
@@ -165,7 +169,8 @@ def summarize_gpus(frame: pd.DataFrame) -> pd.DataFrame:
 
     def signal_stats(signal: str) -> FloatArray:
         values = frame[signal].to_numpy(dtype=np.float64, na_value=np.nan)
-        return np.array([_window_stats(group, signal == SM_ACTIVE) for group in groups.split(values)])
+        wanted = READ_STATISTICS[signal]
+        return np.array([_window_stats(group, wanted, signal == SM_ACTIVE) for group in groups.split(values)])
 
     # The selection behind the exact percentiles is most of the work; numpy releases the GIL for it,
     # so a month of 1 Hz samples spreads over the cores a signal each. Small frames stay on this thread.
@@ -310,27 +315,34 @@ def _windows(timestamps: pd.Series, groups: _Groups) -> tuple[pd.DatetimeIndex, 
     )
 
 
-def _window_stats(values: FloatArray, idle: bool = False) -> FloatArray:
-    """:data:`STATISTICS` of the values that are not NaN, in that order; all NaN if none is.
+def _window_stats(values: FloatArray, wanted: tuple[str, ...], idle: bool = False) -> FloatArray:
+    """:data:`STATISTICS` of the values that are not NaN, in that order: those in ``wanted``, NaN for the
+    others and for all where no value is known.
 
     ``idle``: append the idle share (values below :data:`IDLE_SM_ACTIVE_RATIO` among the known ones).
     ``values`` is only read.
     """
-    missing = np.isnan(values)
-    known = values[~missing] if missing.any() else values
+    # A fresh copy even without NaN: its sums round as they always did (pairwise summation depends on where
+    # the values lie), so that features of the same telemetry stay the same to the last bit.
+    known = values[~np.isnan(values)]
     count = known.size
-    if count == 0:
-        return np.full(len(STATISTICS) + idle, np.nan)
-    result = {"mean": float(known.mean()), "min": float(known.min()), "max": float(known.max())}
-    if idle:
-        result[IDLE_SHARE] = float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / count
-    ranks = {st: q * (count - 1) for st, q in _PERCENTILES.items()}
-    below = {st: math.floor(r) for st, r in ranks.items()}
-    positions = np.array(sorted({p for b in below.values() for p in (b, min(b + 1, count - 1))}))
-    at = dict(zip(positions.tolist(), _select(known, positions).tolist(), strict=True))
-    for statistic, rank in ranks.items():
-        low, high = at[below[statistic]], at[min(below[statistic] + 1, count - 1)]
-        result[statistic] = low + (rank - below[statistic]) * (high - low)
+    result = dict.fromkeys((*STATISTICS, IDLE_SHARE), math.nan)
+    if count:
+        if "mean" in wanted:
+            result["mean"] = float(known.mean())
+        if "min" in wanted:
+            result["min"] = float(known.min())
+        if "max" in wanted:
+            result["max"] = float(known.max())
+        if idle:
+            result[IDLE_SHARE] = float(np.count_nonzero(known < IDLE_SM_ACTIVE_RATIO)) / count
+        ranks = {st: q * (count - 1) for st, q in _PERCENTILES.items() if st in wanted}
+        below = {st: math.floor(r) for st, r in ranks.items()}
+        positions = np.array(sorted({p for b in below.values() for p in (b, min(b + 1, count - 1))}), np.intp)
+        at = dict(zip(positions.tolist(), _select(known, positions).tolist(), strict=True)) if ranks else {}
+        for statistic, rank in ranks.items():
+            low, high = at[below[statistic]], at[min(below[statistic] + 1, count - 1)]
+            result[statistic] = low + (rank - below[statistic]) * (high - low)
     return np.array([result[st] for st in (*STATISTICS, *((IDLE_SHARE,) if idle else ()))])
 
 
@@ -398,7 +410,18 @@ def features_frame(summary: pd.DataFrame) -> pd.DataFrame:
     _check_summary(summary)
     per_gpu = _per_gpu(summary)
     jobs = per_gpu.groupby(JOB_ID, sort=True, dropna=False)
-    mean = jobs.mean(numeric_only=True)
+    # Only the columns averaged below: pandas' sums over a group round differently (in the last bit) as
+    # the other columns of the frame change, and features must not move with statistics nothing reads.
+    averaged = [
+        *(summary_column(s, st) for s in RATIO_SIGNALS for st in RATIO_STATISTICS),
+        IDLE_SHARE,
+        summary_column(POWER, "mean"),
+        summary_column(NVLINK, "mean"),
+        "_pcie",
+        "_pcie_share",
+        "_nvlink_share",
+    ]
+    mean = per_gpu[averaged].groupby(per_gpu[JOB_ID], sort=True, dropna=False).mean()
     out = pd.DataFrame(index=mean.index)
     for signal in RATIO_SIGNALS:
         for statistic in RATIO_STATISTICS:
