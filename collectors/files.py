@@ -81,7 +81,10 @@ from collectors.schema import (
     fill_label,
     in_epoch_span,
     in_time_span,
+    mig_gpu,
+    mig_parent,
     screen,
+    whole_gpus_split_into_instances,
 )
 from collectors.textcapture import Clock, Parsed, Row
 from collectors.util import one_line
@@ -274,16 +277,17 @@ def _finish(path: Path, frame: pd.DataFrame, job_id: str | None, host: str | Non
 
 def _without_gpus_of_its_instances(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """``frame`` (one job's rows) without the whole-GPU rows of GPUs the job holds MIG instances of."""
-    if not frame[GPU].cat.categories.str.contains("/", regex=False).any():  # no instance: nothing to drop
+    if not any(mig_parent(gpu) for gpu in frame[GPU].cat.categories):  # no instance: nothing to drop
         return frame, []
-    gpus = frame[GPU].astype("string")
-    parents = gpus.str.split("/", n=1).str[0].where(gpus.str.contains("/", regex=False))
+    devices = frame[[HOST, GPU]].drop_duplicates().dropna(subset=[GPU])
+    whole = whole_gpus_split_into_instances(
+        ("" if pd.isna(host) else host, gpu) for host, gpu in devices.itertuples(index=False)
+    )
+    if not whole:
+        return frame, []
     hosts = frame[HOST].astype("string").fillna("")
-    held = set(zip(hosts[parents.notna()], parents.dropna(), strict=True))
-    if not held:
-        return frame, []
-    whole = pd.Series([(h, g) in held for h, g in zip(hosts, gpus, strict=True)], index=frame.index)
-    return frame[~whole].reset_index(drop=True), sorted({g for _, g in held})
+    dropped = pd.Series([pair in whole for pair in zip(hosts, frame[GPU], strict=True)], index=frame.index)
+    return frame[~dropped].reset_index(drop=True), sorted({gpu for _, gpu in whole})
 
 
 def _by_process(path: Path, frame: pd.DataFrame, job_id: str, notes: list[str], parsed: Parsed) -> Capture:
@@ -785,7 +789,7 @@ def _host(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
 
 
 def _with_mig(gpu: str | None, instance: str | None) -> str | None:
-    return f"{gpu}/{instance}" if gpu and instance else gpu
+    return mig_gpu(gpu, instance) if gpu and instance else gpu
 
 
 def _dcgm_identity(labels: Mapping[str, str]) -> tuple[str | None, str | None, str | None, str | None]:

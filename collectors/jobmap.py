@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collectors.errors import JobNotFound
+from collectors.schema import mig_gpu
 
 GpuId = int | str
 
@@ -209,7 +210,7 @@ def _from_dcgm_mapping(job: str, directory: Path) -> tuple[set[GpuId], set[GpuId
         jobs = {line.strip() for line in content.splitlines() if line.strip()}
         if job not in jobs:
             continue
-        gpu: GpuId = int(name[1]) if name[2] is None else f"{int(name[1])}/{int(name[2])}"
+        gpu: GpuId = int(name[1]) if name[2] is None else mig_gpu(int(name[1]), int(name[2]))
         mapped.add(gpu)
         if len(jobs) > 1:
             shared.add(gpu)

@@ -237,7 +237,7 @@ class NvmlSource:
                 continue  # an empty slot
             instance = int(nvml.nvmlDeviceGetGpuInstanceId(mig_handle))
             info = NvmlDevice(
-                f"{index}/{instance}",
+                schema.mig_gpu(index, instance),
                 index,
                 instance,
                 _text(nvml.nvmlDeviceGetUUID(mig_handle)),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from collectors import metrics
 from collectors.errors import MalformedCapture
-from collectors.schema import GPU, GPU_MODEL, TIMESTAMP, canonical_signal, in_time_span
+from collectors.schema import GPU, GPU_MODEL, TIMESTAMP, canonical_signal, in_time_span, mig_gpu
 from collectors.textcapture import Clock, Parsed, Row
 from collectors.util import one_line
 
@@ -762,7 +762,7 @@ def _parse_query(path: Path, snapshots: list[_Snapshot], clock: Clock, source_fo
                     shared_instances += 1
                     continue
                 instances.add(instance)
-                devices.append((f"{gpu_id}/{instance}", mig, metrics.NVIDIA_SMI_QUERY_MIG_METRICS))
+                devices.append((mig_gpu(gpu_id, instance), mig, metrics.NVIDIA_SMI_QUERY_MIG_METRICS))
             for device_id, device, table in devices:
                 signals = _query_signals(path, device, table, xml)
                 if all(math.isnan(v) for v in signals.values()):

@@ -78,7 +78,9 @@ from collectors.schema import (
     canonical_signal,
     conform,
     conform_summary,
+    mig_gpu,
     summary_column,
+    whole_gpus_split_into_instances,
 )
 from collectors.util import iso_utc, one_line, redact_url
 
@@ -235,11 +237,6 @@ class _Family:
     def identity(self) -> tuple[str, ...]:
         """Labels that tell one GPU of a job from another."""
         return (*self.host_labels, *self.gpu_labels, self.mig_label, self.model_label)
-
-    def whole_gpu(self, identity: Mapping[str, str]) -> tuple[str, ...]:
-        """The physical GPU a series' identity labels name: its host labels and its first GPU label (the
-        index, which a MIG instance's series shares with its GPU's; a UUID label may name the instance)."""
-        return (*(identity.get(label, "") for label in self.host_labels), _label(identity, self.gpu_labels))
 
     def preferred(self, present: set[str]) -> dict[str, list[_Signal]]:
         """The usable readings of each signal, in order of preference: a GPU takes the first it has."""
@@ -1567,15 +1564,12 @@ def _whole_gpus_of_instances(
     reads that instance only."""
     labelled = {key: dict(zip(names, key, strict=True)) for key in keys}
 
-    def owner(labels: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
-        return (job_of(labels) if job_of is not None else None, family.whole_gpu(labels))
+    def device(labels: Mapping[str, str]) -> tuple[tuple[str | None, str], str]:
+        host, gpu = _device(labels, family)
+        return (job_of(labels) if job_of is not None else None, host), gpu
 
-    split = {owner(labels) for labels in labelled.values() if labels.get(family.mig_label)}
-    return {
-        key: labels
-        for key, labels in labelled.items()
-        if not labels.get(family.mig_label) and owner(labels) in split
-    }
+    whole = whole_gpus_split_into_instances(device(labels) for labels in labelled.values())
+    return {key: labels for key, labels in labelled.items() if device(labels) in whole}
 
 
 def _left_out_notes(
@@ -1598,15 +1592,21 @@ def _label(labels: Mapping[str, str], names: Sequence[str]) -> str:
     return next((labels[n] for n in names if labels.get(n)), "")
 
 
-def _identity(labels: Mapping[str, str], family: _Family, job_id: str) -> dict[str, object]:
-    """The label columns of one GPU from its series' labels."""
+def _device(labels: Mapping[str, str], family: _Family) -> tuple[str, str]:
+    """The host and GPU (``"0/1"`` for a MIG instance) one series' labels name; "" where none."""
     host = _label(labels, family.host_labels)
     host_name, colon, port = host.rpartition(":")
     if colon and port.isdigit():
         host = host_name  # jobstats' instance label is host:port
     gpu = _label(labels, family.gpu_labels)
-    if labels.get(family.mig_label):
-        gpu = f"{gpu}/{labels[family.mig_label]}"
+    if gpu and labels.get(family.mig_label):
+        gpu = mig_gpu(gpu, labels[family.mig_label])
+    return host, gpu
+
+
+def _identity(labels: Mapping[str, str], family: _Family, job_id: str) -> dict[str, object]:
+    """The label columns of one GPU from its series' labels."""
+    host, gpu = _device(labels, family)
     return {
         HOST: host or None,
         GPU: gpu or None,

@@ -15,7 +15,7 @@ Signals are floats in base units; a signal a source lacks is NaN, never zero.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,8 +31,32 @@ JOB_ID = "job_id"
 GPU_MODEL = "gpu_model"
 
 #: Identity of a sampled device; ``gpu`` is an index or UUID, with the MIG
-#: instance appended (``"0/1"``) where there is one.
+#: instance appended (``"0/1"``, :func:`mig_gpu`) where there is one.
 LABELS: tuple[str, ...] = (HOST, GPU, JOB_ID, GPU_MODEL)
+
+
+def mig_gpu(gpu: object, instance: object) -> str:
+    """The ``gpu`` label of MIG instance ``instance`` of GPU ``gpu``: ``"0/1"``."""
+    return f"{gpu}/{instance}"
+
+
+def mig_parent(gpu: str) -> str | None:
+    """The GPU that ``gpu`` is a MIG instance of (``"0"`` for ``"0/1"``); None for a whole GPU."""
+    parent, slash, _ = gpu.partition("/")
+    return parent if slash else None
+
+
+def whole_gpus_split_into_instances(gpus: Iterable[tuple[Hashable, str]]) -> set[tuple[Hashable, str]]:
+    """Of ``(owner, gpu)`` pairs (the owner: a job, a host, or both), those naming a whole GPU whose MIG
+    instances the same owner also has.
+
+    Such a GPU's whole-device series (its utilization, its memory) are shared by all of its instances,
+    and so by other jobs: a job holding an instance reads that instance, never the whole GPU.
+    """
+    pairs = set(gpus)
+    split = {(owner, parent) for owner, gpu in pairs if (parent := mig_parent(gpu)) is not None}
+    return {(owner, gpu) for owner, gpu in pairs if (owner, gpu) in split}
+
 
 #: Signal columns, each a float in the unit its name ends with.
 SIGNALS: tuple[str, ...] = (

@@ -42,6 +42,9 @@ from collectors.schema import (
     fill_label,
     is_label_dtype,
     label_column,
+    mig_gpu,
+    mig_parent,
+    whole_gpus_split_into_instances,
 )
 
 CAPTURES = Path(__file__).parent / "data" / "captures"
@@ -848,3 +851,16 @@ def test_label_helpers_keep_the_names_sorted() -> None:
     assert constant.tolist() == ["job 1"] * 3
     assert is_label_dtype(constant.dtype) and is_label_dtype(pd.StringDtype())
     assert not is_label_dtype(pd.CategoricalDtype([1, 2]))
+
+
+def test_a_whole_gpu_is_left_out_only_for_the_owner_of_its_instances() -> None:
+    """The one rule for MIG (capture files, Prometheus): the owner holding instance 0/1 drops GPU 0."""
+    pairs = [
+        (("j1", "n1"), "0"),
+        (("j1", "n1"), "0/1"),
+        (("j2", "n1"), "0"),  # another job on the whole GPU keeps it
+        (("j1", "n2"), "0"),  # the same GPU index on another host is another GPU
+        (("j1", "n1"), "1"),
+    ]
+    assert whole_gpus_split_into_instances(pairs) == {(("j1", "n1"), "0")}
+    assert (mig_parent("0/1"), mig_parent("GPU-5d1e"), mig_gpu(0, 1)) == ("0", None, "0/1")
