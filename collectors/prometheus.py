@@ -940,7 +940,7 @@ class PrometheusSource:
             tally.recorded = True
             tally.count(
                 notes=[
-                    f"{family.name}: mean, min and max of {', '.join(sorted(recorded))}"
+                    f"{family.name}: the means (memory's max too) of {', '.join(sorted(recorded))}"
                     f"{', the idle share' if idle_recorded else ''} and each GPU's first and last sample "
                     f"read from zest's recording rules ({metrics.RECORDING_INTERVAL_SECONDS // 60}-minute "
                     "tiles); sample counts and quantiles from raw samples"
