@@ -79,6 +79,7 @@ from collectors.schema import (
     conform,
     conform_summary,
     mig_gpu,
+    screen_summary,
     summary_column,
     whole_gpus_split_into_instances,
 )
@@ -708,7 +709,8 @@ class PrometheusSource:
             for column, values in answers.items()
         }
         columns = {WINDOW_START: job.first, WINDOW_END: job.last, **answers}
-        summary = _frame(columns, family, job_id)
+        summary, screened = screen_summary(_frame(columns, family, job_id))
+        tally.notes.extend(screened)
         return JobSummary(summary, tally.notes, tally.series, tally.queries)
 
     def job_samples(
@@ -818,6 +820,8 @@ class PrometheusSource:
             )
         summary = conform_summary(pd.concat(frames, ignore_index=True))
         summary = summary.sort_values([JOB_ID, HOST, GPU], kind="stable", ignore_index=True)
+        summary, screened = screen_summary(summary)
+        tally.notes.extend(screened)
         return JobsSummary(summary, tally.notes, tally.series, tally.queries, tally.recorded)
 
     def _summarize_family(

@@ -311,3 +311,32 @@ READ_STATISTICS: dict[str, tuple[str, ...]] = {
     else ("mean",)
     for signal in SIGNALS
 }
+
+
+def screen_summary(summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``summary`` (computed at a server, over samples :func:`screen` never saw) without the signals of
+    GPUs where a statistic lies above the signal's physical range (:data:`SIGNAL_RANGES`).
+
+    Such a statistic holds a value no GPU reports, such as DCGM's blank for a field it could not read
+    (2^47 for its double fields, 2^63 - 16 for its integer ones): one blank among a day of 30 s samples
+    still lifts the mean past the range, for the double fields zest reads (the profiling ratios, power)
+    and the integer ones (utilization, memory, PCIe and NVLink bytes) alike, so the mean tells, at no
+    extra query. Every statistic of such a signal on such a GPU becomes NaN, as a missing signal, and
+    one note per signal says how many GPUs.
+    """
+    out = summary.copy()
+    notes = []
+    for signal, (_, high) in SIGNAL_RANGES.items():
+        columns = [summary_column(signal, st) for st in STATISTICS]
+        values = out[columns].to_numpy(dtype="float64", na_value=np.nan)
+        limit = high + RATIO_TOLERANCE if signal.endswith("_ratio") else high  # as screen clips
+        with np.errstate(invalid="ignore"):
+            impossible = (values > limit).any(axis=1)
+        if impossible.any():
+            out.loc[impossible, columns] = np.nan
+            notes.append(
+                f"{signal} above its physical range on {int(impossible.sum())} GPU(s) (up to "
+                f"{float(np.nanmax(values)):g}; e.g. DCGM's blank value for a field it could not read): "
+                "left out on those GPUs, as a missing signal"
+            )
+    return out, notes

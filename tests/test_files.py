@@ -38,12 +38,14 @@ from collectors.schema import (
     LABELS,
     TIMESTAMP,
     conform,
+    conform_summary,
     constant_label,
     fill_label,
     is_label_dtype,
     label_column,
     mig_gpu,
     mig_parent,
+    screen_summary,
     whole_gpus_split_into_instances,
 )
 
@@ -864,3 +866,23 @@ def test_a_whole_gpu_is_left_out_only_for_the_owner_of_its_instances() -> None:
     ]
     assert whole_gpus_split_into_instances(pairs) == {(("j1", "n1"), "0")}
     assert (mig_parent("0/1"), mig_parent("GPU-5d1e"), mig_gpu(0, 1)) == ("0", None, "0/1")
+
+
+def test_screen_summary_leaves_out_only_the_impossible_signal_of_its_gpu() -> None:
+    summary = conform_summary(
+        pd.DataFrame(
+            {
+                HOST: ["n1", "n1", "n1"],
+                GPU: ["0", "1", "2"],
+                "sm_active_ratio__mean": [0.5, 2.0**47 / 120, 1.005],  # 1.005: rounding, kept
+                "sm_active_ratio__p90": [0.6, 0.9, 1.0],
+                "power_watts__mean": [300.0, 310.0, math.nan],
+            }
+        )
+    )
+    screened, notes = screen_summary(summary)
+    assert screened["sm_active_ratio__mean"].tolist()[::2] == [0.5, 1.005]
+    assert screened.loc[1, ["sm_active_ratio__mean", "sm_active_ratio__p90"]].isna().all()
+    assert screened["power_watts__mean"].tolist()[:2] == [300.0, 310.0]  # the GPU's other signals stay
+    assert len(notes) == 1 and notes[0].startswith("sm_active_ratio above its physical range on 1 GPU(s)")
+    assert screen_summary(summary.drop(index=1))[1] == []

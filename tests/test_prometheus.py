@@ -38,6 +38,7 @@ from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
     write_openmetrics,
 )
 
+from collectors import metrics
 from collectors import prometheus as prometheus_module
 from collectors.errors import JobNotFound, SourceQueryError, SourceUnavailable
 from collectors.prometheus import PrometheusAuth, PrometheusSource
@@ -821,3 +822,72 @@ def test_summaries_without_recording_rules_say_they_read_raw_samples(source: Pro
     found = source.summarize_jobs(3600.0)
     assert found.recording_rules_used is False
     assert any("dcgm-exporter: no zest recording rules cover the window" in note for note in found.notes)
+
+
+# --- values no GPU can report ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blank_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Job 9201 on two GPUs; GPU 1's exporter once wrote DCGM's blank value (2^47) for SM activity, and
+    once DCGM's int64 blank for memory used: fields it could not read, not readings."""
+    prometheus, promtool = require_binaries()
+    work = tmp_path_factory.mktemp("prometheus-blank")
+    last = int(time.time() // 30) * 30 - 30
+    times = last - 30 * np.arange(MIG_SCRAPES - 1, -1, -1, dtype=np.int64)
+    series: list[Series] = []
+    for gpu, sm_active, used in (
+        ("0", [0.5, 0.6, 0.7, 0.8], [1000.0] * MIG_SCRAPES),
+        (
+            "1",
+            [0.5, metrics.DCGM_FP64_BLANK, 0.7, 0.8],
+            [1000.0, float(metrics.DCGM_INT64_BLANK), 1000.0, 1000.0],
+        ),
+    ):
+        labels = {
+            "gpu": gpu,
+            "UUID": f"GPU-{gpu}",
+            "modelName": _A100,
+            "Hostname": "gpu-b01",
+            "hpc_job": "9201",
+        }
+        series += _mig_series(
+            labels,
+            {
+                "DCGM_FI_DEV_GPU_UTIL": [90.0] * MIG_SCRAPES,
+                "DCGM_FI_PROF_SM_ACTIVE": sm_active,
+                "DCGM_FI_DEV_FB_USED": used,
+                "DCGM_FI_DEV_FB_FREE": [80000.0] * MIG_SCRAPES,
+            },
+            times,
+        )
+    openmetrics = work / "blank.om"
+    write_openmetrics(openmetrics, series)
+    backfill(promtool, openmetrics, work / "data")
+    server = start_prometheus(prometheus, work / "data", work)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_a_dcgm_blank_value_leaves_out_the_signal_on_its_gpu_in_both_summaries(blank_cluster: str) -> None:
+    source = PrometheusSource(blank_cluster)
+    one = source.summarize_job("9201")
+    every = source.summarize_jobs(3600.0)
+    for found in (one, every):
+        summary = found.summary.set_index(GPU)
+        sm = [summary_column("sm_active_ratio", st) for st in STATISTICS]
+        assert summary.loc["0", summary_column("sm_active_ratio", "mean")] == pytest.approx(0.65, rel=1e-12)
+        assert summary.loc["1", sm].isna().all()  # never a mean of 3.5e13
+        assert summary.loc["1", summary_column("gpu_util_ratio", "mean")] == pytest.approx(0.9, rel=1e-12)
+        assert math.isnan(summary.loc["1", summary_column("mem_used_bytes", "mean")])
+        assert summary.loc["0", summary_column("mem_used_bytes", "mean")] == pytest.approx(
+            1000 * MIB, rel=1e-12
+        )
+        assert any(
+            note.startswith("sm_active_ratio above its physical range on 1 GPU(s)") for note in found.notes
+        )
+        assert any(
+            note.startswith("mem_used_bytes above its physical range on 1 GPU(s)") for note in found.notes
+        )
