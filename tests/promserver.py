@@ -19,6 +19,7 @@ import subprocess
 import time
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,21 @@ def start_prometheus(
     server.stop()
     tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
     pytest.fail(f"prometheus did not become ready on port {port}:\n{tail}", pytrace=False)
+
+
+@contextmanager
+def served(series: Iterable[Series], work: Path, name: str = "series") -> Iterator[PromServer]:
+    """A real Prometheus over ``series``: written as OpenMetrics in ``work``, backfilled into its data folder
+    there, started, and stopped when the block ends."""
+    prometheus, promtool = require_binaries()
+    openmetrics = work / f"{name}.om"
+    write_openmetrics(openmetrics, series)
+    backfill(promtool, openmetrics, work / "data")
+    server = start_prometheus(prometheus, work / "data", work)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @dataclass

@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from promserver import backfill, dcgm_gpu, dcgm_labels, require_binaries, start_prometheus, write_openmetrics
+from promserver import dcgm_gpu, dcgm_labels, served
 
 from collectors.errors import JobNotFound, OptunaMissing, OutcomesError
 from collectors.files import write_capture
@@ -238,7 +238,6 @@ def test_zenithtune_dir_with_capture_folders_records_once(tmp_path: Path) -> Non
 
 
 def test_trial_windows_from_a_real_prometheus(tmp_path: Path) -> None:
-    prometheus, promtool = require_binaries()
     rng = np.random.default_rng(7)
     now = int(time.time() // 3600) * 3600 - 6 * 3600
     job = {"hpc_job": "tune-77"}
@@ -249,11 +248,7 @@ def test_trial_windows_from_a_real_prometheus(tmp_path: Path) -> None:
         start = now + k * 1200 + 30
         for gpu in range(2):
             series += dcgm_gpu(rng, start, 19, dcgm_labels("gpu-t01", gpu, job))
-    openmetrics = tmp_path / "trials.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, tmp_path / "data")
-    server = start_prometheus(prometheus, tmp_path / "data", tmp_path)
-    try:
+    with served(series, tmp_path, "trials") as server:
         storage = f"sqlite:///{tmp_path / 'study.db'}"
         local_start = datetime.fromtimestamp(now)  # naive local, as Optuna writes it
         add_trials(storage, "prom", "minimize", [3.0, 2.0, 2.5], start=local_start, minutes=20)
@@ -263,8 +258,6 @@ def test_trial_windows_from_a_real_prometheus(tmp_path: Path) -> None:
             ["--storage", storage, "--study", "prom", "--source", f"prometheus={server.url}",
              "--job-id", "tune-77", "--store", str(store)],
         )  # fmt: skip
-    finally:
-        server.stop()
     assert "2 with telemetry" in out
     with OutcomeStore(store) as opened:
         trials = opened.trials()

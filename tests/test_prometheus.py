@@ -30,12 +30,9 @@ from promserver import (  # noqa: F401  (prometheus_dataset is a fixture)
     Dataset,
     Series,
     SimJob,
-    backfill,
     free_port,
     prometheus_dataset,
-    require_binaries,
-    start_prometheus,
-    write_openmetrics,
+    served,
 )
 
 from collectors import metrics
@@ -672,7 +669,6 @@ def mig_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigCluster
     one scraped by kube-prometheus (``exported_pod``; the exporter pod's own ``pod``; host only in
     ``instance``); plus a whole GPU on the Slurm node that has both GPU_UTIL and GR_ENGINE_ACTIVE. Still
     running: the last scrape is one interval before now."""
-    prometheus, promtool = require_binaries()
     work = tmp_path_factory.mktemp("prometheus-mig")
     last = int(time.time() // 30) * 30 - 30
     times = last - 30 * np.arange(MIG_SCRAPES - 1, -1, -1, dtype=np.int64)
@@ -700,14 +696,8 @@ def mig_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MigCluster
         {"DCGM_FI_DEV_GPU_UTIL": [0.0] * MIG_SCRAPES, "DCGM_FI_DEV_FB_USED": [0.0] * MIG_SCRAPES},
         times,
     )
-    openmetrics = work / "mig.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, work / "data")
-    server = start_prometheus(prometheus, work / "data", work)
-    try:
+    with served(series, work, "mig") as server:
         yield MigCluster(server.url, times)
-    finally:
-        server.stop()
 
 
 def _one_instance(found: pd.DataFrame, job_id: str, host: str, gpu: str) -> pd.Series:
@@ -831,7 +821,6 @@ def test_summaries_without_recording_rules_say_they_read_raw_samples(source: Pro
 def blank_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Job 9201 on two GPUs; GPU 1's exporter once wrote DCGM's blank value (2^47) for SM activity, and
     once DCGM's int64 blank for memory used: fields it could not read, not readings."""
-    prometheus, promtool = require_binaries()
     work = tmp_path_factory.mktemp("prometheus-blank")
     last = int(time.time() // 30) * 30 - 30
     times = last - 30 * np.arange(MIG_SCRAPES - 1, -1, -1, dtype=np.int64)
@@ -861,14 +850,8 @@ def blank_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             },
             times,
         )
-    openmetrics = work / "blank.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, work / "data")
-    server = start_prometheus(prometheus, work / "data", work)
-    try:
+    with served(series, work, "blank") as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 def test_a_dcgm_blank_value_leaves_out_the_signal_on_its_gpu_in_both_summaries(blank_cluster: str) -> None:

@@ -35,13 +35,10 @@ from promserver import (
     SCRAPE_SECONDS,
     PromServer,
     Series,
-    backfill,
     dcgm_gpu,
     dcgm_labels,
     free_port,
-    require_binaries,
-    start_prometheus,
-    write_openmetrics,
+    served,
 )
 
 from collectors.errors import JobNotFound, SourceQueryError, SourceUnavailable
@@ -82,7 +79,6 @@ def _nan(series: list[Series]) -> list[Series]:
 
 @pytest.fixture(scope="module")
 def faulty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
-    prometheus, promtool = require_binaries()
     work = tmp_path_factory.mktemp("faults")
     rng = np.random.default_rng(14)
     now = time.time()
@@ -97,14 +93,8 @@ def faulty_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faul
     # two hours of a tuning job, trials of 2 minutes then of 1 minute from t0 + 2 h
     start = t0 + 2 * 3600 + TUNE_FIRST_SCRAPE_OFFSET
     series += dcgm_gpu(rng, start, 240, dcgm_labels("gpu-t01", 0, {"hpc_job": TUNE}))
-    openmetrics = work / "faults.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, work / "data")
-    server = start_prometheus(prometheus, work / "data", work)
-    try:
+    with served(series, work, "faults") as server:
         yield Faulty(server, t0)
-    finally:
-        server.stop()
 
 
 # --- the fault proxy -------------------------------------------------------------------------------

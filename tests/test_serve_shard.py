@@ -21,14 +21,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from promserver import (
     SCRAPE_SECONDS,
     Series,
-    backfill,
     dcgm_gpu,
     dcgm_labels,
     jobstats_gpu,
     jobstats_labels,
     require_binaries,
+    served,
     start_prometheus,
-    write_openmetrics,
 )
 
 from collectors.errors import InputError
@@ -172,7 +171,6 @@ ENDED_JOB = "slurm-7999"
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus holding 30 minutes of the jobs above, the running ones sampled until now: its URL."""
-    prometheus, promtool = require_binaries()
     work = tmp_path_factory.mktemp("fleet")
     rng = np.random.default_rng(20261201)
     count = 60
@@ -189,14 +187,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for n, job_id in enumerate(JOBSTATS_JOBS):
         series += jobstats_gpu(rng, first, count, jobstats_labels(f"della-j{n}:9445", 0, job_id))
     series += dcgm_gpu(rng, first, 20, dcgm_labels("gpu-e00", 0, {"hpc_job": ENDED_JOB}))
-    openmetrics = work / "fleet.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, work / "data")
-    server = start_prometheus(prometheus, work / "data", work)
-    try:
+    with served(series, work, "fleet") as server:
         yield server.url
-    finally:
-        server.stop()
 
 
 def job_lines(url: str, shard: Shard | None, end: datetime) -> set[str]:

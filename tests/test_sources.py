@@ -13,13 +13,10 @@ import numpy as np
 import pytest
 from fake_nvml import FakeClock, healthy_h100x2
 from promserver import (
-    backfill,
     dcgm_gpu,
     dcgm_labels,
     free_port,
-    require_binaries,
-    start_prometheus,
-    write_openmetrics,
+    served,
 )
 
 from collectors import schema
@@ -124,7 +121,6 @@ def test_prometheus_down_is_exit_3_and_hides_credentials(env: dict[str, str]) ->
 
 def test_prometheus_series_without_job_labels_are_narrowed_to_the_jobs_nodes_and_gpus(tmp_path: Path) -> None:
     """A scheduler placement selects unlabelled dcgm-exporter series by host (FQDN or short) and GPU index."""
-    prometheus, promtool = require_binaries()
     rng = np.random.default_rng(7)
     start, count = int(time.time()) - 2 * 3600, 60
     series = [
@@ -133,16 +129,10 @@ def test_prometheus_series_without_job_labels_are_narrowed_to_the_jobs_nodes_and
         for gpu in range(4)
         for one in dcgm_gpu(rng, start, count, dcgm_labels(host, gpu, {}))
     ]
-    openmetrics = tmp_path / "nodes.om"
-    write_openmetrics(openmetrics, series)
-    backfill(promtool, openmetrics, tmp_path / "data")
-    server = start_prometheus(prometheus, tmp_path / "data", tmp_path)
-    try:
+    with served(series, tmp_path, "nodes") as server:
         with pytest.raises(JobNotFound):  # no job label, no placement: nothing selects it
             read_job(f"prometheus={server.url}", "77")
         telemetry = read_job(f"prometheus={server.url}", "77", placement={"gpu-a": (0, 1), "gpu-b": (0, 1)})
-    finally:
-        server.stop()
     assert telemetry.summary is not None
     placed = set(zip(telemetry.summary[schema.HOST], telemetry.summary[schema.GPU], strict=True))
     assert placed == {(h, g) for h in ("gpu-a.cluster.local", "gpu-b.cluster.local") for g in ("0", "1")}
